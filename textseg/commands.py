@@ -1,0 +1,11 @@
+"""Wires every sub-command of the `textseg` CLI; each lives in the module that owns the feature."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register_all(sub: argparse._SubParsersAction) -> None:
+    from textseg import segment_cli
+
+    segment_cli.register_cli(sub)

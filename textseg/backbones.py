@@ -1,0 +1,82 @@
+"""Feature extractors that grouping runs on: a timm ViT (DINO) or plain Lab colour (needs no weights)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class TimmViTFeatures(nn.Module):
+    """Patch features of a timm ViT at any input size (``dynamic_img_size=True``).
+
+    Args:
+        model: a timm VisionTransformer created with ``dynamic_img_size=True``.
+        feature: ``"tokens"`` (last block output) or ``"keys"`` (last block's attention keys, often cleaner for
+            grouping).
+        mean, std: input normalisation of the model.
+    """
+
+    def __init__(self, model: nn.Module, feature: str = "tokens", mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        super().__init__()
+        if feature not in ("tokens", "keys"):
+            raise ValueError(f"feature must be 'tokens' or 'keys', got {feature!r}")
+        self.model = model
+        self.feature = feature
+        self.patch_size = int(model.patch_embed.patch_size[0])
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Map (B, 3, H, W) images in [0, 1] to (B, H/p, W/p, C) patch features."""
+        b, _, h, w = images.shape
+        gh, gw = h // self.patch_size, w // self.patch_size
+        x = (images - self.mean) / self.std
+        prefix = getattr(self.model, "num_prefix_tokens", 1)
+        if self.feature == "tokens":
+            tokens = self.model.forward_features(x)
+            feats = tokens[:, prefix:]
+        else:
+            store: dict[str, torch.Tensor] = {}
+            attn = self.model.blocks[-1].attn
+            handle = attn.qkv.register_forward_hook(lambda m, i, o: store.__setitem__("qkv", o))
+            try:
+                self.model.forward_features(x)
+            finally:
+                handle.remove()
+            dim = store["qkv"].shape[-1] // 3
+            feats = store["qkv"][:, prefix:, dim:2 * dim]
+        return feats.reshape(b, gh, gw, -1)
+
+
+class ColorXYFeatures(nn.Module):
+    """Mean CIE Lab colour of each patch: a grouping feature that needs no pretrained weights.
+
+    Position is added by the grouping's ``xy_weight``; features are not L2-normalised (set ``normalize=False``).
+    """
+
+    def __init__(self, patch_size: int = 8):
+        super().__init__()
+        self.patch_size = patch_size
+
+    @staticmethod
+    def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) sRGB in [0, 1] → Lab scaled to roughly [0, 1] per channel."""
+        lin = torch.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
+        m = torch.tensor([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]],
+                         dtype=rgb.dtype, device=rgb.device)
+        xyz = torch.einsum("ij,bjhw->bihw", m, lin)
+        xyz = xyz / torch.tensor([0.9505, 1.0, 1.089], dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1)
+        f = torch.where(xyz > 0.008856, xyz.clamp_min(1e-8) ** (1 / 3), 7.787 * xyz + 16 / 116)
+        lab_l = 116 * f[:, 1] - 16
+        lab_a = 500 * (f[:, 0] - f[:, 1])
+        lab_b = 200 * (f[:, 1] - f[:, 2])
+        return torch.stack([lab_l / 100, lab_a / 200, lab_b / 200], 1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Map (B, 3, H, W) images in [0, 1] to (B, H/p, W/p, 3) mean-Lab features."""
+        lab = self.rgb_to_lab(images)
+        return F.avg_pool2d(lab, self.patch_size).permute(0, 2, 3, 1)

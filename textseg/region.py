@@ -1,0 +1,146 @@
+"""Contextual masking: region tokens that recognise every group of an image in one CLIP forward pass.
+
+In the last ``masked_blocks`` blocks of a CLIP ViT, one extra query token per region is appended. Region token k
+starts as a copy of the CLS token and attends only to itself and the patches of region k, while the CLS and patch
+tokens keep their ordinary full attention (and never see the region tokens). Each region is thus recognised in the
+context of the whole image (the patch tokens it reads have seen everything in the earlier blocks), and K regions
+cost one forward pass. Training (region adaptation) and inference use this same module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from textseg.errors import ConfigError
+
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class RegionOutput:
+    """Outputs of :class:`RegionTokenViT`.
+
+    Attributes:
+        regions: (B, K, E) projected region embeddings (not normalised).
+        image: (B, E) projected CLS embedding, the ordinary CLIP image embedding.
+        valid: (B, K) bool, regions that cover at least one patch.
+    """
+
+    regions: torch.Tensor
+    image: torch.Tensor
+    valid: torch.Tensor
+
+
+def region_attention_mask(region_masks: torch.Tensor, num_heads: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Additive attention mask for the sequence [CLS, N patches, K region tokens].
+
+    Args:
+        region_masks: (B, K, N) bool, patch n belongs to region k.
+        num_heads: attention heads (the mask is repeated per head, as nn.MultiheadAttention wants).
+
+    Returns:
+        (B * num_heads, L, L) float mask with 0 where attention is allowed and -inf elsewhere, L = 1 + N + K.
+    """
+    b, k, n = region_masks.shape
+    length = 1 + n + k
+    allow = torch.zeros(b, length, length, dtype=torch.bool, device=region_masks.device)
+    allow[:, : 1 + n, : 1 + n] = True  # CLS and patches: full attention among themselves
+    allow[:, 1 + n:, 1: 1 + n] = region_masks  # region k reads the patches of region k
+    eye = torch.arange(1 + n, length, device=region_masks.device)
+    allow[:, eye, eye] = True  # ... and itself
+    mask = torch.zeros(b, length, length, dtype=dtype, device=region_masks.device)
+    mask.masked_fill_(~allow, float("-inf"))
+    return mask.repeat_interleave(num_heads, dim=0)
+
+
+class RegionTokenViT(nn.Module):
+    """Wraps an open_clip ``VisionTransformer`` to output one embedding per region (see module docstring).
+
+    Args:
+        visual: ``open_clip`` model's ``.visual`` (a VisionTransformer with token pooling).
+        masked_blocks: how many of the last blocks carry region tokens (>= 1).
+        mean, std: input normalisation of the CLIP.
+    """
+
+    def __init__(self, visual: nn.Module, masked_blocks: int = 1, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD):
+        super().__init__()
+        if not hasattr(visual, "transformer") or not hasattr(visual, "class_embedding"):
+            raise ConfigError("region tokens need an open_clip VisionTransformer (a ViT CLIP, not a ResNet/timm tower)")
+        if getattr(visual, "attn_pool", None) is not None or getattr(visual, "pool_type", "tok") != "tok":
+            raise ConfigError("region tokens need a CLIP ViT with CLS-token pooling (pool_type 'tok', no attn_pool)")
+        depth = len(visual.transformer.resblocks)
+        if not 1 <= masked_blocks <= depth:
+            raise ConfigError(f"masked_blocks must be in 1..{depth}, got {masked_blocks}")
+        self.visual = visual
+        self.masked_blocks = masked_blocks
+        self.patch_size = int(visual.conv1.kernel_size[0])
+        self.num_heads = visual.transformer.resblocks[0].attn.num_heads
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def positional_embedding(self, gh: int, gw: int) -> torch.Tensor:
+        """Positional embedding for a gh × gw patch grid (bicubic interpolation of the trained grid)."""
+        pos = self.visual.positional_embedding
+        g0h, g0w = self.visual.grid_size
+        if (gh, gw) == (g0h, g0w):
+            return pos
+        grid = pos[1:].reshape(1, g0h, g0w, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=(gh, gw), mode="bicubic", align_corners=False)
+        return torch.cat([pos[:1], grid[0].permute(1, 2, 0).reshape(gh * gw, -1)], 0)
+
+    def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(B, 3, H, W) images in [0, 1] → (B, 1 + N, D) tokens after ln_pre, and the patch grid (gh, gw)."""
+        v = self.visual
+        x = v.conv1((images - self.mean) / self.std)
+        gh, gw = x.shape[-2:]
+        x = x.flatten(2).transpose(1, 2)
+        cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], 1) + self.positional_embedding(gh, gw).to(x.dtype)
+        return v.ln_pre(x), (gh, gw)
+
+    def project(self, tokens: torch.Tensor) -> torch.Tensor:
+        """ln_post + projection, applied token-wise (identical to open_clip's pooling for the CLS token)."""
+        x = self.visual.ln_post(tokens)
+        return x @ self.visual.proj if self.visual.proj is not None else x
+
+    def forward(self, images: torch.Tensor, region_masks: torch.Tensor) -> RegionOutput:
+        """Embed every region of every image in one pass.
+
+        Args:
+            images: (B, 3, H, W) in [0, 1]; H and W multiples of the patch size.
+            region_masks: (B, K, gh, gw) bool (or {0, 1}) masks on the CLIP patch grid.
+        """
+        x, (gh, gw) = self.embed(images)
+        if region_masks.shape[2:] != (gh, gw):
+            raise ValueError(f"region masks are {tuple(region_masks.shape[2:])}, the CLIP patch grid is {(gh, gw)}")
+        blocks = self.visual.transformer.resblocks
+        for blk in blocks[: len(blocks) - self.masked_blocks]:
+            x = blk(x)
+        return self.forward_masked_blocks(x, region_masks.flatten(2).bool())
+
+    def forward_masked_blocks(self, x: torch.Tensor, masks: torch.Tensor) -> RegionOutput:
+        """Run the last ``masked_blocks`` blocks with region tokens and project.
+
+        Args:
+            x: (B, 1 + N, D) tokens at the input of the first masked block.
+            masks: (B, K, N) bool region masks over the N patches.
+        """
+        b, k, n = masks.shape
+        attn_mask = region_attention_mask(masks, self.num_heads, x.dtype)
+        x = torch.cat([x, x[:, :1].expand(b, k, x.shape[-1])], 1)  # region tokens start as copies of CLS
+        blocks = self.visual.transformer.resblocks
+        for blk in blocks[len(blocks) - self.masked_blocks:]:
+            x = blk(x, attn_mask=attn_mask)
+        return RegionOutput(regions=self.project(x[:, 1 + n:]), image=self.project(x[:, 0]), valid=masks.any(-1))
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """Ordinary CLIP image embedding (B, E) at any input size."""
+        x, _ = self.embed(images)
+        for blk in self.visual.transformer.resblocks:
+            x = blk(x)
+        return self.project(x[:, 0])

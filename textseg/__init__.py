@@ -3,15 +3,19 @@
 __version__ = "0.1.0"
 
 from textseg.errors import MissingWeightsError, UserError  # noqa: E402
-from textseg.factory import create_model, get_model_config, list_models  # noqa: E402
+
+_LAZY = {
+    "create_model": "textseg.factory", "list_models": "textseg.factory", "get_model_config": "textseg.factory",
+    "Segmenter": "textseg.segmenter", "SegmentationResult": "textseg.segmenter", "ReferringResult": "textseg.segmenter",
+}
 
 
 def __getattr__(name: str):
-    # Heavy modules load on first use so that `import textseg` stays cheap.
-    if name in ("Segmenter", "SegmentationResult", "ReferringResult"):
-        from textseg import segmenter
+    # torch-heavy modules load on first use, so that `import textseg.data` stays cheap.
+    if name in _LAZY:
+        import importlib
 
-        return getattr(segmenter, name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'textseg' has no attribute {name!r}")
 
 

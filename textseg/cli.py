@@ -16,7 +16,7 @@ from textseg.errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="textseg", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="textseg", description="Open-vocabulary and referring segmentation learned from image-caption pairs.")
     parser.add_argument("--verbose", "-v", action="store_true", help="log at DEBUG level")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

@@ -6,6 +6,9 @@ import argparse
 
 
 def register_all(sub: argparse._SubParsersAction) -> None:
-    from textseg import segment_cli
+    from textseg import evaluation, segment_cli
+    from textseg.workbench import cli as workbench_cli
 
     segment_cli.register_cli(sub)
+    evaluation.register_cli(sub)
+    workbench_cli.register_cli(sub)

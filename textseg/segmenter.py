@@ -27,7 +27,7 @@ def load_image(image: ImageLike) -> np.ndarray:
         except (OSError, UnidentifiedImageError) as err:
             raise UserError(f"cannot read image {image}: {err.__class__.__name__}") from None
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
+        return np.array(image.convert("RGB"))  # a writable copy: torch refuses read-only buffers
     arr = np.asarray(image)
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=2)

@@ -1,0 +1,81 @@
+import json
+
+import pytest
+import torch
+
+import textseg
+from textseg.errors import MissingWeightsError, UserError
+
+
+def test_list_models_and_configs():
+    names = textseg.list_models()
+    assert {"dino-s16-clip-b16", "dino-b16-clip-b16", "tiny"} <= set(names)
+    for name in names:
+        cfg = textseg.get_model_config(name)
+        assert {"backbone", "grouping", "clip"} <= set(cfg)
+
+
+def test_unknown_model_is_a_user_error():
+    with pytest.raises(UserError, match="unknown model 'nope'"):
+        textseg.create_model("nope")
+
+
+def test_missing_weights_error_names_weight_and_place():
+    with pytest.raises(MissingWeightsError) as err:
+        textseg.create_model("dino-s16-clip-b16")
+    msg = str(err.value)
+    assert "vit_small_patch16_224.dino" in msg and "--backbone-pretrained" in msg and "\n" not in msg
+
+
+def test_missing_clip_weights_when_backbone_is_random(tmp_path):
+    cfg = textseg.get_model_config("tiny")
+    cfg["clip"] = {"arch": "ViT-B-16", "pretrained": "openai", "quick_gelu": True}
+    with pytest.raises(MissingWeightsError, match="CLIP weights ViT-B-16/openai"):
+        textseg.create_model(cfg)
+    with pytest.raises(MissingWeightsError, match="no pretrained tag 'nosuchtag'"):
+        textseg.create_model("tiny", clip_pretrained="nosuchtag")
+
+
+def test_weights_folder_is_searched_by_tag(tmp_path, monkeypatch):
+    from textseg.weights import resolve_clip_weights, resolve_timm_weights
+
+    monkeypatch.setenv("TEXTSEG_WEIGHTS_DIR", str(tmp_path))
+    (tmp_path / "timm").mkdir()
+    (tmp_path / "timm" / "vit_small_patch16_224.dino.safetensors").write_bytes(b"x")
+    (tmp_path / "open_clip" / "ViT-B-16").mkdir(parents=True)
+    (tmp_path / "open_clip" / "ViT-B-16" / "openai.bin").write_bytes(b"x")
+    assert resolve_timm_weights("vit_small_patch16_224.dino") == tmp_path / "timm" / "vit_small_patch16_224.dino.safetensors"
+    assert resolve_clip_weights("ViT-B-16", "openai") == tmp_path / "open_clip" / "ViT-B-16" / "openai.bin"
+
+
+def test_local_weight_file_is_loaded(tmp_path, tiny_model):
+    cfg = textseg.get_model_config("tiny")
+    torch.save(tiny_model.clip.state_dict(), tmp_path / "clip.pt")
+    model = textseg.create_model(cfg, pretrained=False, clip_pretrained=str(tmp_path / "clip.pt"))
+    for (k, a), b in zip(model.clip.state_dict().items(), tiny_model.clip.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_config_file_path(tmp_path):
+    cfg = textseg.get_model_config("tiny")
+    cfg["grouping"]["num_groups"] = 3
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps(cfg))
+    model = textseg.create_model(str(path), pretrained=False)
+    assert model.grouping.num_groups == 3 and model.name == "mine"
+
+
+@torch.no_grad()
+def test_real_size_architectures_run_at_448():
+    """DINO ViT-S/16 and CLIP ViT-B/16 at real size, random weights, one 448x448 pass."""
+    torch.manual_seed(0)
+    model = textseg.create_model("dino-s16-clip-b16", pretrained=False)
+    assert sum(p.numel() for p in model.clip.parameters()) > 149e6
+    images = torch.rand(1, 3, 448, 448)
+    feats = model.backbone(images)
+    assert feats.shape == (1, 28, 28, 384)  # keys of the last block
+    groups = model.group(images)
+    assert groups[0].shape == (448, 448) and 2 <= groups[0].max() + 1 <= 8
+    out = model(images, model.region_masks(groups, images))
+    assert out.regions.shape[-1] == 512 and out.valid.all()
+    assert torch.isfinite(out.regions).all()

@@ -1,0 +1,179 @@
+"""Hand-computed checks of textseg.losses.
+
+Embeddings are 2-D unit vectors so every dot product is one of 1, 0.8, 0.6, 0, -1; scale 10 turns them into logits
+10, 8, 6, 0, -10.
+"""
+
+import math
+
+import pytest
+import torch
+
+from textseg.losses import LearnableTemperature, image_text_loss, noun_region_loss
+
+
+def log1pexp(x: float) -> float:
+    return math.log1p(math.exp(x))
+
+
+def two_image_case():
+    """Two images with three regions each and one noun per caption.
+
+    image 0: r00 = (1, 0), r01 = (0.6, 0.8), r02 = (-1, 0)
+    image 1: r10 = (0, 1), r11 = (0.8, 0.6), r12 = (0, -1)
+    noun t0 = (1, 0) from image 0, noun t1 = (0, 1) from image 1.
+    """
+    regions = torch.tensor(
+        [[[1.0, 0.0], [0.6, 0.8], [-1.0, 0.0]], [[0.0, 1.0], [0.8, 0.6], [0.0, -1.0]]], dtype=torch.float64
+    )
+    nouns = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    noun_image = torch.tensor([0, 1])
+    valid = torch.ones(2, 3, dtype=torch.bool)
+    return nouns, noun_image, regions, valid
+
+
+def test_one_way_hand_computed():
+    nouns, noun_image, regions, valid = two_image_case()
+    # t0: best sim in image 0 = <t0, r00> = 1, in image 1 = <t0, r11> = 0.8 -> logits [10, 8], target 0
+    #     CE = -10 + log(e^10 + e^8) = log(1 + e^-2)
+    # t1: best in image 0 = <t1, r01> = 0.8, in image 1 = <t1, r10> = 1 -> logits [8, 10], target 1: same value
+    expected = log1pexp(-2.0)  # 0.126928...
+    loss, stats = noun_region_loss(nouns, noun_image, regions, valid, 10.0, mode="one_way")
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    assert stats["nouns"] == 2 and stats["nouns_dropped"] == 0
+    assert stats["acc"] == 1.0
+    assert stats["best_sim"] == pytest.approx(1.0)
+
+
+def test_one_way_unmatched_regions_get_exactly_zero_gradient():
+    nouns, noun_image, regions, valid = two_image_case()
+    regions = regions.clone().requires_grad_(True)
+    loss, _ = noun_region_loss(nouns, noun_image, regions, valid, 10.0, mode="one_way")
+    loss.backward()
+    grad = regions.grad
+    # argmax regions: t0 -> r00 (image 0), r11 (image 1); t1 -> r01 (image 0), r10 (image 1).
+    # r02 and r12 are the argmax of no noun: their gradient is exactly zero.
+    assert torch.equal(grad[0, 2], torch.zeros(2, dtype=grad.dtype))
+    assert torch.equal(grad[1, 2], torch.zeros(2, dtype=grad.dtype))
+    for j, k in [(0, 0), (0, 1), (1, 0), (1, 1)]:
+        assert grad[j, k].abs().sum() > 0
+    # d loss / d r00 = (1/2) * 10 * (p - 1) * t0 with p = softmax([10, 8])[0] = 1 / (1 + e^-2)
+    p = 1.0 / (1.0 + math.exp(-2.0))
+    assert grad[0, 0, 0].item() == pytest.approx(0.5 * 10 * (p - 1), abs=1e-9)
+
+
+def test_invalid_region_with_huge_similarity_changes_nothing():
+    nouns, noun_image, regions, valid = two_image_case()
+    ref, ref_stats = noun_region_loss(nouns, noun_image, regions, valid, 10.0)
+    # add a 4th region per image that would win every max (similarity 1000) but is marked invalid
+    extra = torch.tensor([[[1000.0, 1000.0]], [[1000.0, 1000.0]]], dtype=torch.float64)
+    regions4 = torch.cat([regions, extra], dim=1).requires_grad_(True)
+    valid4 = torch.cat([valid, torch.zeros(2, 1, dtype=torch.bool)], dim=1)
+    for mode in ("one_way", "region_batch", "two_way"):
+        ref_m, _ = noun_region_loss(nouns, noun_image, regions, valid, 10.0, mode=mode)
+        loss, stats = noun_region_loss(nouns, noun_image, regions4, valid4, 10.0, mode=mode)
+        assert loss.item() == pytest.approx(ref_m.item(), abs=1e-9)
+        loss.backward()
+        assert torch.equal(regions4.grad[:, 3], torch.zeros(2, 2, dtype=torch.float64))
+        regions4.grad = None
+    assert stats["nouns"] == ref_stats["nouns"]
+
+
+def test_region_batch_hand_computed():
+    nouns, noun_image, regions, valid = two_image_case()
+    # t0 against all 6 regions: image 0 -> [10, 6, -10], image 1 -> [0, 8, 0]; target = r00 (logit 10)
+    #   CE = log(1 + e^-4 + e^-20 + e^-10 + e^-2 + e^-10)
+    # t1: image 0 -> [0, 8, 0], image 1 -> [10, 6, -10]; target r10: the same value
+    expected = math.log(1 + math.exp(-4) + math.exp(-20) + 2 * math.exp(-10) + math.exp(-2))
+    loss, stats = noun_region_loss(nouns, noun_image, regions, valid, 10.0, mode="region_batch")
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    assert stats["acc"] == 1.0
+
+
+def test_two_way_hand_computed():
+    nouns, noun_image, regions, valid = two_image_case()
+    n2r = log1pexp(-2.0)  # as in test_one_way_hand_computed
+    # region -> noun, logits over the nouns [t0, t1]:
+    #   r00 [10, 0] own t0 -> log(1 + e^-10);  r01 [6, 8] own t0 -> log(1 + e^2);  r02 [-10, 0] -> log(1 + e^10)
+    #   image 1 mirrors image 0 with t1 as its own noun: the same three values.
+    r2n = (log1pexp(-10.0) + log1pexp(2.0) + log1pexp(10.0)) / 3
+    loss, stats = noun_region_loss(nouns, noun_image, regions, valid, 10.0, mode="two_way")
+    assert loss.item() == pytest.approx(0.5 * (n2r + r2n), abs=1e-6)
+    assert stats["loss_n2r"] == pytest.approx(n2r, abs=1e-6)
+    assert stats["loss_r2n"] == pytest.approx(r2n, abs=1e-6)
+
+
+def test_two_way_skips_images_without_nouns_and_sums_own_noun_mass():
+    # image 0: r00 = (1, 0), r01 = (0, 1); image 1: r10 = (0.6, 0.8) and one padding region.
+    # nouns t0 = (1, 0), t1 = (0, 1), both from image 0; image 1 has no noun.
+    regions = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[0.6, 0.8], [0.0, 0.0]]], dtype=torch.float64)
+    valid = torch.tensor([[True, True], [True, False]])
+    nouns = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    noun_image = torch.tensor([0, 0])
+    # noun -> image: t0 logits [10, 6] -> log(1 + e^-4); t1 logits [10, 8] -> log(1 + e^-2)
+    n2r = (log1pexp(-4.0) + log1pexp(-2.0)) / 2
+    # region -> noun: both nouns belong to image 0, so each region of image 0 puts all its mass on its own
+    # nouns: loss 0. Image 1 has no noun: skipped (otherwise r10 would add a positive term).
+    loss, stats = noun_region_loss(nouns, noun_image, regions, valid, 10.0, mode="two_way")
+    assert stats["loss_r2n"] == pytest.approx(0.0, abs=1e-12)
+    assert loss.item() == pytest.approx(0.5 * n2r, abs=1e-6)
+
+
+def test_nouns_of_images_without_regions_are_dropped():
+    nouns, noun_image, regions, valid = two_image_case()
+    valid = valid.clone()
+    valid[1] = False  # image 1 has no valid region: t1 is dropped, image 1 is no negative for t0 either
+    scale = torch.tensor(10.0, dtype=torch.float64, requires_grad=True)
+    loss, stats = noun_region_loss(nouns, noun_image, regions, valid, scale)
+    assert stats["nouns"] == 1 and stats["nouns_dropped"] == 1
+    assert loss.item() == pytest.approx(0.0, abs=1e-12)  # a softmax over one image
+    loss.backward()
+    assert torch.isfinite(scale.grad)
+
+
+def test_no_noun_left_returns_zero_with_grad_fn():
+    nouns, noun_image, regions, _ = two_image_case()
+    regions = regions.clone().requires_grad_(True)
+    valid = torch.zeros(2, 3, dtype=torch.bool)
+    for mode in ("one_way", "region_batch", "two_way"):
+        loss, stats = noun_region_loss(nouns, noun_image, regions, valid, 10.0, mode=mode)
+        assert loss.item() == 0.0 and loss.grad_fn is not None
+        assert stats["nouns"] == 0 and stats["nouns_dropped"] == 2
+        loss.backward()
+        assert torch.equal(regions.grad, torch.zeros_like(regions))
+    empty, stats = noun_region_loss(
+        torch.zeros(0, 2), torch.zeros(0, dtype=torch.long), regions.float(), torch.ones(2, 3, dtype=torch.bool), 10.0
+    )
+    assert empty.item() == 0.0 and empty.grad_fn is not None and stats["nouns"] == 0
+
+
+def test_learnable_scale_gets_finite_gradient_in_every_mode():
+    nouns, noun_image, regions, valid = two_image_case()
+    temp = LearnableTemperature(init=0.1).double()
+    for mode in ("one_way", "region_batch", "two_way"):
+        loss, _ = noun_region_loss(nouns, noun_image, regions, valid, temp(), mode=mode)
+        loss.backward()
+        assert torch.isfinite(temp.log_scale.grad) and temp.log_scale.grad != 0
+        temp.zero_grad()
+
+
+def test_image_text_loss_hand_computed():
+    image = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    text = torch.tensor([[0.6, 0.8], [0.0, 1.0]], dtype=torch.float64)
+    # logits = 10 * image @ text.T = [[6, 0], [8, 10]]
+    # image->text rows: [6, 0] target 0 -> log(1 + e^-6); [8, 10] target 1 -> log(1 + e^-2)
+    # text->image columns: [6, 8] target 0 -> log(1 + e^2); [0, 10] target 1 -> log(1 + e^-10)
+    i2t = (log1pexp(-6.0) + log1pexp(-2.0)) / 2
+    t2i = (log1pexp(2.0) + log1pexp(-10.0)) / 2
+    loss = image_text_loss(image, text, torch.tensor(10.0, dtype=torch.float64))
+    assert loss.item() == pytest.approx(0.5 * (i2t + t2i), abs=1e-6)
+
+
+def test_learnable_temperature():
+    temp = LearnableTemperature(init=0.07)
+    assert temp().item() == pytest.approx(1 / 0.07, rel=1e-6)
+    assert isinstance(temp.log_scale, torch.nn.Parameter)
+    assert LearnableTemperature(init=0.001, max_scale=100.0)().item() == pytest.approx(100.0)
+    fixed = LearnableTemperature(init=0.5, learnable=False)
+    assert fixed().item() == pytest.approx(2.0) and list(fixed.parameters()) == []
+    assert "log_scale" in fixed.state_dict()

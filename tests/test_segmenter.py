@@ -1,0 +1,92 @@
+import numpy as np
+import pytest
+import torch
+
+import textseg
+from textseg.errors import UserError
+from textseg.segmenter import Segmenter, load_image, window_starts
+
+
+@pytest.fixture(scope="module")
+def color_model():
+    """Tiny CLIP + Lab-colour grouping with k = 2: a two-colour image splits exactly into its halves."""
+    cfg = textseg.get_model_config("tiny")
+    cfg["backbone"] = {"type": "color", "patch_size": 16}
+    cfg["grouping"] = {"num_groups": 2, "xy_weight": 0.0, "min_group_frac": 0.0, "normalize": False}
+    torch.manual_seed(0)
+    return textseg.create_model(cfg, pretrained=False)
+
+
+def two_halves(h=64, w=128):
+    img = np.zeros((h, w, 3), dtype=np.uint8)
+    img[:, : w // 2] = (220, 30, 30)
+    img[:, w // 2:] = (20, 40, 200)
+    return img
+
+
+def fix_text_to_regions(seg, monkeypatch, img):
+    """Make class 0 the embedding of the right half's region and class 1 that of the left half's."""
+    _, x = seg._prepare(img, None)
+    groups, regions = seg._regions(x)
+    text = torch.stack([regions[groups[0, -1]], regions[groups[0, 0]]])
+    monkeypatch.setattr(seg.text, "encode_classes", lambda names, templates=None: text[: len(names)])
+    return groups
+
+
+def test_window_starts():
+    assert window_starts(10, 4, 3) == [0, 3, 6]
+    assert window_starts(10, 4, 4) == [0, 4, 6]
+    assert window_starts(3, 4, 2) == [0]
+    assert window_starts(448, 448, 224) == [0]
+
+
+def test_each_region_gets_the_class_whose_text_matches_it(color_model, monkeypatch):
+    seg = Segmenter(color_model, templates="single", text_cache_dir=False)
+    img = two_halves()
+    groups = fix_text_to_regions(seg, monkeypatch, img)
+    assert (groups[:, :64] == groups[0, 0]).all() and (groups[:, 64:] == groups[0, -1]).all()
+    res = seg.predict(img, ["right", "left"], background=None, short_side=None)
+    assert res.labels.shape == (64, 128)
+    assert (res.labels[:, :64] == 2).all() and (res.labels[:, 64:] == 1).all()
+    assert res.classes == ["background", "right", "left"]
+    assert res.pixel_share() == {"right": 0.5, "left": 0.5}
+    # a threshold no probability reaches makes everything background
+    res = seg.predict(img, ["right", "left"], background="threshold", bg_threshold=1.01, short_side=None)
+    assert (res.labels == 0).all()
+    # a background class that matches the left half maps it to 0
+    res = seg.predict(img, ["right"], background="classes", background_classes=["left"], short_side=None)
+    assert (res.labels[:, :64] == 0).all() and (res.labels[:, 64:] == 1).all()
+
+
+def test_resize_and_sliding_window_return_input_size(color_model):
+    seg = Segmenter(color_model, templates="single", text_cache_dir=False)
+    img = two_halves(50, 90)
+    res = seg.predict(img, ["a", "b", "c"], short_side=64, window=64, stride=32, background=None, return_probs=True)
+    assert res.labels.shape == (50, 90) and res.probs.shape == (3, 50, 90)
+    assert set(np.unique(res.labels)) <= {1, 2, 3}
+    np.testing.assert_allclose(res.probs.sum(0), 1.0, atol=1e-4)
+
+
+def test_referring_picks_matching_region(color_model, monkeypatch):
+    seg = Segmenter(color_model, templates="single", text_cache_dir=False)
+    img = two_halves()
+    fix_text_to_regions(seg, monkeypatch, img)
+    monkeypatch.setattr(seg.text, "encode_classes", lambda names, templates=None, f=seg.text.encode_classes: f(["x", "y"])[1:])
+    ref = seg.predict_referring(img, "the red thing on the left", short_side=None)
+    assert ref.mask[:, :64].all() and not ref.mask[:, 64:].any()
+    assert ref.score == pytest.approx(1.0, abs=1e-5)
+    assert ref.response.shape == (64, 128) and ref.response[:, :64].min() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_bad_inputs_are_user_errors(color_model, tmp_path):
+    seg = Segmenter(color_model, templates="single", text_cache_dir=False)
+    with pytest.raises(UserError, match="class list"):
+        seg.predict(two_halves(), [])
+    with pytest.raises(UserError, match="window and stride"):
+        seg.predict(two_halves(), ["a"], window=32)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg")
+    with pytest.raises(UserError, match="cannot read image"):
+        load_image(bad)
+    with pytest.raises(UserError, match="sentence is empty"):
+        seg.predict_referring(two_halves(), "  ")

@@ -1,0 +1,98 @@
+"""COCO-Object: COCO's 80 thing classes + background as a semantic segmentation benchmark.
+
+:func:`convert_coco_object` turns a COCO ``instances_<split>2017.json`` into one label PNG per image
+(``<file stem>_instanceTrainIds.png``, grey-scale uint8), read back by :class:`textseg.data.semseg.COCOObject`.
+
+Painting rule (overlaps are common in COCO, so the order matters and is fixed here):
+
+1. Every pixel starts as 0 (background).
+2. Non-crowd instances are painted in order of decreasing mask pixel count (ties keep the JSON order), each writing
+   its class label 1..80 (position of its category in the JSON's ``categories`` list, plus one). Smaller instances
+   are therefore painted last and stay visible where they lie on larger ones (a cup on a table).
+3. Crowd regions (``iscrowd=1``) are then set to 255 (ignore) on the pixels no non-crowd instance covers: a crowd
+   region marks "many objects, not delineated", so its pixels are not scored, but a delineated instance inside it
+   keeps its label.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from textseg.data.coco_masks import decode_segmentation
+from textseg.errors import DatasetError
+
+LABEL_SUFFIX = "_instanceTrainIds.png"
+IGNORE_INDEX = 255
+
+
+def load_coco_json(path: str | Path) -> dict[str, Any]:
+    """Load a COCO instances JSON, checking the keys the converters need."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"COCO annotation file not found: {path}")
+    with path.open(encoding="utf-8") as f:
+        data = json.load(f)
+    for key in ("images", "annotations", "categories"):
+        if key not in data:
+            raise DatasetError(f"COCO annotation file has no {key!r} list: {path}")
+    return data
+
+
+def coco_object_label(
+    image: dict[str, Any], annotations: list[dict[str, Any]], category_to_label: dict[int, int]
+) -> np.ndarray:
+    """Rasterise one image's annotations into a COCO-Object label map (see the module docstring for the rule)."""
+    height, width = int(image["height"]), int(image["width"])
+    label = np.zeros((height, width), dtype=np.uint8)
+    objects: list[tuple[int, int, np.ndarray, int]] = []
+    crowd = np.zeros((height, width), dtype=bool)
+    for order, ann in enumerate(annotations):
+        mask = decode_segmentation(ann["segmentation"], height, width)
+        if ann.get("iscrowd", 0):
+            crowd |= mask
+            continue
+        if ann["category_id"] not in category_to_label:
+            raise DatasetError(f"annotation {ann.get('id')} has unknown category_id {ann['category_id']}")
+        objects.append((-int(mask.sum()), order, mask, category_to_label[ann["category_id"]]))
+    objects.sort(key=lambda o: (o[0], o[1]))
+    covered = np.zeros((height, width), dtype=bool)
+    for _, _, mask, value in objects:
+        label[mask] = value
+        covered |= mask
+    label[crowd & ~covered] = IGNORE_INDEX
+    return label
+
+
+def convert_coco_object(instances_json: str | Path, out_dir: str | Path) -> list[Path]:
+    """Write one COCO-Object label PNG per image of a COCO instances file.
+
+    Args:
+        instances_json: ``annotations/instances_<split>2017.json``.
+        out_dir: Output folder (conventionally ``<coco>/annotations/<split>2017``); created if missing.
+
+    Returns:
+        The written PNG paths, in the JSON's image order.
+    """
+    data = load_coco_json(instances_json)
+    category_to_label = {int(c["id"]): i + 1 for i, c in enumerate(data["categories"])}
+    if len(category_to_label) > 254:
+        raise DatasetError(f"too many categories for a uint8 label map: {len(category_to_label)}")
+    by_image: dict[int, list[dict[str, Any]]] = {int(im["id"]): [] for im in data["images"]}
+    for ann in data["annotations"]:
+        if int(ann["image_id"]) not in by_image:
+            raise DatasetError(f"annotation {ann.get('id')} refers to unknown image_id {ann['image_id']}")
+        by_image[int(ann["image_id"])].append(ann)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for image in data["images"]:
+        label = coco_object_label(image, by_image[int(image["id"])], category_to_label)
+        path = out / f"{Path(image['file_name']).stem}{LABEL_SUFFIX}"
+        Image.fromarray(label).save(path)
+        written.append(path)
+    return written

@@ -1,0 +1,161 @@
+"""Contrastive losses between caption nouns, image regions and whole images.
+
+Conventions: embeddings are L2-normalised by the caller; ``logit_scale`` is the already exponentiated inverse
+temperature (a float or a 0-dim tensor, e.g. the output of :class:`LearnableTemperature`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+NounRegionMode = Literal["one_way", "region_batch", "two_way"]
+
+__all__ = ["noun_region_loss", "image_text_loss", "LearnableTemperature", "NounRegionMode"]
+
+
+def _check_inputs(nouns: Tensor, noun_image: Tensor, regions: Tensor, region_valid: Tensor) -> None:
+    if nouns.ndim != 2 or regions.ndim != 3:
+        raise ValueError(
+            f"expected nouns (M, D) and regions (B, K, D), got {tuple(nouns.shape)} and {tuple(regions.shape)}"
+        )
+    if nouns.shape[1] != regions.shape[2]:
+        raise ValueError(f"embedding sizes differ: nouns D={nouns.shape[1]}, regions D={regions.shape[2]}")
+    if noun_image.shape != (nouns.shape[0],):
+        raise ValueError(f"noun_image must have shape ({nouns.shape[0]},), got {tuple(noun_image.shape)}")
+    if region_valid.shape != regions.shape[:2] or region_valid.dtype != torch.bool:
+        raise ValueError(f"region_valid must be a bool tensor of shape {tuple(regions.shape[:2])}")
+    if noun_image.numel() and (int(noun_image.min()) < 0 or int(noun_image.max()) >= regions.shape[0]):
+        raise ValueError(f"noun_image values must lie in [0, {regions.shape[0]})")
+
+
+def _zero_loss(nouns: Tensor, regions: Tensor, logit_scale: Tensor | float) -> Tensor:
+    """A zero connected to every input, so DDP sees a gradient (of zero) for all parameters."""
+    zero = regions.sum() * 0 + nouns.sum() * 0
+    if isinstance(logit_scale, Tensor):
+        zero = zero + logit_scale * 0
+    return zero
+
+
+def noun_region_loss(
+    nouns: Tensor,
+    noun_image: Tensor,
+    regions: Tensor,
+    region_valid: Tensor,
+    logit_scale: Tensor | float,
+    mode: NounRegionMode = "one_way",
+) -> tuple[Tensor, dict[str, float]]:
+    """Contrastive loss matching caption nouns to image regions.
+
+    Args:
+        nouns: (M, D) noun embeddings.
+        noun_image: (M,) long, index in ``[0, B)`` of the image whose caption each noun came from.
+        regions: (B, K, D) region embeddings.
+        region_valid: (B, K) bool, False for padding regions.
+        logit_scale: exponentiated inverse temperature.
+        mode: ``"one_way"``: s(n, j) = scale * max over valid k of <t_n, r_jk>, cross-entropy over images j with
+            target ``noun_image[n]``; regions that match no noun get no gradient. ``"region_batch"``: softmax
+            over all valid regions of the batch, target = best valid region of the noun's own image (chosen
+            without gradient), so the noun is also pushed away from its own image's other regions.
+            ``"two_way"``: mean of the one-way term and a region->noun term (for every valid region of an image
+            with nouns: -log of the softmax mass over all nouns that falls on that image's nouns).
+
+    Returns:
+        ``(loss, stats)``; stats (floats): ``nouns`` used, ``nouns_dropped`` (their image has no valid region),
+        ``best_sim`` (mean unscaled similarity of each noun to its best own region), ``acc`` (share of nouns
+        whose best-scoring image is their own), and per-term losses for ``"two_way"``.
+    """
+    if mode not in ("one_way", "region_batch", "two_way"):
+        raise ValueError(f"unknown noun-region loss mode {mode!r}")
+    _check_inputs(nouns, noun_image, regions, region_valid)
+    B, K, _ = regions.shape
+
+    has_region = region_valid.any(dim=1)  # (B,)
+    keep = has_region[noun_image] if nouns.shape[0] else noun_image.new_zeros(0, dtype=torch.bool)
+    stats: dict[str, float] = {"nouns": float(keep.sum()), "nouns_dropped": float((~keep).sum())}
+    if not bool(keep.any()):
+        stats.update(best_sim=0.0, acc=0.0)
+        return _zero_loss(nouns, regions, logit_scale), stats
+    t = nouns[keep]
+    target = noun_image[keep]
+
+    sim = torch.einsum("md,bkd->mbk", t, regions)  # (M', B, K), unscaled cosine similarities
+    valid = region_valid.unsqueeze(0).expand_as(sim)
+    # -inf on padding so max ignores it; images without any valid region are masked after scaling instead
+    # (a -inf inside scale * best would make the gradient of a learnable scale NaN).
+    best, _ = sim.masked_fill(~valid, float("-inf")).max(dim=2)  # (M', B)
+    best = torch.where(has_region.unsqueeze(0), best, torch.zeros_like(best))
+    image_logits = (logit_scale * best).masked_fill(~has_region.unsqueeze(0), float("-inf"))
+    rows = torch.arange(t.shape[0], device=t.device)
+    with torch.no_grad():
+        stats["best_sim"] = float(best[rows, target].mean())
+        stats["acc"] = float((image_logits.argmax(dim=1) == target).float().mean())
+
+    if mode == "region_batch":
+        flat = (logit_scale * sim).masked_fill(~valid, float("-inf")).reshape(t.shape[0], B * K)
+        with torch.no_grad():
+            own = sim[rows, target].masked_fill(~region_valid[target], float("-inf"))  # (M', K)
+            region_target = target * K + own.argmax(dim=1)
+        loss = F.cross_entropy(flat, region_target)
+        return loss, stats
+
+    loss_n2r = F.cross_entropy(image_logits, target)
+    if mode == "one_way":
+        return loss_n2r, stats
+
+    # two_way: region -> noun term over valid regions of images that have at least one (kept) noun.
+    has_noun = torch.zeros(B, dtype=torch.bool, device=regions.device)
+    has_noun[target] = True
+    region_rows = region_valid & has_noun.unsqueeze(1)  # (B, K)
+    r2n = (logit_scale * sim).permute(1, 2, 0)[region_rows]  # (R, M')
+    region_img = torch.arange(B, device=regions.device).unsqueeze(1).expand(B, K)[region_rows]  # (R,)
+    own_noun = region_img.unsqueeze(1) == target.unsqueeze(0)  # (R, M')
+    log_all = torch.logsumexp(r2n, dim=1)
+    log_own = torch.logsumexp(r2n.masked_fill(~own_noun, float("-inf")), dim=1)
+    loss_r2n = (log_all - log_own).mean()
+    stats["loss_n2r"] = float(loss_n2r.detach())
+    stats["loss_r2n"] = float(loss_r2n.detach())
+    return 0.5 * (loss_n2r + loss_r2n), stats
+
+
+def image_text_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor | float) -> Tensor:
+    """Symmetric CLIP InfoNCE: mean of image->text and text->image cross-entropy; pair i is (image i, text i)."""
+    if image_emb.shape != text_emb.shape or image_emb.ndim != 2:
+        raise ValueError(f"expected two (B, D) tensors, got {tuple(image_emb.shape)} and {tuple(text_emb.shape)}")
+    logits = logit_scale * image_emb @ text_emb.t()
+    labels = torch.arange(logits.shape[0], device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
+
+
+class LearnableTemperature(nn.Module):
+    """Logit scale 1/τ stored as log(1/τ) and returned as ``exp(log_scale)`` clamped to ``max_scale``.
+
+    The clamp is on the output (CLIP clamps the parameter in place after each step): above ``max_scale`` the
+    gradient is zero, so the parameter stays put until other terms pull it back.
+
+    Args:
+        init: initial temperature τ (0.07 as in CLIP).
+        max_scale: upper bound of 1/τ.
+        learnable: if False the scale is a buffer (fixed, but saved in the state dict).
+    """
+
+    def __init__(self, init: float = 0.07, max_scale: float = 100.0, learnable: bool = True) -> None:
+        super().__init__()
+        if init <= 0:
+            raise ValueError(f"temperature must be positive, got {init}")
+        value = torch.tensor(math.log(1.0 / init), dtype=torch.float32)
+        if learnable:
+            self.log_scale = nn.Parameter(value)
+        else:
+            self.register_buffer("log_scale", value)
+        self.max_scale = float(max_scale)
+
+    def forward(self) -> Tensor:
+        return self.log_scale.exp().clamp(max=self.max_scale)
+
+    def extra_repr(self) -> str:
+        return f"scale={float(self.forward()):.3f}, max_scale={self.max_scale}"

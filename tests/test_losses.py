@@ -177,3 +177,24 @@ def test_learnable_temperature():
     fixed = LearnableTemperature(init=0.5, learnable=False)
     assert fixed().item() == pytest.approx(2.0) and list(fixed.parameters()) == []
     assert "log_scale" in fixed.state_dict()
+
+
+def test_positives_make_a_shared_noun_no_negative():
+    """Two images both contain a dog; the noun "dog" of image 0 must not be pushed away from image 1.
+
+    s(dog, img0) = 10 * 1.0, s(dog, img1) = 10 * 0.0, s(dog, img2) = 10 * 0.0 (scale 10, unit vectors).
+    Without positives: -log(e^10 / (e^10 + 1 + 1)).  With img1 also positive: -log((e^10 + 1) / (e^10 + 2)).
+    """
+    e = torch.eye(2)
+    nouns = e[:1]
+    regions = torch.stack([e[:1], e[1:], e[1:]])  # (3 images, 1 region, 2)
+    valid = torch.ones(3, 1, dtype=torch.bool)
+    img = torch.tensor([0])
+    plain, _ = noun_region_loss(nouns, img, regions, valid, 10.0)
+    assert plain.item() == pytest.approx(-math.log(math.exp(10) / (math.exp(10) + 2)), abs=1e-6)
+    pos = torch.tensor([[True, True, False]])
+    shared, _ = noun_region_loss(nouns, img, regions, valid, 10.0, positives=pos)
+    assert shared.item() == pytest.approx(-math.log((math.exp(10) + 1) / (math.exp(10) + 2)), abs=1e-6)
+    # region_batch: image 1's region leaves the softmax: -log(e^10 / (e^10 + e^0 [image 2]))
+    rb, _ = noun_region_loss(nouns, img, regions, valid, 10.0, mode="region_batch", positives=pos)
+    assert rb.item() == pytest.approx(-math.log(math.exp(10) / (math.exp(10) + 1)), abs=1e-6)

@@ -140,8 +140,9 @@ def create_model(name_or_config: str | Path | dict[str, Any] = DEFAULT_MODEL, pr
         raise MissingWeightsError(f"model {name}: {err}") from None
     except KeyError as err:
         raise ConfigError(f"model config {name}: missing field {err}") from None
-    model = TextSegModel(backbone, grouping, clip, tokenizer,
-                         masked_blocks=int(cfg.get("region", {}).get("masked_blocks", 1)), config=cfg, name=name)
+    region = cfg.get("region", {})
+    model = TextSegModel(backbone, grouping, clip, tokenizer, masked_blocks=int(region.get("masked_blocks", 1)),
+                         config=cfg, name=name, region_mode=region.get("mode", "tokens"))
     if state is not None:
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:

@@ -48,6 +48,7 @@ def noun_region_loss(
     region_valid: Tensor,
     logit_scale: Tensor | float,
     mode: NounRegionMode = "one_way",
+    positives: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """Contrastive loss matching caption nouns to image regions.
 
@@ -63,6 +64,10 @@ def noun_region_loss(
             without gradient), so the noun is also pushed away from its own image's other regions.
             ``"two_way"``: mean of the one-way term and a region->noun term (for every valid region of an image
             with nouns: -log of the softmax mass over all nouns that falls on that image's nouns).
+        positives: optional (M, B) bool, images whose caption has the same noun (the noun's own image included).
+            They are not negatives: the one-way term maximises the softmax mass on all of them, and
+            ``"region_batch"`` drops the regions of the other positive images from the softmax. Without it, a noun
+            shared by several captions of a batch ("dog") would push its true matches apart.
 
     Returns:
         ``(loss, stats)``; stats (floats): ``nouns`` used, ``nouns_dropped`` (their image has no valid region),
@@ -82,6 +87,10 @@ def noun_region_loss(
         return _zero_loss(nouns, regions, logit_scale), stats
     t = nouns[keep]
     target = noun_image[keep]
+    pos = None
+    if positives is not None:
+        pos = positives[keep].clone()
+        pos[torch.arange(t.shape[0], device=t.device), target] = True
 
     sim = torch.einsum("md,bkd->mbk", t, regions)  # (M', B, K), unscaled cosine similarities
     valid = region_valid.unsqueeze(0).expand_as(sim)
@@ -96,14 +105,23 @@ def noun_region_loss(
         stats["acc"] = float((image_logits.argmax(dim=1) == target).float().mean())
 
     if mode == "region_batch":
-        flat = (logit_scale * sim).masked_fill(~valid, float("-inf")).reshape(t.shape[0], B * K)
+        drop = ~valid
+        if pos is not None:  # regions of other images that share the noun are not negatives
+            other = pos.clone()
+            other[rows, target] = False
+            drop = drop | other.unsqueeze(2)
+        flat = (logit_scale * sim).masked_fill(drop, float("-inf")).reshape(t.shape[0], B * K)
         with torch.no_grad():
             own = sim[rows, target].masked_fill(~region_valid[target], float("-inf"))  # (M', K)
             region_target = target * K + own.argmax(dim=1)
         loss = F.cross_entropy(flat, region_target)
         return loss, stats
 
-    loss_n2r = F.cross_entropy(image_logits, target)
+    if pos is None:
+        loss_n2r = F.cross_entropy(image_logits, target)
+    else:
+        pos_logits = image_logits.masked_fill(~(pos & has_region.unsqueeze(0)), float("-inf"))
+        loss_n2r = (torch.logsumexp(image_logits, 1) - torch.logsumexp(pos_logits, 1)).mean()
     if mode == "one_way":
         return loss_n2r, stats
 

@@ -46,12 +46,13 @@ class TextSegModel(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, grouping: GroupingConfig, clip: nn.Module, tokenizer: Callable,
-                 masked_blocks: int = 1, config: dict[str, Any] | None = None, name: str = "custom"):
+                 masked_blocks: int = 1, config: dict[str, Any] | None = None, name: str = "custom",
+                 region_mode: str = "tokens"):
         super().__init__()
         self.backbone = backbone
         self.grouping = grouping
         self.clip = clip
-        self.region = RegionTokenViT(clip.visual, masked_blocks=masked_blocks)
+        self.region = RegionTokenViT(clip.visual, masked_blocks=masked_blocks, mode=region_mode)
         self.tokenizer = tokenizer
         self.config = dict(config or {})
         self.name = name

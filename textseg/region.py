@@ -65,9 +65,12 @@ class RegionTokenViT(nn.Module):
         visual: ``open_clip`` model's ``.visual`` (a VisionTransformer with token pooling).
         masked_blocks: how many of the last blocks carry region tokens (>= 1).
         mean, std: input normalisation of the CLIP.
+        mode: ``"tokens"`` (contextual masking, above) or ``"pool"``: no region tokens, a region's embedding is
+            the mean of its projected output patch tokens (the ablation without contextual masking).
     """
 
-    def __init__(self, visual: nn.Module, masked_blocks: int = 1, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD):
+    def __init__(self, visual: nn.Module, masked_blocks: int = 1, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD,
+                 mode: str = "tokens"):
         super().__init__()
         if not hasattr(visual, "transformer") or not hasattr(visual, "class_embedding"):
             raise ConfigError("region tokens need an open_clip VisionTransformer (a ViT CLIP, not a ResNet/timm tower)")
@@ -76,8 +79,11 @@ class RegionTokenViT(nn.Module):
         depth = len(visual.transformer.resblocks)
         if not 1 <= masked_blocks <= depth:
             raise ConfigError(f"masked_blocks must be in 1..{depth}, got {masked_blocks}")
+        if mode not in ("tokens", "pool"):
+            raise ConfigError(f"region mode must be 'tokens' or 'pool', got {mode!r}")
         self.visual = visual
         self.masked_blocks = masked_blocks
+        self.mode = mode
         self.patch_size = int(visual.conv1.kernel_size[0])
         self.num_heads = visual.transformer.resblocks[0].attn.num_heads
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
@@ -119,9 +125,17 @@ class RegionTokenViT(nn.Module):
         if region_masks.shape[2:] != (gh, gw):
             raise ValueError(f"region masks are {tuple(region_masks.shape[2:])}, the CLIP patch grid is {(gh, gw)}")
         blocks = self.visual.transformer.resblocks
+        masks = region_masks.flatten(2).bool()
+        if self.mode == "pool":
+            for blk in blocks:
+                x = blk(x)
+            tokens = self.project(x)
+            weights = masks.to(tokens.dtype)
+            regions = weights @ tokens[:, 1:] / weights.sum(-1, keepdim=True).clamp_min(1)
+            return RegionOutput(regions=regions, image=tokens[:, 0], valid=masks.any(-1))
         for blk in blocks[: len(blocks) - self.masked_blocks]:
             x = blk(x)
-        return self.forward_masked_blocks(x, region_masks.flatten(2).bool())
+        return self.forward_masked_blocks(x, masks)
 
     def forward_masked_blocks(self, x: torch.Tensor, masks: torch.Tensor) -> RegionOutput:
         """Run the last ``masked_blocks`` blocks with region tokens and project.

@@ -422,8 +422,9 @@ class _ReadShards(PipelineStage):
 class _Decode(PipelineStage):
     """Raw tar samples -> (PIL RGB image, caption); bad samples are counted and skipped."""
 
-    def __init__(self, counter: SkipCounter, image_transform: Callable[[Image.Image], Any] | None) -> None:
-        self.counter, self.image_transform = counter, image_transform
+    def __init__(self, counter: SkipCounter, image_transform: Callable[[Image.Image], Any] | None,
+                 with_url: bool = False) -> None:
+        self.counter, self.image_transform, self.with_url = counter, image_transform, with_url
 
     def run(self, src: Iterable[dict]) -> Iterator[tuple[Any, str]]:
         for sample in src:
@@ -451,7 +452,8 @@ class _Decode(PipelineStage):
             except Exception as err:  # truncated / corrupt image bytes: PIL raises OSError, SyntaxError, ...
                 self.counter.add("decode_error", key, url, f"{type(err).__name__}: {err}")
                 continue
-            yield (self.image_transform(image) if self.image_transform else image), caption
+            image = self.image_transform(image) if self.image_transform else image
+            yield (image, caption, url) if self.with_url else (image, caption)
 
 
 class _SampleShuffle(PipelineStage):
@@ -501,6 +503,7 @@ def caption_pipeline(
     split_by_worker: bool = True,
     image_transform: Callable[[Image.Image], Any] | None = None,
     counter: SkipCounter | None = None,
+    with_url: bool = False,
 ) -> CaptionPipeline:
     """A webdataset pipeline yielding ``(image, caption)`` from image-caption shards.
 
@@ -521,6 +524,7 @@ def caption_pipeline(
         split_by_worker: give each DataLoader worker a disjoint subset of the rank's shards.
         image_transform: applied to the PIL image (e.g. a torchvision transform returning a tensor).
         counter: where skips are counted; a new one by default.
+        with_url: yield ``(image, caption, shard_url)`` (to record which shards a rank read).
     """
     import webdataset as wds
 
@@ -537,7 +541,7 @@ def caption_pipeline(
         stages.append(wds.split_by_node)
     if split_by_worker:
         stages.append(wds.split_by_worker)
-    stages += [_ReadShards(counter), _Decode(counter, image_transform)]
+    stages += [_ReadShards(counter), _Decode(counter, image_transform, with_url)]
     if shuffle_buffer > 0:
         stages.append(_SampleShuffle(shuffle_buffer, seed))
     pipeline = CaptionPipeline(stages)

@@ -248,16 +248,10 @@ class _SampleStore:
 
 
 def _palette() -> np.ndarray:
-    """The VOC colour map (bit-interleaved label index), extended to 256 entries; 255 is white."""
-    pal = np.zeros((256, 3), dtype=np.uint8)
-    for label in range(256):
-        c, r, g, b = label, 0, 0, 0
-        for shift in range(7, -1, -1):
-            r |= (c & 1) << shift
-            g |= ((c >> 1) & 1) << shift
-            b |= ((c >> 2) & 1) << shift
-            c >>= 3
-        pal[label] = (r, g, b)
+    """The VOC colour map with 255 (ignore) shown white."""
+    from textseg.visualize import voc_palette
+
+    pal = voc_palette()
     pal[255] = (255, 255, 255)
     return pal
 

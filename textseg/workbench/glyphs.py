@@ -31,21 +31,6 @@ VOC_GLYPHS: dict[int, int] = {
 }  # fmt: skip
 
 
-def voc_palette() -> list[int]:
-    """The standard Pascal VOC colour map as a flat 768-entry list for ``Image.putpalette``."""
-    pal = []
-    for i in range(256):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        pal += [r, g, b]
-    return pal
-
-
 # Blocks that hold object-like glyphs (food, plants, animals, tools, sports, household items, buildings).
 DISTRACTOR_RANGES: tuple[tuple[int, int], ...] = (
     (0x1F32D, 0x1F37F), (0x1F380, 0x1F3FA), (0x1F400, 0x1F4FF), (0x1F500, 0x1F53D),

@@ -10,7 +10,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from textseg.workbench.build import _text_rng
 from textseg.workbench.captions import scene_caption
-from textseg.workbench.glyphs import GlyphCache, voc_palette
+from textseg.visualize import voc_palette
+from textseg.workbench.glyphs import GlyphCache
 from textseg.workbench.scenes import make_scene
 
 
@@ -23,7 +24,7 @@ def preview_grid(
         The path written (PNG).
     """
     cache = GlyphCache()
-    palette = np.array(voc_palette(), np.float32).reshape(256, 3)
+    palette = voc_palette().astype(np.float32)
     font = ImageFont.load_default()
     text_h = 30
     cell_w, cell_h = 2 * size + 6, size + text_h + 6

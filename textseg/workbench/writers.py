@@ -12,10 +12,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from textseg.workbench.glyphs import VOC_CLASSES, voc_palette
+from textseg.visualize import voc_palette
+from textseg.workbench.glyphs import VOC_CLASSES
 
 JPEG_QUALITY = 95
-_PALETTE = voc_palette()
+_PALETTE = voc_palette().ravel().tolist()
 
 
 def encode_jpeg(image: np.ndarray) -> bytes:

@@ -277,3 +277,36 @@ def test_cli_eval_semseg_and_ris(tmp_path, monkeypatch):
     saved = json.loads((tmp_path / "ris" / "results.json").read_text())
     assert saved["metrics"]["mIoU"] == 0.0 and saved["n_no_mask"] == 1 and saved["metrics"]["PointM"] is None
     assert math.isclose(saved["metrics"]["oIoU"], 0.0)
+
+
+def test_calibrate_bg_score_picks_the_best_constant():
+    import torch
+
+    from textseg.evaluation import calibrate_bg_score
+
+    groups = np.zeros((4, 4), dtype=np.int64)
+    groups[:, 2:] = 1
+    label = np.zeros((4, 4), dtype=np.uint8)
+    label[:, :2] = 1  # left half is the class, right half background
+
+    class FakeSegmenter:
+        def region_similarities(self, image, names, templates=None, short_side=None):
+            assert names == ["thing"]
+            return groups, torch.tensor([[0.6], [0.3]])  # region 0 (left) is more like "thing"
+
+    class OneImage:
+        class_names = ["background", "thing"]
+        ignore_index = 255
+        has_background = True
+
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            return {"image": np.zeros((4, 4, 3), np.uint8), "label": label, "id": "x"}
+
+    best, scores = calibrate_bg_score(FakeSegmenter(), OneImage(), {"templates": "single", "short_side": None},
+                                      candidates=(0.0, 0.4, 0.7), progress=False)
+    # 0.0: both regions "thing" -> IoU bg 0, thing 8/16 -> 25; 0.4: exact -> 100; 0.7: all bg -> (8/16 + 0) / 2 -> 25
+    assert best == 0.4
+    assert scores == {0.0: 25.0, 0.4: 100.0, 0.7: 25.0}

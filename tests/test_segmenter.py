@@ -53,6 +53,11 @@ def test_each_region_gets_the_class_whose_text_matches_it(color_model, monkeypat
     # a threshold no probability reaches makes everything background
     res = seg.predict(img, ["right", "left"], background="threshold", bg_threshold=1.01, short_side=None)
     assert (res.labels == 0).all()
+    # a constant background score above every similarity makes everything background, below none
+    res = seg.predict(img, ["right", "left"], bg_score=1.01, bg_threshold=0.0, short_side=None)
+    assert (res.labels == 0).all()
+    res = seg.predict(img, ["right", "left"], bg_score=-1.01, bg_threshold=0.0, short_side=None)
+    assert (res.labels[:, :64] == 2).all() and (res.labels[:, 64:] == 1).all()
     # a background class that matches the left half maps it to 0
     res = seg.predict(img, ["right"], background="classes", background_classes=["left"], short_side=None)
     assert (res.labels[:, :64] == 0).all() and (res.labels[:, 64:] == 1).all()

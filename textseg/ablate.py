@@ -33,10 +33,11 @@ def ablate(variants: list[Path], init: Path, data: Path, out: Path, steps: int, 
            progress: bool = True, eval_limit: int | None = None) -> list[dict[str, Any]]:
     """Train and evaluate every variant; returns one row per variant (also in ``out/ablation.{json,md}``)."""
     from textseg.factory import create_model
-    from textseg.quickstart import _shards, evaluate_workbench, run_stage
+    from textseg.quickstart import _shards, build_dev_set, evaluate_workbench, run_stage
 
     if not init.is_file():
         raise UserError(f"stage-1 checkpoint {init} does not exist (run `textseg quickstart` or train stage 1)")
+    dev = build_dev_set(data, seed=0, progress=progress)
     rows = []
     for path in variants:
         name = path.stem
@@ -48,7 +49,7 @@ def ablate(variants: list[Path], init: Path, data: Path, out: Path, steps: int, 
             model = create_model(json.loads((run / "config.json").read_text())["model"],
                                  checkpoint=run / "final.pt")
             evaluate_workbench(model, data, run / "eval", overlays=4, limit=eval_limit, progress=progress,
-                               meta={"variant": name, "overrides": overrides})
+                               meta={"variant": name, "overrides": overrides}, dev=dev)
         res = json.loads((run / "eval" / "results.json").read_text())["metrics"]
         summary = json.loads((run / "summary_rank0.json").read_text())
         rows.append({"variant": name, "mIoU": res["mIoU"], "aAcc": res["aAcc"], "mAcc": res["mAcc"],

@@ -37,7 +37,9 @@ _PROTOCOL_TYPES: dict[str, tuple[type, ...]] = {
     "background": (str, type(None)),
     "bg_threshold": (int, float),
     "background_classes": (list,),
+    "bg_score": (int, float, type(None)),
 }
+_OPTIONAL_FIELDS = {"bg_score": None}  # fields a preset may leave out, with their defaults
 SAMPLES_FILE = "samples.jsonl"
 
 
@@ -54,7 +56,7 @@ def _check_protocol_fields(fields: Mapping[str, Any], source: str, required: boo
             names = " or ".join("null" if t is type(None) else t.__name__ for t in types)
             raise ConfigError(f"{source}: field {key!r} must be {names}, got {value!r}")
     if required:
-        missing = [k for k in _PROTOCOL_TYPES if k not in fields]
+        missing = [k for k in _PROTOCOL_TYPES if k not in fields and k not in _OPTIONAL_FIELDS]
         if missing:
             raise ConfigError(f"{source}: missing protocol field(s): {', '.join(missing)}")
     if "templates" in fields and fields["templates"] not in TEMPLATE_SETS:
@@ -108,6 +110,8 @@ def load_protocol(name_or_path: str | Path) -> dict[str, Any]:
         _check_protocol_fields(overrides, f"{path}: per_benchmark.{bench}", required=False)
     data["per_benchmark"] = per_benchmark
     data["bg_threshold"] = float(data["bg_threshold"])
+    for key, default in _OPTIONAL_FIELDS.items():
+        data.setdefault(key, default)
     return data
 
 
@@ -166,6 +170,7 @@ class SegmenterSemsegPredictor:
                 background=p.get("background"),
                 bg_threshold=p.get("bg_threshold", 0.5),
                 background_classes=tuple(p.get("background_classes") or ()),
+                bg_score=p.get("bg_score"),
                 **common,
             )
             return np.asarray(res.labels)
@@ -434,6 +439,39 @@ def evaluate_semseg(
     return results
 
 
+def calibrate_bg_score(segmenter: Any, dataset: Any, protocol: Mapping[str, Any], *,
+                       candidates: Sequence[float] = tuple(np.round(np.arange(-0.3, 1.01, 0.05), 2)),
+                       limit: int | None = None, progress: bool = True) -> tuple[float, dict[float, float]]:
+    """Choose the constant background score (``bg_score``) that maximises mIoU on a held-out set.
+
+    Use a development split, never the split you report: on the OpenMoji workbench, scenes of another seed. Regions
+    are grouped and scored once per image; every candidate is then scored from the same similarities.
+
+    Returns:
+        The best score and the mIoU of every candidate.
+    """
+    import torch
+    from tqdm import tqdm
+
+    if not getattr(dataset, "has_background", True):
+        raise ConfigError("bg_score calibration needs a dataset whose label 0 is background")
+    names = _prompt_names(dataset)[1:]
+    bg = list(protocol.get("background_classes") or ())
+    metrics = {c: SemsegMetric(len(dataset.class_names), dataset.ignore_index) for c in candidates}
+    n = _indices(len(dataset), limit)
+    for i in tqdm(range(n), desc="calibrate bg", disable=not progress):
+        item = dataset[i]
+        groups, sims = segmenter.region_similarities(item["image"], names + bg, templates=protocol.get("templates"),
+                                                     short_side=protocol.get("short_side"))
+        for c, metric in metrics.items():
+            full = torch.cat([sims, torch.full_like(sims[:, :1], float(c))], 1).argmax(1).numpy()
+            region_label = np.where(full < len(names), full + 1, 0)
+            metric.update(region_label[groups], item["label"])
+    scores = {c: float(m.compute()["mIoU"]) for c, m in metrics.items()}
+    best = max(scores, key=scores.get)
+    return float(best), scores
+
+
 def _prompt_names(dataset: Any) -> list[str]:
     from textseg.data.names import BENCHMARKS, get_class_names
 
@@ -609,7 +647,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     sem.add_argument("--dataset", required=True, choices=SEMSEG_DATASETS)
     sem.add_argument("--root", required=True, help="dataset folder in its original on-disk layout")
     sem.add_argument("--split", default="val")
-    sem.add_argument("--protocol", default="groupvit", help="preset name (groupvit, sclip) or YAML path")
+    sem.add_argument("--protocol", default="groupvit", help="preset name (groupvit, sclip, workbench) or YAML path")
+    sem.add_argument("--bg-score", type=float, help="constant background similarity (overrides the protocol's)")
     _add_common(sem)
     factory.add_model_args(sem)
     sem.set_defaults(func=_run_semseg)
@@ -652,6 +691,8 @@ def _run_semseg(args: argparse.Namespace) -> int:
 
     dataset = build_semseg_dataset(args.dataset, args.root, args.split)
     protocol = protocol_for_benchmark(load_protocol(args.protocol), args.dataset)
+    if args.bg_score is not None:
+        protocol["bg_score"] = args.bg_score
     segmenter = _build_segmenter(args, protocol["templates"])
     predictor = SegmenterSemsegPredictor(segmenter, protocol, dataset.has_background)
     results = evaluate_semseg(

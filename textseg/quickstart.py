@@ -3,9 +3,10 @@
 1. build the OpenMoji workbench (if it is not there yet);
 2. evaluate the untrained model (the "before" row);
 3. stage 1: image-caption contrastive pretraining of a small CLIP from scratch;
-4. stage 2: region adaptation with the one-way noun-to-region loss through region tokens, on frozen Lab colour
-   + x,y k-means groups (a grouping that needs no pretrained weights);
-5. evaluate on the workbench's VOC-format val set with the benchmark tools and print the Markdown table.
+4. stage 2: region adaptation with the one-way noun-to-region loss on frozen Lab colour + x,y k-means groups (a
+   grouping that needs no pretrained weights), regions embedded as configured in ``configs/train/stage2_region.yaml``;
+5. evaluate on the workbench's VOC-format val set with the benchmark tools and print the Markdown table; the
+   constant background score is chosen on a development set of another seed, never on val.
 """
 
 from __future__ import annotations
@@ -24,23 +25,48 @@ _log = logging.getLogger(__name__)
 
 
 def _shards(data: Path) -> list[str]:
-    return [str(data / "train" / "shard-{000000..%06d}.tar" % (len(list((data / "train").glob("*.tar"))) - 1)),
-            str(data / "objects" / "shard-{000000..%06d}.tar" % (len(list((data / "objects").glob("*.tar"))) - 1))]
+    """Brace-notation URLs of a workbench's caption shards and object-centric shards."""
+    out = []
+    for part in ("train", "objects"):
+        n = len(list((data / part).glob("shard-*.tar")))
+        if n:
+            out.append(str(data / part / f"shard-{{000000..{n - 1:06d}}}.tar"))
+    return out
+
+
+def build_dev_set(data: Path, seed: int, scenes: int = 300, progress: bool = True) -> Path:
+    """A VOC-format development set of another seed (never the reported val scenes), for calibration."""
+    from textseg.workbench.build import build_workbench
+
+    dev = data / f"dev-seed{seed + 1}"
+    if not (dev / "manifest.json").is_file():
+        build_workbench(dev, train_scenes=0, val_scenes=scenes, ref_scenes=0, object_centric=0, size=96,
+                        seed=seed + 1, workers=2, progress=progress)
+    return dev
 
 
 def evaluate_workbench(model, data: Path, out: Path, *, overlays: int = 12, limit: int | None = None,
-                       progress: bool = True, meta: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Score a model on the workbench's VOC-format val set under the ``workbench`` protocol."""
+                       progress: bool = True, meta: dict[str, Any] | None = None, dev: Path | None = None) -> dict[str, Any]:
+    """Score a model on the workbench's VOC-format val set under the ``workbench`` protocol.
+
+    With ``dev`` (a VOC-format set of other scenes), the constant background score is first chosen there.
+    """
     from textseg.data import VOCSegmentation
-    from textseg.evaluation import SegmenterSemsegPredictor, evaluate_semseg, load_protocol, protocol_for_benchmark
+    from textseg.evaluation import (SegmenterSemsegPredictor, calibrate_bg_score, evaluate_semseg, load_protocol,
+                                    protocol_for_benchmark)
     from textseg.segmenter import Segmenter
 
     protocol = protocol_for_benchmark(load_protocol("workbench"), "voc21")
-    dataset = VOCSegmentation(data / "voc", split="val")
     seg = Segmenter(model.eval(), templates=protocol["templates"], text_cache_dir=False)
+    calibration = None
+    if dev is not None:
+        best, scores = calibrate_bg_score(seg, VOCSegmentation(dev / "voc", split="val"), protocol, progress=progress)
+        protocol["bg_score"] = best
+        calibration = {"dev": str(dev), "bg_score": best, "dev_mIoU": scores}
+    dataset = VOCSegmentation(data / "voc", split="val")
     predictor = SegmenterSemsegPredictor(seg, protocol, has_background=True)
     return evaluate_semseg(predictor, dataset, out, resume=False, overlays=overlays, limit=limit, progress=progress,
-                           meta={"config": {"protocol": protocol, **(meta or {})}})
+                           meta={"config": {"protocol": protocol, "calibration": calibration, **(meta or {})}})
 
 
 def run_stage(config: str, overrides: list[str], progress: bool) -> dict[str, Any]:
@@ -69,11 +95,13 @@ def quickstart(out: str | Path = "runs/quickstart", data: str | Path = "workbenc
     else:
         print(f"[1/5] using the OpenMoji workbench in {data}")
     shards = json.dumps(_shards(data))
+    dev = build_dev_set(data, seed, progress=progress)  # background-score calibration, never on val
 
     print("[2/5] evaluating the untrained model ...")
     torch.manual_seed(seed)
     before_model = build_model(load_config(REPO / "configs" / "train" / "stage1_image_text.yaml"))
-    before = evaluate_workbench(before_model, data, out / "eval_before", overlays=0, limit=eval_limit, progress=progress)
+    before = evaluate_workbench(before_model, data, out / "eval_before", overlays=0, limit=eval_limit,
+                                progress=progress, dev=dev)
     del before_model
 
     def budget(share: float) -> float:
@@ -90,7 +118,7 @@ def quickstart(out: str | Path = "runs/quickstart", data: str | Path = "workbenc
                                      f"train.max_minutes={budget(1.0):.2f}"], progress)
     print("[5/5] evaluating on the workbench VOC val set ...")
     model = create_model("labxy-small-workbench", checkpoint=out / "stage2" / "final.pt")
-    after = evaluate_workbench(model, data, out / "eval", overlays=12, limit=eval_limit, progress=progress)
+    after = evaluate_workbench(model, data, out / "eval", overlays=12, limit=eval_limit, progress=progress, dev=dev)
     summary = {"minutes": round((time.time() - start) / 60, 1), "mIoU_before": before["metrics"]["mIoU"],
                "mIoU_after": after["metrics"]["mIoU"], "checkpoint": str(out / "stage2" / "final.pt"),
                "eval": str(out / "eval" / "results.json")}

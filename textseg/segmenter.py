@@ -55,7 +55,8 @@ class SegmentationResult:
     Attributes:
         labels: (H, W) int64; 0 = background, i + 1 = ``classes[i]`` of the call.
         classes: ``["background", *classes]``, so ``classes[labels]`` names every pixel.
-        probs: (C', H, W) float32 class probabilities (foreground classes, then background classes), if asked for.
+        probs: (C', H, W) float32 class probabilities (foreground classes, then background classes, then the
+            constant background score if one was given), if asked for.
     """
 
     labels: np.ndarray
@@ -129,7 +130,8 @@ class Segmenter:
     def predict(self, image: ImageLike, classes: Sequence[str], *, background: str | None = "threshold",
                 bg_threshold: float = 0.5, background_classes: Sequence[str] = (),
                 templates: str | Sequence[str] | None = None, short_side: int | None = 448,
-                window: int | None = None, stride: int | None = None, return_probs: bool = False) -> SegmentationResult:
+                window: int | None = None, stride: int | None = None, bg_score: float | None = None,
+                return_probs: bool = False) -> SegmentationResult:
         """Label every pixel with one of ``classes`` or background.
 
         Args:
@@ -144,6 +146,8 @@ class Segmenter:
             short_side: resize so the short side has this length (``None`` keeps the size).
             window, stride: sliding-window inference at the resized scale (e.g. 448 / 224); ``None`` runs the
                 whole image at once.
+            bg_score: a constant background cosine similarity, scored like one more background class (TCL's
+                constant background score): a region whose best class similarity is below it is background.
             return_probs: keep the (C', H, W) probability maps in the result.
 
         Returns:
@@ -156,18 +160,23 @@ class Segmenter:
             raise UserError(f"background must be 'threshold', 'classes' or None, got {background!r}")
         if (window is None) != (stride is None) or (window is not None and (window <= 0 or stride <= 0)):
             raise UserError("window and stride must be given together, both positive")
+        if bg_score is not None and background is None:
+            raise UserError("bg_score needs a background mode ('threshold' or 'classes')")
         names = classes + [c for c in background_classes]
         text = self.text.encode_classes(names, templates or self.templates).to(self.device)
         arr, x = self._prepare(image, short_side)
         _, _, h, w = x.shape
         scale = float(self.model.logit_scale)
-        probs = torch.zeros(len(names), h, w)
+        probs = torch.zeros(len(names) + (bg_score is not None), h, w)
         count = torch.zeros(1, h, w)
         win_h, win_w = (min(window, h), min(window, w)) if window else (h, w)
         for y0 in window_starts(h, win_h, stride or h):
             for x0 in window_starts(w, win_w, stride or w):
                 groups, regions = self._regions(x[..., y0: y0 + win_h, x0: x0 + win_w])
-                region_probs = (scale * regions @ text.T).softmax(-1).cpu()  # (K, C')
+                sims = regions @ text.T
+                if bg_score is not None:
+                    sims = torch.cat([sims, torch.full_like(sims[:, :1], float(bg_score))], 1)
+                region_probs = (scale * sims).softmax(-1).cpu()  # (K, C')
                 probs[:, y0: y0 + win_h, x0: x0 + win_w] += region_probs[torch.from_numpy(groups)].permute(2, 0, 1)
                 count[:, y0: y0 + win_h, x0: x0 + win_w] += 1
         probs = F.interpolate((probs / count)[None], size=arr.shape[:2], mode="bilinear", align_corners=False)[0]
@@ -184,19 +193,27 @@ class Segmenter:
                                   probs=probs.numpy() if return_probs else None)
 
     @torch.no_grad()
+    def region_similarities(self, image: ImageLike, names: Sequence[str], *, templates: str | Sequence[str] | None = None,
+                            short_side: int | None = 448) -> tuple[np.ndarray, torch.Tensor]:
+        """Group the whole image once and score every region against every name.
+
+        Returns:
+            (H, W) group map at the input size and (K, len(names)) cosine similarities of region k to name c.
+        """
+        text = self.text.encode_classes(list(names), templates or self.templates).to(self.device)
+        arr, x = self._prepare(image, short_side)
+        groups, regions = self._regions(x)
+        g = torch.from_numpy(groups)[None, None].float()
+        groups = F.interpolate(g, size=arr.shape[:2], mode="nearest")[0, 0].long().numpy()
+        return groups, (regions @ text.T).cpu()
+
+    @torch.no_grad()
     def predict_referring(self, image: ImageLike, sentence: str, *, short_side: int | None = 448) -> ReferringResult:
         """Pick the region whose embedding best matches a referring sentence (a zero-shot region baseline)."""
         if not sentence or not sentence.strip():
             raise UserError("the referring sentence is empty")
-        text = self.text.encode_classes([sentence], ("{}",)).to(self.device)[0]
-        arr, x = self._prepare(image, short_side)
-        groups, regions = self._regions(x)
-        scores = (regions @ text).cpu()
+        groups, sims = self.region_similarities(image, [sentence], templates=("{}",), short_side=short_side)
+        scores = sims[:, 0]
         best = int(scores.argmax())
-        size = arr.shape[:2]
-        g = torch.from_numpy(groups)[None, None].float()
-        mask = F.interpolate(g, size=size, mode="nearest")[0, 0].long().numpy() == best
-        response = F.interpolate(scores[torch.from_numpy(groups)][None, None], size=size, mode="bilinear",
-                                 align_corners=False)[0, 0].numpy().astype(np.float32)
-        return ReferringResult(mask=mask, response=response, score=float(scores[best]),
-                               region_scores=[float(s) for s in scores])
+        return ReferringResult(mask=groups == best, response=scores[torch.from_numpy(groups)].numpy().astype(np.float32),
+                               score=float(scores[best]), region_scores=[float(v) for v in scores])

@@ -12,7 +12,7 @@ from textseg.cli import main
 
 def test_segment_writes_label_png_overlay_and_json(tmp_path, capsys):
     rc = main(["segment", str(VOC_IMAGE), "--classes", "aeroplane,sky,grass", "--model", "tiny", "--no-pretrained",
-               "--templates", "single", "--out", str(tmp_path)])
+               "--templates", "single", "--rle", "--out", str(tmp_path)])
     assert rc == 0
     labels = Image.open(tmp_path / "2007_000033_labels.png")
     assert labels.mode == "P" and labels.size == (500, 366)
@@ -26,6 +26,13 @@ def test_segment_writes_label_png_overlay_and_json(tmp_path, capsys):
     counts = np.bincount(np.array(labels).ravel(), minlength=4) / (500 * 366)
     for i, name in enumerate(summary["classes"]):
         assert abs(summary["pixel_share"].get(name, 0.0) - counts[i]) < 1e-9
+    # the RLE of each class decodes to exactly its pixels of the label PNG
+    from pycocotools import mask as mask_utils
+
+    for name, rle in summary["rle"].items():
+        i = summary["classes"].index(name)
+        decoded = mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()})
+        assert (decoded.astype(bool) == (np.array(labels) == i)).all()
 
 
 def test_real_model_without_weights_exits_2_naming_the_weight(tmp_path, capsys):

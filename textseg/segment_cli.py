@@ -26,6 +26,20 @@ def _parse_classes(text: str) -> list[str]:
     return names
 
 
+def class_rles(labels, names: list[str]) -> dict[str, dict]:
+    """COCO RLE (compressed, ``counts`` as text) of each class present in a label map, background excluded."""
+    import numpy as np
+    from pycocotools import mask as mask_utils
+
+    out = {}
+    for i in np.unique(labels):
+        if i == 0:
+            continue
+        rle = mask_utils.encode(np.asfortranarray(labels == i))
+        out[names[i]] = {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+    return out
+
+
 def cmd_segment(args: argparse.Namespace) -> int:
     from textseg.factory import create_model_from_args
     from textseg.segmenter import Segmenter, load_image
@@ -46,13 +60,15 @@ def cmd_segment(args: argparse.Namespace) -> int:
     for path in tqdm(images, desc="segment", unit="img", disable=len(images) < 2):
         res = segmenter.predict(arrays[path], classes, background=background, bg_threshold=args.bg_threshold,
                                 background_classes=bg_classes, short_side=args.short_side or None,
-                                window=args.window, stride=args.stride)
+                                window=args.window, stride=args.stride, bg_score=args.bg_score)
         stem = path.stem
         save_label_png(res.labels, out / f"{stem}_labels.png")
         overlay(arrays[path], res.labels, names=res.classes).save(out / f"{stem}_overlay.png")
         summary = {"image": str(path), "size": list(res.labels.shape), "model": args.model,
                    "classes": res.classes, "pixel_share": res.pixel_share(),
                    "labels_png": f"{stem}_labels.png", "overlay_png": f"{stem}_overlay.png"}
+        if args.rle:
+            summary["rle"] = class_rles(res.labels, res.classes)
         (out / f"{stem}.json").write_text(json.dumps(summary, indent=2))
         print(f"{path}: " + ", ".join(f"{k} {v:.1%}" for k, v in sorted(res.pixel_share().items(), key=lambda kv: -kv[1])))
     print(f"wrote label maps, overlays and JSON summaries to {out}")
@@ -78,6 +94,8 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--background", default="threshold", choices=["threshold", "classes", "none"])
     p.add_argument("--bg-threshold", type=float, default=0.5)
     p.add_argument("--background-classes", help="names scored as background (comma-separated or .txt)")
+    p.add_argument("--bg-score", type=float, help="constant background similarity (TCL-style background score)")
+    p.add_argument("--rle", action="store_true", help="add each class's mask as COCO RLE to the JSON summary")
     p.add_argument("--short-side", type=int, default=448, help="resize the short side to this (0 keeps the size)")
     p.add_argument("--window", type=int, help="sliding window size (e.g. 448)")
     p.add_argument("--stride", type=int, help="sliding window stride (e.g. 224)")

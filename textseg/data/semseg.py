@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from textseg.data.names import get_class_names
+from textseg.data.names import BENCHMARKS, get_class_names
 from textseg.errors import ConfigError, DatasetError
 
 IGNORE_INDEX = 255
@@ -275,16 +275,7 @@ class COCOObject(SemsegDataset):
         super().__init__(samples, "coco_object", _identity_lut(), has_background=True, split=split)
 
 
-SEMSEG_DATASETS: tuple[str, ...] = (
-    "voc21",
-    "voc20",
-    "context60",
-    "context59",
-    "coco_object",
-    "ade20k",
-    "coco_stuff171",
-    "cityscapes",
-)
+SEMSEG_DATASETS: tuple[str, ...] = BENCHMARKS  # every benchmark with class names has a reader
 
 
 def build_semseg_dataset(name: str, root: str | Path, split: str = "val") -> SemsegDataset:

@@ -162,7 +162,7 @@ class Segmenter:
             raise UserError("window and stride must be given together, both positive")
         if bg_score is not None and background is None:
             raise UserError("bg_score needs a background mode ('threshold' or 'classes')")
-        names = classes + [c for c in background_classes]
+        names = classes + list(background_classes)
         text = self.text.encode_classes(names, templates or self.templates).to(self.device)
         arr, x = self._prepare(image, short_side)
         _, _, h, w = x.shape

@@ -26,7 +26,6 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from textseg.errors import ConfigError, UserError
-from textseg.grouping import group_feature_map, upsample_groups
 from textseg.losses import image_text_loss, noun_region_loss
 from textseg.model import TextSegModel, groups_to_patch_masks
 from textseg.train.config import deep_update
@@ -41,8 +40,7 @@ class TrainTransform:
     the data workers, so it overlaps with the training step."""
 
     def __init__(self, model: TextSegModel, image_size: int):
-        self.backbone = model.backbone
-        self.grouping = model.grouping
+        self.model = model
         self.size = image_size
         p = model.region.patch_size
         if image_size % model.patch_size:
@@ -54,9 +52,7 @@ class TrainTransform:
         if image.size != (self.size, self.size):
             image = image.resize((self.size, self.size), resample=3)
         x = torch.from_numpy(np.array(image)).permute(2, 0, 1).float().div(255)
-        feats = self.backbone(x[None])[0]
-        groups = upsample_groups(group_feature_map(feats, self.grouping), (self.size, self.size))
-        return x, groups_to_patch_masks(groups, self.grid)
+        return x, groups_to_patch_masks(self.model.group(x[None])[0], self.grid)
 
 
 def collate(batch: list[tuple]) -> dict[str, Any]:

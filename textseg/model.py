@@ -33,6 +33,15 @@ def groups_to_patch_masks(groups: np.ndarray, grid: tuple[int, int]) -> torch.Te
     return masks
 
 
+def stack_region_masks(masks: list[torch.Tensor]) -> torch.Tensor:
+    """Stack per-image (K_i, gh, gw) masks into (B, K, gh, gw), K = max K_i; padding regions are all False."""
+    k = max(m.shape[0] for m in masks)
+    out = torch.zeros(len(masks), k, *masks[0].shape[1:], dtype=torch.bool)
+    for i, m in enumerate(masks):
+        out[i, : m.shape[0]] = m
+    return out
+
+
 class TextSegModel(nn.Module):
     """The model built by :func:`textseg.create_model`.
 
@@ -76,12 +85,7 @@ class TextSegModel(nn.Module):
     def region_masks(self, groups: list[np.ndarray], images: torch.Tensor) -> torch.Tensor:
         """Stack per-image group maps into (B, K, gh, gw) CLIP-grid masks, K = most groups in the batch."""
         grid = (images.shape[-2] // self.region.patch_size, images.shape[-1] // self.region.patch_size)
-        masks = [groups_to_patch_masks(g, grid) for g in groups]
-        k = max(m.shape[0] for m in masks)
-        out = torch.zeros(len(masks), k, *grid, dtype=torch.bool)
-        for i, m in enumerate(masks):
-            out[i, : m.shape[0]] = m
-        return out.to(images.device)
+        return stack_region_masks([groups_to_patch_masks(g, grid) for g in groups]).to(images.device)
 
     def forward(self, images: torch.Tensor, region_masks: torch.Tensor) -> RegionOutput:
         """Region embeddings of (B, 3, H, W) images in [0, 1] for (B, K, gh, gw) region masks."""

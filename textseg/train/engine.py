@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from textseg.errors import ConfigError, UserError
 from textseg.losses import image_text_loss, noun_region_loss
-from textseg.model import TextSegModel, groups_to_patch_masks
+from textseg.model import TextSegModel, groups_to_patch_masks, stack_region_masks
 from textseg.train.config import deep_update
 
 _log = logging.getLogger(__name__)
@@ -58,10 +58,7 @@ class TrainTransform:
 def collate(batch: list[tuple]) -> dict[str, Any]:
     """Stack images, pad region masks to the batch's largest K, keep captions (and shard URLs) as lists."""
     images = torch.stack([b[0][0] for b in batch])
-    k = max(b[0][1].shape[0] for b in batch)
-    masks = torch.zeros(len(batch), k, *batch[0][0][1].shape[1:], dtype=torch.bool)
-    for i, b in enumerate(batch):
-        masks[i, : b[0][1].shape[0]] = b[0][1]
+    masks = stack_region_masks([b[0][1] for b in batch])
     return {"images": images, "masks": masks, "captions": [b[1] for b in batch],
             "urls": [b[2] for b in batch] if len(batch[0]) > 2 else []}
 

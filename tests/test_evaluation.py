@@ -1,8 +1,7 @@
-"""End-to-end evaluation: runners on the VOC fixture, resume after an interruption, adapters, protocols, CLI."""
+"""End-to-end evaluation: runners on the VOC fixture, resume after an interruption, adapters, protocols,
+calibration and the benchmark runs the ``textseg eval`` command calls."""
 
-import argparse
 import json
-import math
 import sys
 import types
 from pathlib import Path
@@ -11,18 +10,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import textseg
+from textseg.config import Protocol
 from textseg.data import VOCSegmentation
 from textseg.errors import ConfigError
-from textseg.evaluation import (
+from textseg.eval import (
     RISOutput,
     SegmenterRISPredictor,
     SegmenterSemsegPredictor,
+    calibrate_bg_score,
     evaluate_ris,
     evaluate_semseg,
     load_protocol,
-    protocol_for_benchmark,
-    register_cli,
+    run_ris_benchmark,
+    run_semseg_benchmark,
+    summary_line,
 )
 from test_data import _refer_fixture
 
@@ -46,7 +47,11 @@ def test_oracle_scores_100_and_results_are_written(tmp_path):
     md = (tmp_path / "results.md").read_text()
     assert "| 100.00 | 100.00 | 100.00 |" in md and "| aeroplane | 100.00 | 100.00 |" in md
     (overlay,) = (tmp_path / "overlays").iterdir()
-    assert Image.open(overlay).size == (3 * 500, 366)
+    panel = np.asarray(Image.open(overlay))
+    assert panel.shape == (366, 3 * 500, 3) and overlay.name == "00000_2007_000033.png"
+    assert np.array_equal(panel[:, :500], ds[0]["image"])  # image | prediction | ground truth
+    assert np.array_equal(panel[:, 500:1000], panel[:, 1000:])  # the oracle's prediction is the ground truth
+    assert not np.array_equal(panel[:, :500], panel[:, 500:1000])
 
 
 def test_all_background_predictor_scores_the_hand_computed_value(tmp_path):
@@ -139,6 +144,8 @@ def test_resume_recomputes_no_finished_sample(tmp_path):
 def test_limit_and_shape_check(tmp_path):
     res = evaluate_semseg(_CountingPredictor(), _ToyDataset(), tmp_path, progress=False, limit=2)
     assert res["n_samples"] == 2
+    with pytest.raises(ConfigError, match="limit"):
+        evaluate_semseg(_CountingPredictor(), _ToyDataset(), tmp_path / "a", progress=False, limit=-1)
     with pytest.raises(ValueError, match="shape"):
         evaluate_semseg(lambda im, n: np.zeros((3, 3), int), _ToyDataset(), tmp_path / "b", progress=False)
 
@@ -176,113 +183,128 @@ def test_evaluate_ris_end_to_end_with_resume(tmp_path):
 
 
 class _FakeSegmenter:
-    def __init__(self, labels):
-        self.labels = labels
+    """Records what the adapters pass; the labels / masks it returns are fixed."""
+
+    def __init__(self, labels=None, mask=None):
+        self.labels, self.mask = labels, mask
         self.calls = []
 
-    def predict(self, image, classes, **kw):
-        self.calls.append((list(classes), kw))
-        return types.SimpleNamespace(labels=self.labels)
+    def predict(self, image, classes, protocol=None, **overrides):
+        self.calls.append((list(classes), protocol, overrides))
+        labels = self.labels if self.labels is not None else np.zeros(image.shape[:2], np.int64)
+        return types.SimpleNamespace(labels=labels)
 
-    def predict_referring(self, image, sentence, *, short_side=448):
-        self.calls.append((sentence, short_side))
-        return types.SimpleNamespace(mask=np.ones((2, 2), bool), response=np.zeros((2, 2), np.float32), score=1.0)
+    def predict_referring(self, image, sentence, protocol=None, **overrides):
+        self.calls.append((sentence, protocol, overrides))
+        return types.SimpleNamespace(mask=self.mask, response=None if self.mask is None else self.mask.astype(float))
 
 
-def test_segmenter_adapters():
-    protocol = protocol_for_benchmark(load_protocol("sclip"), "voc21")
+def test_segmenter_adapters_pass_the_protocol_object():
+    protocol = load_protocol("sclip").for_benchmark("voc21")
     seg = _FakeSegmenter(np.array([[0, 1], [2, 3]]))
     with_bg = SegmenterSemsegPredictor(seg, protocol, has_background=True)
     out = with_bg(np.zeros((2, 2, 3), np.uint8), ["background", "aeroplane", "bicycle", "bird"])
     assert out.tolist() == [[0, 1], [2, 3]]
-    classes, kw = seg.calls[-1]
-    assert classes == ["aeroplane", "bicycle", "bird"]
-    assert kw["background"] == "threshold" and kw["bg_threshold"] == 0.1 and "sky" in kw["background_classes"]
-    assert (kw["short_side"], kw["window"], kw["stride"], kw["templates"]) == (336, 224, 112, "imagenet80")
+    classes, got, overrides = seg.calls[-1]
+    assert classes == ["aeroplane", "bicycle", "bird"] and overrides == {}
+    assert got is protocol  # exactly what the segmenter receives
 
     seg = _FakeSegmenter(np.array([[1, 2], [3, 1]]))
-    no_bg = SegmenterSemsegPredictor(seg, protocol_for_benchmark(load_protocol("sclip"), "voc20"), False)
+    no_bg = SegmenterSemsegPredictor(seg, protocol.replace(bg_score=0.2), has_background=False)
     out = no_bg(np.zeros((2, 2, 3), np.uint8), ["aeroplane", "bicycle", "bird"])
-    assert out.tolist() == [[0, 1], [2, 0]]
-    classes, kw = seg.calls[-1]
+    assert out.tolist() == [[0, 1], [2, 0]]  # labels shifted down by one
+    classes, got, _ = seg.calls[-1]
     assert classes == ["aeroplane", "bicycle", "bird"]
-    assert kw["background"] is None and tuple(kw["background_classes"]) == ()
+    assert got.background is None and got.background_classes == [] and got.bg_score is None
+    assert (got.short_side, got.window, got.stride, got.templates) == (336, 224, 112, "imagenet80")
 
-    ris = SegmenterRISPredictor(seg, {"short_side": 320})
-    res = ris(np.zeros((2, 2, 3), np.uint8), "the dog")
-    assert isinstance(res, RISOutput) and res.mask.all() and seg.calls[-1] == ("the dog", 320)
+    seg = _FakeSegmenter(mask=np.ones((2, 2), bool))
+    ris_protocol = Protocol(name="ris", short_side=320, templates="single")
+    res = SegmenterRISPredictor(seg, ris_protocol)(np.zeros((2, 2, 3), np.uint8), "the dog")
+    assert isinstance(res, RISOutput) and res.mask.all() and res.response.shape == (2, 2)
+    assert seg.calls[-1] == ("the dog", ris_protocol, {})
 
 
-def test_protocols(tmp_path):
+def test_adapters_drive_the_real_segmenter(tiny_model):
+    # The fakes above check the plumbing; this one checks that the adapters match the real Segmenter's signature.
+    from textseg.segmenter import Segmenter
+
+    seg = Segmenter(tiny_model, text_cache_dir=False)
+    image = np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)
+    protocol = load_protocol("workbench", ["short_side=32"])
+    names = ["background", "cat", "dog"]
+    with_bg = SegmenterSemsegPredictor(seg, protocol, has_background=True)(image, names)
+    assert with_bg.shape == (40, 56) and with_bg.min() >= 0 and with_bg.max() <= 2
+    no_bg = SegmenterSemsegPredictor(seg, protocol, has_background=False)(image, names)
+    assert no_bg.shape == (40, 56) and no_bg.min() >= 0 and no_bg.max() <= 2  # 3 classes, no background label
+    res = SegmenterRISPredictor(seg, protocol)(image, "the cat on the left")
+    assert res.mask.shape == (40, 56) and res.mask.dtype == bool and res.mask.any()
+
+
+def test_protocol_presets_and_errors(tmp_path):
     g = load_protocol("groupvit")
-    assert (g["short_side"], g["window"], g["stride"], g["templates"]) == (448, 448, 224, "single")
-    assert g["background"] == "threshold" and g["background_classes"] == []
-    assert protocol_for_benchmark(g, "voc21")["bg_threshold"] == 0.95
-    assert protocol_for_benchmark(g, "context60")["bg_threshold"] == 0.35
-    s = load_protocol(Path(textseg.__file__).parents[1] / "configs" / "protocols" / "sclip.yaml")
-    assert s["short_side"] == 336 and len(s["background_classes"]) == 26
+    assert (g.short_side, g.window, g.stride, g.templates) == (448, 448, 224, "single")
+    assert g.background == "threshold" and g.background_classes == [] and g.bg_score is None
+    assert g.for_benchmark("voc21").bg_threshold == 0.95
+    assert g.for_benchmark("context60").bg_threshold == 0.35 and g.for_benchmark("context60").per_benchmark == {}
+    s = load_protocol("sclip")
+    assert s.short_side == 336 and len(s.background_classes) == 26
+    w = load_protocol("workbench", ["bg_score=0.3"])
+    assert (w.short_side, w.window, w.bg_score) == (96, None, 0.3)
+    # A user file by path; fields left out take the defaults.
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("name: mine\nshort_side: 224\ntemplates: single\n"
+                    "per_benchmark:\n  voc20:\n    templates: imagenet80\n")
+    p = load_protocol(mine)
+    assert (p.short_side, p.templates, p.window, p.bg_threshold) == (224, "single", None, 0.5)
+    assert p.for_benchmark("voc20").templates == "imagenet80" and p.for_benchmark("voc21").templates == "single"
 
-    with pytest.raises(ConfigError, match="protocol not found"):
+    with pytest.raises(ConfigError, match="nope.*groupvit"):  # the message lists the presets
         load_protocol("nope")
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("name: x\nshort_side: 448\nwindow: 448\nstride: 224\ntemplates: single\nbackground: null\n"
-                   "background_classes: []\n")
-    with pytest.raises(ConfigError, match="bg_threshold"):
-        load_protocol(bad)
-    bad.write_text(bad.read_text() + "bg_threshold: 0.5\ntemplates_x: 1\n")
-    with pytest.raises(ConfigError, match="templates_x"):
-        load_protocol(bad)
-    bad.write_text(bad.read_text().replace("templates_x: 1\n", "").replace("single", "many"))
-    with pytest.raises(ConfigError, match="templates"):
-        load_protocol(bad)
+    for text, field in [
+        ("short_side: big\n", "short_side"),  # wrong type
+        ("bg_threshold: [1]\n", "bg_threshold"),
+        ("templates_x: single\n", "templates_x"),  # unknown field
+        ("templates: many\n", "templates"),  # not a template set
+        ("window: 448\n", "window"),  # window without stride
+        ("per_benchmark:\n  voc21:\n    bg_treshold: 0.3\n", "bg_treshold"),  # typo in an override: at load time
+    ]:
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(text)
+        with pytest.raises(ConfigError, match=field):
+            load_protocol(bad)
+    with pytest.raises(ConfigError, match="short_side"):
+        load_protocol("groupvit", ["short_side=wide"])
+    with pytest.raises(ConfigError, match="bg_treshold"):
+        g.replace(bg_treshold=0.1)
 
 
-def test_cli_eval_semseg_and_ris(tmp_path, monkeypatch):
-    # The model factory and Segmenter are the lead's modules; stand-ins with the agreed API.
-    factory = types.ModuleType("textseg.factory")
-    factory.add_model_args = lambda p: p.add_argument("--model", default="tiny")
-    factory.create_model_from_args = lambda args: {"model": args.model}
-    segmenter = types.ModuleType("textseg.segmenter")
-
-    class Segmenter:
-        def __init__(self, model, templates="imagenet80", text_cache_dir=None):
-            self.model, self.templates = model, templates
-
-        def predict(self, image, classes, **kw):
-            return types.SimpleNamespace(labels=np.zeros(image.shape[:2], np.int64))
-
-        def predict_referring(self, image, sentence, *, short_side=448):
-            return types.SimpleNamespace(mask=None, response=None, score=0.0)
-
-    segmenter.Segmenter = Segmenter
-    monkeypatch.setitem(sys.modules, "textseg.factory", factory)
-    monkeypatch.setitem(sys.modules, "textseg.segmenter", segmenter)
-    monkeypatch.setattr(textseg, "factory", factory, raising=False)
-    monkeypatch.setattr(textseg, "segmenter", segmenter, raising=False)
-
-    parser = argparse.ArgumentParser(prog="textseg")
-    register_cli(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["eval", "semseg", "--dataset", "voc21", "--root", str(VOC), "--out",
-                              str(tmp_path / "sem"), "--no-progress", "--model", "m1"])
-    assert args.func(args) == 0
+def test_semseg_and_ris_benchmarks_by_name(tmp_path):
+    # What `textseg eval semseg|ris` runs once it has a segmenter and a protocol.
+    protocol = load_protocol("groupvit").replace(per_benchmark={"voc21": {"bg_threshold": 0.3}})
+    seg = _FakeSegmenter()  # all background
+    res = run_semseg_benchmark(seg, "voc21", VOC, "val", protocol, tmp_path / "sem", progress=False,
+                               meta={"config": {"args": {"model": "m1"}}})
+    assert res["metrics"]["mIoU"] == pytest.approx(100 * (BG / (BG + AERO)) / 2)
+    assert seg.calls[0][1].bg_threshold == 0.3 and seg.calls[0][1].per_benchmark == {}  # resolved for voc21
     saved = json.loads((tmp_path / "sem" / "results.json").read_text())
-    assert saved["metrics"]["mIoU"] == pytest.approx(100 * (BG / (BG + AERO)) / 2)
-    assert saved["meta"]["config"]["args"]["model"] == "m1"
-    assert saved["meta"]["config"]["protocol"]["bg_threshold"] == 0.95
+    assert saved["meta"]["config"]["args"] == {"model": "m1"}
+    assert saved["meta"]["config"]["protocol"]["bg_threshold"] == 0.3
+    assert saved["meta"]["config"]["protocol"]["window"] == 448
 
     _refer_fixture(tmp_path / "refer")
-    args = parser.parse_args(["eval", "ris", "--root", str(tmp_path / "refer"), "--split", "testA", "--out",
-                              str(tmp_path / "ris"), "--no-progress"])
-    assert args.func(args) == 0
+    seg = _FakeSegmenter(mask=None)  # never answers
+    res = run_ris_benchmark(seg, tmp_path / "refer", "refcoco", "unc", "testA", Protocol(short_side=320),
+                            tmp_path / "ris", progress=False)
+    assert seg.calls[0][0] == "red car at the top" and seg.calls[0][1].short_side == 320
     saved = json.loads((tmp_path / "ris" / "results.json").read_text())
-    assert saved["metrics"]["mIoU"] == 0.0 and saved["n_no_mask"] == 1 and saved["metrics"]["PointM"] is None
-    assert math.isclose(saved["metrics"]["oIoU"], 0.0)
+    assert saved["metrics"]["mIoU"] == 0.0 and saved["metrics"]["oIoU"] == 0.0 and saved["n_no_mask"] == 1
+    assert saved["metrics"]["PointM"] is None and saved["meta"]["config"]["protocol"]["short_side"] == 320
+    assert summary_line(res).startswith("refcoco (unc) testA (1 sentences): oIoU 0.00")
 
 
 def test_calibrate_bg_score_picks_the_best_constant():
     import torch
-
-    from textseg.evaluation import calibrate_bg_score
 
     groups = np.zeros((4, 4), dtype=np.int64)
     groups[:, 2:] = 1
@@ -290,9 +312,11 @@ def test_calibrate_bg_score_picks_the_best_constant():
     label[:, :2] = 1  # left half is the class, right half background
 
     class FakeSegmenter:
-        def region_similarities(self, image, names, templates=None, short_side=None):
-            assert names == ["thing"]
-            return groups, torch.tensor([[0.6], [0.3]])  # region 0 (left) is more like "thing"
+        def region_similarities(self, image, names, protocol=None, **overrides):
+            assert protocol.templates == "single" and not overrides
+            # Region 0 (left) is more like "thing"; region 1 is most like the background class "sky".
+            sims = {("thing",): [[0.6], [0.3]], ("thing", "sky"): [[0.6, 0.1], [0.3, 0.35]]}[tuple(names)]
+            return groups, torch.tensor(sims)
 
     class OneImage:
         class_names = ["background", "thing"]
@@ -305,8 +329,18 @@ def test_calibrate_bg_score_picks_the_best_constant():
         def __getitem__(self, i):
             return {"image": np.zeros((4, 4, 3), np.uint8), "label": label, "id": "x"}
 
-    best, scores = calibrate_bg_score(FakeSegmenter(), OneImage(), {"templates": "single", "short_side": None},
-                                      candidates=(0.0, 0.4, 0.7), progress=False)
+    protocol = Protocol(templates="single")
+    best, scores = calibrate_bg_score(FakeSegmenter(), OneImage(), protocol, candidates=(0.0, 0.4, 0.7),
+                                      progress=False)
     # 0.0: both regions "thing" -> IoU bg 0, thing 8/16 -> 25; 0.4: exact -> 100; 0.7: all bg -> (8/16 + 0) / 2 -> 25
     assert best == 0.4
     assert scores == {0.0: 25.0, 0.4: 100.0, 0.7: 25.0}
+    # A background class that wins a region makes it background whatever the constant.
+    best, scores = calibrate_bg_score(FakeSegmenter(), OneImage(), protocol.replace(background_classes=["sky"]),
+                                      candidates=(0.0, 0.7), progress=False)
+    assert best == 0.0 and scores == {0.0: 100.0, 0.7: 25.0}
+
+    no_bg = OneImage()
+    no_bg.has_background = False
+    with pytest.raises(ConfigError, match="background"):
+        calibrate_bg_score(FakeSegmenter(), no_bg, protocol, progress=False)

@@ -4,15 +4,37 @@ import pytest
 import torch
 
 import textseg
-from textseg.errors import MissingWeightsError, UserError
+from textseg.config import ModelConfig, to_dict
+from textseg.errors import ConfigError, MissingWeightsError, UserError
 
 
 def test_list_models_and_configs():
     names = textseg.list_models()
-    assert {"dino-s16-clip-b16", "dino-b16-clip-b16", "tiny"} <= set(names)
+    assert {"dino-s16-clip-b16", "dino-b16-clip-b16", "labxy-small-workbench", "tiny"} <= set(names)
     for name in names:
         cfg = textseg.get_model_config(name)
-        assert {"backbone", "grouping", "clip"} <= set(cfg)
+        assert isinstance(cfg, ModelConfig) and cfg.name == name and cfg.description
+    dino = textseg.get_model_config("dino-s16-clip-b16")
+    assert (dino.backbone.name, dino.backbone.feature, dino.clip.pretrained) == ("vit_small_patch16_224.dino", "keys", "openai")
+    pooled = textseg.get_model_config("labxy-small-workbench", {"region": {"mode": "pool"}})
+    assert pooled.region.mode == "pool" and pooled.grouping.xy_weight == 0.5
+
+
+def test_bad_model_config_fields_name_the_field(tmp_path):
+    cfg = to_dict(textseg.get_model_config("tiny"))
+    for change, message in [({"grouping": {"num_grups": 3}}, "grouping.num_grups"),
+                            ({"grouping": {"num_groups": "many"}}, "grouping.num_groups"),
+                            ({"region": {"mode": "average"}}, "region.mode"),
+                            ({"backbone": {"type": "resnet"}}, "backbone.type")]:
+        with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+            textseg.get_model_config(cfg, change)
+    path = tmp_path / "broken.json"
+    path.write_text('{"grouping": {"num_groups": 4')
+    with pytest.raises(ConfigError, match="broken.json: not valid YAML/JSON"):
+        textseg.create_model(str(path), pretrained=False)
+    path.write_text('{"backbone": {"type": "color"}}')
+    with pytest.raises(ConfigError, match="missing mandatory value: clip"):
+        textseg.create_model(str(path), pretrained=False)
 
 
 def test_unknown_model_is_a_user_error():
@@ -28,8 +50,7 @@ def test_missing_weights_error_names_weight_and_place():
 
 
 def test_missing_clip_weights_when_backbone_is_random(tmp_path):
-    cfg = textseg.get_model_config("tiny")
-    cfg["clip"] = {"arch": "ViT-B-16", "pretrained": "openai", "quick_gelu": True}
+    cfg = textseg.get_model_config("tiny", {"clip": {"arch": "ViT-B-16", "pretrained": "openai", "quick_gelu": True}})
     with pytest.raises(MissingWeightsError, match="CLIP weights ViT-B-16/openai"):
         textseg.create_model(cfg)
     with pytest.raises(MissingWeightsError, match="no pretrained tag 'nosuchtag'"):
@@ -57,12 +78,12 @@ def test_local_weight_file_is_loaded(tmp_path, tiny_model):
 
 
 def test_config_file_path(tmp_path):
-    cfg = textseg.get_model_config("tiny")
-    cfg["grouping"]["num_groups"] = 3
+    cfg = to_dict(textseg.get_model_config("tiny", {"grouping": {"num_groups": 3}}))
+    del cfg["name"]
     path = tmp_path / "mine.json"
     path.write_text(json.dumps(cfg))
     model = textseg.create_model(str(path), pretrained=False)
-    assert model.grouping.num_groups == 3 and model.name == "mine"
+    assert model.grouper.config.num_groups == 3 and model.name == "mine"
 
 
 @torch.no_grad()
@@ -72,10 +93,11 @@ def test_real_size_architectures_run_at_448():
     model = textseg.create_model("dino-s16-clip-b16", pretrained=False)
     assert sum(p.numel() for p in model.clip.parameters()) > 149e6
     images = torch.rand(1, 3, 448, 448)
-    feats = model.backbone(images)
+    feats = model.grouper.backbone(images)
     assert feats.shape == (1, 28, 28, 384)  # keys of the last block
     groups = model.group(images)
-    assert groups[0].shape == (448, 448) and 2 <= groups[0].max() + 1 <= 8
-    out = model(images, model.region_masks(groups, images))
+    assert groups.pixels.shape == (1, 448, 448) and 2 <= groups.pixels.max() + 1 <= 8
+    assert groups.region_masks.shape[2:] == (28, 28)
+    out = model(images, groups.region_masks)
     assert out.regions.shape[-1] == 512 and out.valid.all()
     assert torch.isfinite(out.regions).all()

@@ -1,5 +1,6 @@
 import torch
 
+from textseg.grouping import groups_to_region_masks
 from textseg.region import region_attention_mask
 
 
@@ -59,8 +60,8 @@ def test_region_output_ignores_patches_outside_its_region(tiny_model):
 @torch.no_grad()
 def test_regions_are_batched_in_one_pass_with_padding(tiny_model):
     images = torch.rand(2, 3, 64, 64)
-    groups = [torch.zeros(64, 64, dtype=torch.long).numpy(), (torch.arange(64)[None].repeat(64, 1) >= 32).long().numpy()]
-    masks = tiny_model.region_masks(groups, images)
+    groups = torch.stack([torch.zeros(4, 4, dtype=torch.long), (torch.arange(4)[None].repeat(4, 1) >= 2).long()])
+    masks = groups_to_region_masks(groups, (4, 4))
     assert masks.shape == (2, 2, 4, 4)
     out = tiny_model(images, masks)
     assert out.regions.shape == (2, 2, tiny_model.clip.visual.output_dim)

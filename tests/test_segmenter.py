@@ -3,16 +3,18 @@ import pytest
 import torch
 
 import textseg
-from textseg.errors import UserError
-from textseg.segmenter import Segmenter, load_image, window_starts
+from textseg.config import Protocol, load_protocol
+from textseg.errors import ConfigError, UserError
+from textseg.io import load_image
+from textseg.segmenter import Segmenter, window_starts
 
 
 @pytest.fixture(scope="module")
 def color_model():
     """Tiny CLIP + Lab-colour grouping with k = 2: a two-colour image splits exactly into its halves."""
-    cfg = textseg.get_model_config("tiny")
-    cfg["backbone"] = {"type": "color", "patch_size": 16}
-    cfg["grouping"] = {"num_groups": 2, "xy_weight": 0.0, "min_group_frac": 0.0, "normalize": False}
+    cfg = textseg.get_model_config("tiny", {"backbone": {"type": "color", "patch_size": 16},
+                                            "grouping": {"num_groups": 2, "xy_weight": 0.0, "min_group_frac": 0.0,
+                                                         "normalize": False}})
     torch.manual_seed(0)
     return textseg.create_model(cfg, pretrained=False)
 
@@ -28,6 +30,7 @@ def fix_text_to_regions(seg, monkeypatch, img):
     """Make class 0 the embedding of the right half's region and class 1 that of the left half's."""
     _, x = seg._prepare(img, None)
     groups, regions = seg._regions(x)
+    groups = groups.numpy()
     text = torch.stack([regions[groups[0, -1]], regions[groups[0, 0]]])
     monkeypatch.setattr(seg.text, "encode_classes", lambda names, templates=None: text[: len(names)])
     return groups
@@ -63,6 +66,36 @@ def test_each_region_gets_the_class_whose_text_matches_it(color_model, monkeypat
     assert (res.labels[:, :64] == 0).all() and (res.labels[:, 64:] == 1).all()
 
 
+@torch.no_grad()
+def test_recognition_through_the_real_text_tower(color_model):
+    """No stand-in: each half gets the class whose real prompt embedding is closest to that half's region embedding,
+    computed here independently from the model's parts (full 77-token text pass, no cache, no template trimming)."""
+    seg = Segmenter(color_model, templates="single", text_cache_dir=False)
+    img = two_halves()
+    names = ["dog", "bus", "tree", "sky"]
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
+    groups = color_model.group(x)
+    regions = torch.nn.functional.normalize(color_model(x, groups.region_masks).regions[0], dim=-1)
+    tokens = color_model.tokenizer([f"a photo of a {n}." for n in names])
+    text = torch.nn.functional.normalize(color_model.clip.encode_text(tokens), dim=-1)
+    expected = (regions @ text.T).argmax(1)[groups.pixels[0]] + 1
+    res = seg.predict(img, names, background=None, short_side=None)
+    assert (res.labels == expected.numpy()).all()
+    assert len(np.unique(res.labels[:, :64])) == 1 and len(np.unique(res.labels[:, 64:])) == 1
+
+
+def test_protocol_object_presets_and_per_call_overrides(color_model):
+    img = two_halves()
+    seg = Segmenter(color_model, "workbench", text_cache_dir=False)
+    assert seg.protocol == load_protocol("workbench") and seg.protocol.short_side == 96
+    with_bg = seg.predict(img, ["dog", "bus"], bg_score=1.01, short_side=None)
+    assert (with_bg.labels == 0).all()  # a background score above every cosine similarity
+    plain = Protocol(templates="single", background=None, short_side=None)
+    res = seg.predict(img, ["dog", "bus"], plain)
+    assert set(np.unique(res.labels)) <= {1, 2}
+    assert seg.protocol.bg_score is None  # a per-call override leaves the segmenter's protocol alone
+
+
 def test_resize_and_sliding_window_return_input_size(color_model):
     seg = Segmenter(color_model, templates="single", text_cache_dir=False)
     img = two_halves(50, 90)
@@ -87,8 +120,12 @@ def test_bad_inputs_are_user_errors(color_model, tmp_path):
     seg = Segmenter(color_model, templates="single", text_cache_dir=False)
     with pytest.raises(UserError, match="class list"):
         seg.predict(two_halves(), [])
-    with pytest.raises(UserError, match="window and stride"):
+    with pytest.raises(ConfigError, match="'window' and 'stride'"):
         seg.predict(two_halves(), ["a"], window=32)
+    with pytest.raises(ConfigError, match="Key 'windows' not in 'Protocol'"):
+        seg.predict(two_halves(), ["a"], windows=32)
+    with pytest.raises(ConfigError, match="bg_score"):
+        seg.predict(two_halves(), ["a"], background=None, bg_score=0.2)
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not a jpeg")
     with pytest.raises(UserError, match="cannot read image"):

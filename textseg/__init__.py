@@ -7,6 +7,7 @@ from textseg.errors import MissingWeightsError, UserError  # noqa: E402
 _LAZY = {
     "create_model": "textseg.factory", "list_models": "textseg.factory", "get_model_config": "textseg.factory",
     "Segmenter": "textseg.segmenter", "SegmentationResult": "textseg.segmenter", "ReferringResult": "textseg.segmenter",
+    "Protocol": "textseg.config", "ModelConfig": "textseg.config", "load_protocol": "textseg.config",
 }
 
 
@@ -20,4 +21,4 @@ def __getattr__(name: str):
 
 
 __all__ = ["create_model", "list_models", "get_model_config", "Segmenter", "SegmentationResult",
-           "ReferringResult", "MissingWeightsError", "UserError"]
+           "ReferringResult", "Protocol", "ModelConfig", "load_protocol", "MissingWeightsError", "UserError"]

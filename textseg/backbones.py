@@ -10,6 +10,18 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+class Normalize(nn.Module):
+    """(x - mean) / std per channel of (B, 3, H, W) images; the statistics move with the module's device."""
+
+    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return (images - self.mean) / self.std
+
+
 class TimmViTFeatures(nn.Module):
     """Patch features of a timm ViT at any input size (``dynamic_img_size=True``).
 
@@ -27,14 +39,13 @@ class TimmViTFeatures(nn.Module):
         self.model = model
         self.feature = feature
         self.patch_size = int(model.patch_embed.patch_size[0])
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.normalize = Normalize(mean, std)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Map (B, 3, H, W) images in [0, 1] to (B, H/p, W/p, C) patch features."""
         b, _, h, w = images.shape
         gh, gw = h // self.patch_size, w // self.patch_size
-        x = (images - self.mean) / self.std
+        x = self.normalize(images)
         prefix = getattr(self.model, "num_prefix_tokens", 1)
         if self.feature == "tokens":
             tokens = self.model.forward_features(x)

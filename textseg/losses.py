@@ -1,21 +1,20 @@
 """Contrastive losses between caption nouns, image regions and whole images.
 
 Conventions: embeddings are L2-normalised by the caller; ``logit_scale`` is the already exponentiated inverse
-temperature (a float or a 0-dim tensor, e.g. the output of :class:`LearnableTemperature`).
+temperature (a float, or a 0-dim tensor such as ``clip.logit_scale.exp()``).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 NounRegionMode = Literal["one_way", "region_batch", "two_way"]
 
-__all__ = ["noun_region_loss", "image_text_loss", "LearnableTemperature", "NounRegionMode"]
+__all__ = ["noun_region_loss", "image_text_loss", "NounRegionMode"]
 
 
 def _check_inputs(nouns: Tensor, noun_image: Tensor, regions: Tensor, region_valid: Tensor) -> None:
@@ -147,33 +146,3 @@ def image_text_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor | f
     logits = logit_scale * image_emb @ text_emb.t()
     labels = torch.arange(logits.shape[0], device=logits.device)
     return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
-
-
-class LearnableTemperature(nn.Module):
-    """Logit scale 1/τ stored as log(1/τ) and returned as ``exp(log_scale)`` clamped to ``max_scale``.
-
-    The clamp is on the output (CLIP clamps the parameter in place after each step): above ``max_scale`` the
-    gradient is zero, so the parameter stays put until other terms pull it back.
-
-    Args:
-        init: initial temperature τ (0.07 as in CLIP).
-        max_scale: upper bound of 1/τ.
-        learnable: if False the scale is a buffer (fixed, but saved in the state dict).
-    """
-
-    def __init__(self, init: float = 0.07, max_scale: float = 100.0, learnable: bool = True) -> None:
-        super().__init__()
-        if init <= 0:
-            raise ValueError(f"temperature must be positive, got {init}")
-        value = torch.tensor(math.log(1.0 / init), dtype=torch.float32)
-        if learnable:
-            self.log_scale = nn.Parameter(value)
-        else:
-            self.register_buffer("log_scale", value)
-        self.max_scale = float(max_scale)
-
-    def forward(self) -> Tensor:
-        return self.log_scale.exp().clamp(max=self.max_scale)
-
-    def extra_repr(self) -> str:
-        return f"scale={float(self.forward()):.3f}, max_scale={self.max_scale}"

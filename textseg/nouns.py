@@ -51,13 +51,17 @@ COMPOUND_NOUNS: frozenset[str] = frozenset(
     }
 )
 
-STOP_NOUNS: frozenset[str] = frozenset(
+# Words that name a picture's background or surface; training on the workbench keeps them as nouns (its captions
+# name the background on purpose), see ``loss.keep_background_nouns``.
+BACKGROUND_NOUNS: frozenset[str] = frozenset({"background", "backdrop", "texture", "pattern", "gradient"})
+
+STOP_NOUNS: frozenset[str] = BACKGROUND_NOUNS | frozenset(
     {
-        "background", "foreground", "picture", "image", "photo", "photograph", "pic", "view", "scene", "shot",
+        "foreground", "picture", "image", "photo", "photograph", "pic", "view", "scene", "shot",
         "closeup", "close-up", "group", "pair", "couple", "bunch", "lot", "number", "kind", "type", "sort", "piece",
         "front", "back", "side", "top", "bottom", "left", "right", "middle", "center", "centre", "corner", "way",
         "thing", "something", "someone", "somebody", "anything", "nothing", "everything", "area", "part", "there",
-        "here", "it", "one", "ones", "lots", "variety", "set", "illustration", "drawing", "emoji", "icon", "backdrop", "texture", "pattern", "gradient",
+        "here", "it", "one", "ones", "lots", "variety", "set", "illustration", "drawing", "emoji", "icon",
     }
 )
 

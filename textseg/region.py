@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from textseg.backbones import Normalize
 from textseg.errors import ConfigError
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -86,8 +87,7 @@ class RegionTokenViT(nn.Module):
         self.mode = mode
         self.patch_size = int(visual.conv1.kernel_size[0])
         self.num_heads = visual.transformer.resblocks[0].attn.num_heads
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.normalize = Normalize(mean, std)
 
     def positional_embedding(self, gh: int, gw: int) -> torch.Tensor:
         """Positional embedding for a gh × gw patch grid (bicubic interpolation of the trained grid)."""
@@ -102,7 +102,7 @@ class RegionTokenViT(nn.Module):
     def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """(B, 3, H, W) images in [0, 1] → (B, 1 + N, D) tokens after ln_pre, and the patch grid (gh, gw)."""
         v = self.visual
-        x = v.conv1((images - self.mean) / self.std)
+        x = v.conv1(self.normalize(images))
         gh, gw = x.shape[-2:]
         x = x.flatten(2).transpose(1, 2)
         cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)

@@ -1,41 +1,20 @@
-"""Open-vocabulary semantic segmentation and region-level referring with a :class:`TextSegModel`."""
+"""Open-vocabulary semantic segmentation and region-level referring with a :class:`TextSegModel` (groups → labels)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
 
+from textseg.config import Protocol, load_protocol
 from textseg.errors import UserError
+from textseg.io import ImageLike, load_image
 from textseg.model import TextSegModel
 from textseg.text import TextEncoder
-
-ImageLike = Image.Image | np.ndarray | str | Path
-
-
-def load_image(image: ImageLike) -> np.ndarray:
-    """Read an image (path, PIL image or array) as an (H, W, 3) uint8 RGB array; raises UserError if unreadable."""
-    if isinstance(image, (str, Path)):
-        try:
-            with Image.open(image) as im:
-                image = im.convert("RGB")
-        except (OSError, UnidentifiedImageError) as err:
-            raise UserError(f"cannot read image {image}: {err.__class__.__name__}") from None
-    if isinstance(image, Image.Image):
-        return np.array(image.convert("RGB"))  # a writable copy: torch refuses read-only buffers
-    arr = np.asarray(image)
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=2)
-    if arr.ndim != 3 or arr.shape[2] not in (3, 4) or arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise UserError(f"expected an (H, W, 3) image array, got shape {arr.shape}")
-    if arr.dtype != np.uint8:
-        arr = np.clip(arr * (255 if arr.max() <= 1.0 else 1), 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(arr[..., :3])
 
 
 def window_starts(length: int, window: int, stride: int) -> list[int]:
@@ -91,20 +70,27 @@ class Segmenter:
 
     Args:
         model: a model from :func:`textseg.create_model`.
-        templates: default prompt templates (``"single"``, ``"imagenet80"`` or a list).
+        protocol: the default inference settings: a :class:`~textseg.config.Protocol`, a preset name
+            (``groupvit``, ``sclip``, ``workbench``) or None for the defaults (short side 448, 80 templates).
         text_cache_dir: disk cache of class embeddings; ``None`` for the default folder, ``False`` for none.
+        **overrides: protocol fields to change, e.g. ``templates="single"``.
     """
 
-    def __init__(self, model: TextSegModel, templates: str | Sequence[str] = "imagenet80",
-                 text_cache_dir: str | Path | None | bool = None):
+    def __init__(self, model: TextSegModel, protocol: Protocol | str | None = None, *,
+                 text_cache_dir: str | Path | None | bool = None, **overrides: Any):
         self.model = model.eval()
-        self.templates = templates
+        protocol = load_protocol(protocol) if isinstance(protocol, str) else protocol or Protocol()
+        self.protocol = protocol.replace(**overrides) if overrides else protocol
         self.text = TextEncoder(model.clip, model.tokenizer, cache_dir=text_cache_dir)
         self.device = next(model.parameters()).device
 
+    def _protocol(self, protocol: Protocol | None, overrides: dict[str, Any]) -> Protocol:
+        p = protocol or self.protocol
+        return p.replace(**overrides) if overrides else p
+
     def _prepare(self, image: ImageLike, short_side: int | None) -> tuple[np.ndarray, torch.Tensor]:
         arr = load_image(image)
-        x = torch.from_numpy(arr).permute(2, 0, 1)[None].float().div(255).to(self.device)
+        x = torch.from_numpy(arr).to(self.device).permute(2, 0, 1)[None].float().div(255)
         if short_side:
             h, w = arr.shape[:2]
             s = short_side / min(h, w)
@@ -113,107 +99,98 @@ class Segmenter:
         return arr, x
 
     @torch.no_grad()
-    def _regions(self, crop: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
-        """Group a (1, 3, h, w) crop and embed its regions: (h, w) group map and (K, E) normalised embeddings."""
+    def _regions(self, crop: torch.Tensor, pixel_size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Group a (1, 3, h, w) crop and embed its regions: the group map at ``pixel_size`` (default (h, w)) and
+        (K, E) normalised region embeddings."""
         h, w = crop.shape[-2:]
         p = self.model.patch_size
         sized = F.interpolate(crop, size=(max(p, round(h / p) * p), max(p, round(w / p) * p)), mode="bilinear",
                               align_corners=False) if (h % p or w % p) else crop
-        groups = self.model.group(sized)
-        out = self.model(sized, self.model.region_masks(groups, sized))
-        regions = F.normalize(out.regions[0].float(), dim=-1)
-        g = torch.from_numpy(groups[0])[None, None].float()
-        g = F.interpolate(g, size=(h, w), mode="nearest")[0, 0].long().numpy() if sized is not crop else groups[0]
-        return g, regions
+        groups = self.model.group(sized, pixel_size=pixel_size or (h, w))
+        out = self.model(sized, groups.region_masks)
+        return groups.pixels[0], F.normalize(out.regions[0].float(), dim=-1)
 
     @torch.no_grad()
-    def predict(self, image: ImageLike, classes: Sequence[str], *, background: str | None = "threshold",
-                bg_threshold: float = 0.5, background_classes: Sequence[str] = (),
-                templates: str | Sequence[str] | None = None, short_side: int | None = 448,
-                window: int | None = None, stride: int | None = None, bg_score: float | None = None,
-                return_probs: bool = False) -> SegmentationResult:
+    def predict(self, image: ImageLike, classes: Sequence[str], protocol: Protocol | None = None, *,
+                return_probs: bool = False, **overrides: Any) -> SegmentationResult:
         """Label every pixel with one of ``classes`` or background.
 
         Args:
             image: path, PIL image or (H, W, 3) array.
             classes: class names (any vocabulary).
-            background: ``"threshold"`` (a pixel whose best probability is below ``bg_threshold``, or whose best
-                class is a background class, is background), ``"classes"`` (background classes only) or ``None``
-                (every pixel gets a class).
-            bg_threshold: probability threshold of ``"threshold"``.
-            background_classes: extra names scored like classes and mapped to background (e.g. sky, wall).
-            templates: prompt templates; defaults to the segmenter's.
-            short_side: resize so the short side has this length (``None`` keeps the size).
-            window, stride: sliding-window inference at the resized scale (e.g. 448 / 224); ``None`` runs the
-                whole image at once.
-            bg_score: a constant background cosine similarity, scored like one more background class (TCL's
-                constant background score): a region whose best class similarity is below it is background.
+            protocol: inference settings (:class:`~textseg.config.Protocol`); defaults to the segmenter's.
+                ``background``: ``"threshold"`` (a pixel whose best probability is below ``bg_threshold``, or whose
+                best class is a background class, is background), ``"classes"`` (background classes only) or
+                None (every pixel gets a class); ``bg_score``: a constant background cosine similarity scored like
+                one more background class (TCL); ``window``/``stride``: sliding windows at the resized scale.
             return_probs: keep the (C', H, W) probability maps in the result.
+            **overrides: protocol fields to change for this call, e.g. ``short_side=None``.
 
         Returns:
             A :class:`SegmentationResult` at the input image's size.
         """
+        p = self._protocol(protocol, overrides)
         classes = [str(c) for c in classes]
         if not classes or any(not c.strip() for c in classes):
             raise UserError("the class list is empty or contains an empty name")
-        if background not in ("threshold", "classes", None):
-            raise UserError(f"background must be 'threshold', 'classes' or None, got {background!r}")
-        if (window is None) != (stride is None) or (window is not None and (window <= 0 or stride <= 0)):
-            raise UserError("window and stride must be given together, both positive")
-        if bg_score is not None and background is None:
-            raise UserError("bg_score needs a background mode ('threshold' or 'classes')")
-        names = classes + list(background_classes)
-        text = self.text.encode_classes(names, templates or self.templates).to(self.device)
-        arr, x = self._prepare(image, short_side)
+        names = classes + list(p.background_classes)
+        text = self.text.encode_classes(names, p.templates).to(self.device)
+        arr, x = self._prepare(image, p.short_side)
         _, _, h, w = x.shape
-        scale = float(self.model.logit_scale)
-        probs = torch.zeros(len(names) + (bg_score is not None), h, w)
-        count = torch.zeros(1, h, w)
-        win_h, win_w = (min(window, h), min(window, w)) if window else (h, w)
-        for y0 in window_starts(h, win_h, stride or h):
-            for x0 in window_starts(w, win_w, stride or w):
+        scale = self.model.logit_scale.float()
+        probs = torch.zeros(len(names) + (p.bg_score is not None), h, w, device=self.device)
+        count = torch.zeros(1, h, w, device=self.device)
+        win_h, win_w = (min(p.window, h), min(p.window, w)) if p.window else (h, w)
+        for y0 in window_starts(h, win_h, p.stride or h):
+            for x0 in window_starts(w, win_w, p.stride or w):
                 groups, regions = self._regions(x[..., y0: y0 + win_h, x0: x0 + win_w])
                 sims = regions @ text.T
-                if bg_score is not None:
-                    sims = torch.cat([sims, torch.full_like(sims[:, :1], float(bg_score))], 1)
-                region_probs = (scale * sims).softmax(-1).cpu()  # (K, C')
-                probs[:, y0: y0 + win_h, x0: x0 + win_w] += region_probs[torch.from_numpy(groups)].permute(2, 0, 1)
+                if p.bg_score is not None:
+                    sims = torch.cat([sims, torch.full_like(sims[:, :1], float(p.bg_score))], 1)
+                region_probs = (scale * sims).softmax(-1)  # (K, C')
+                probs[:, y0: y0 + win_h, x0: x0 + win_w] += region_probs[groups].permute(2, 0, 1)
                 count[:, y0: y0 + win_h, x0: x0 + win_w] += 1
         probs = F.interpolate((probs / count)[None], size=arr.shape[:2], mode="bilinear", align_corners=False)[0]
         c = len(classes)
-        if background is None:
+        if p.background is None:
             labels = probs[:c].argmax(0) + 1
         else:
             best_p, best = probs.max(0)
             labels = best + 1
             labels[best >= c] = 0
-            if background == "threshold":
-                labels[best_p < bg_threshold] = 0
-        return SegmentationResult(labels=labels.numpy().astype(np.int64), classes=["background", *classes],
-                                  probs=probs.numpy() if return_probs else None)
+            if p.background == "threshold":
+                labels[best_p < p.bg_threshold] = 0
+        return SegmentationResult(labels=labels.cpu().numpy().astype(np.int64), classes=["background", *classes],
+                                  probs=probs.cpu().numpy() if return_probs else None)
 
     @torch.no_grad()
-    def region_similarities(self, image: ImageLike, names: Sequence[str], *, templates: str | Sequence[str] | None = None,
-                            short_side: int | None = 448) -> tuple[np.ndarray, torch.Tensor]:
-        """Group the whole image once and score every region against every name.
+    def _similarities(self, image: ImageLike, names: Sequence[str], templates: str | Sequence[str],
+                      short_side: int | None) -> tuple[np.ndarray, torch.Tensor]:
+        text = self.text.encode_classes(list(names), templates).to(self.device)
+        arr, x = self._prepare(image, short_side)
+        groups, regions = self._regions(x, pixel_size=arr.shape[:2])
+        return groups.cpu().numpy(), (regions @ text.T).cpu()
+
+    @torch.no_grad()
+    def region_similarities(self, image: ImageLike, names: Sequence[str], protocol: Protocol | None = None,
+                            **overrides: Any) -> tuple[np.ndarray, torch.Tensor]:
+        """Group the whole image once (no sliding window) and score every region against every name.
 
         Returns:
             (H, W) group map at the input size and (K, len(names)) cosine similarities of region k to name c.
         """
-        text = self.text.encode_classes(list(names), templates or self.templates).to(self.device)
-        arr, x = self._prepare(image, short_side)
-        groups, regions = self._regions(x)
-        g = torch.from_numpy(groups)[None, None].float()
-        groups = F.interpolate(g, size=arr.shape[:2], mode="nearest")[0, 0].long().numpy()
-        return groups, (regions @ text.T).cpu()
+        p = self._protocol(protocol, overrides)
+        return self._similarities(image, names, p.templates, p.short_side)
 
     @torch.no_grad()
-    def predict_referring(self, image: ImageLike, sentence: str, *, short_side: int | None = 448) -> ReferringResult:
+    def predict_referring(self, image: ImageLike, sentence: str, protocol: Protocol | None = None,
+                          **overrides: Any) -> ReferringResult:
         """Pick the region whose embedding best matches a referring sentence (a zero-shot region baseline)."""
         if not sentence or not sentence.strip():
             raise UserError("the referring sentence is empty")
-        groups, sims = self.region_similarities(image, [sentence], templates=("{}",), short_side=short_side)
+        p = self._protocol(protocol, overrides)
+        groups, sims = self._similarities(image, [sentence], ("{}",), p.short_side)
         scores = sims[:, 0]
         best = int(scores.argmax())
-        return ReferringResult(mask=groups == best, response=scores[torch.from_numpy(groups)].numpy().astype(np.float32),
+        return ReferringResult(mask=groups == best, response=scores.numpy()[groups].astype(np.float32),
                                score=float(scores[best]), region_scores=[float(v) for v in scores])

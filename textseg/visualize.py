@@ -1,11 +1,13 @@
-"""Label maps as palette PNGs and overlays people can look at."""
+"""Pictures people look at: the VOC palette, label overlays with a legend, and evaluation panels."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 from PIL import Image, ImageDraw
+
+from textseg.data.names import IGNORE_INDEX
+
+WHITE = (255, 255, 255)
 
 
 def voc_palette(n: int = 256) -> np.ndarray:
@@ -22,32 +24,79 @@ def voc_palette(n: int = 256) -> np.ndarray:
     return pal
 
 
-def save_label_png(labels: np.ndarray, path: str | Path) -> None:
-    """Write an (H, W) label map (values 0..255) as a palette ("P" mode) PNG with the VOC colours."""
-    if labels.min() < 0 or labels.max() > 255:
-        raise ValueError("palette PNGs hold labels 0..255")
-    im = Image.fromarray(labels.astype(np.uint8), mode="P")
-    im.putpalette(voc_palette().ravel().tolist())
-    im.save(path)
+def blend(image: np.ndarray, colours: np.ndarray, alpha: float = 0.5, where: np.ndarray | None = None) -> np.ndarray:
+    """``(1 - alpha) * image + alpha * colours`` as uint8 (truncated), only at ``where`` if given.
 
-
-def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.55, names: list[str] | None = None,
-            ignore_index: int = 255) -> Image.Image:
-    """Blend palette colours of a label map over an (H, W, 3) image; background (0) and ignore stay unpainted.
-
-    If ``names`` is given, a legend of the classes present is drawn in the top-left corner.
+    Args:
+        image: (H, W, 3) uint8.
+        colours: (H, W, 3) or anything broadcasting to it (one colour: shape (3,)).
+        alpha: Weight of the colours.
+        where: (H, W) bool; pixels outside it keep the image's values.
     """
-    pal = voc_palette().astype(np.float32)
-    out = image.astype(np.float32).copy()
-    paint = (labels > 0) & (labels != ignore_index)
-    out[paint] = (1 - alpha) * out[paint] + alpha * pal[labels[paint]]
-    im = Image.fromarray(out.round().clip(0, 255).astype(np.uint8))
+    colours = np.broadcast_to(np.asarray(colours), image.shape)
+    mixed = (image.astype(np.float32) * (1 - alpha) + colours.astype(np.float32) * alpha).astype(np.uint8)
+    if where is None:
+        return mixed
+    out = image.copy()
+    out[where] = mixed[where]
+    return out
+
+
+def overlay(image: np.ndarray, labels: np.ndarray, *, names: list[str] | None = None, alpha: float = 0.55,
+            ignore_index: int = IGNORE_INDEX) -> Image.Image:
+    """Blend palette colours of a label map over an (H, W, 3) uint8 image.
+
+    Background (0), ``ignore_index`` and labels outside 0..255 stay unpainted. If ``names`` is given, a legend
+    of the painted classes (those with a name) is drawn in the top-left corner.
+    """
+    pal = voc_palette()
+    labels = np.asarray(labels)
+    paint = (labels > 0) & (labels < len(pal)) & (labels != ignore_index)
+    colours = pal[np.where(paint, labels, 0)]
+    im = Image.fromarray(blend(image, colours, alpha, where=paint))
     if names:
         draw = ImageDraw.Draw(im)
         y = 2
         for lab in np.unique(labels[paint]):
             if lab < len(names):
-                draw.rectangle([2, y, 12, y + 10], fill=tuple(int(v) for v in pal[lab]), outline=(255, 255, 255))
-                draw.text((16, y - 1), names[lab], fill=(255, 255, 255), stroke_width=1, stroke_fill=(0, 0, 0))
+                draw.rectangle([2, y, 12, y + 10], fill=tuple(int(v) for v in pal[lab]), outline=WHITE)
+                draw.text((16, y - 1), names[lab], fill=WHITE, stroke_width=1, stroke_fill=(0, 0, 0))
                 y += 13
     return im
+
+
+def _label_colours(labels: np.ndarray, ignore_index: int) -> np.ndarray:
+    """VOC colours of a label map; ``ignore_index`` white, labels outside 0..255 black (as label 0)."""
+    pal = voc_palette()
+    if 0 <= ignore_index < len(pal):
+        pal[ignore_index] = WHITE
+    labels = np.asarray(labels)
+    colours = pal[np.clip(labels, 0, 255).astype(np.uint8)]
+    colours[(labels < 0) | (labels > 255)] = 0
+    return colours
+
+
+def semseg_panel(image: np.ndarray, pred: np.ndarray, gt: np.ndarray, *,
+                 ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+    """Image | prediction | ground truth side by side, label colours blended half over the image.
+
+    Label 0 and labels outside 0..255 blend with black, ``ignore_index`` with white.
+
+    Returns:
+        (H, 3W, 3) uint8.
+    """
+    return np.concatenate(
+        [image, blend(image, _label_colours(pred, ignore_index)), blend(image, _label_colours(gt, ignore_index))],
+        axis=1,
+    )
+
+
+def ris_panel(image: np.ndarray, pred: np.ndarray | None, gt: np.ndarray) -> np.ndarray:
+    """Image | predicted mask tinted red | ground-truth mask tinted green (half blends); ``pred`` may be None.
+
+    Returns:
+        (H, 3W, 3) uint8.
+    """
+    red = image if pred is None else blend(image, (255, 0, 0), where=np.asarray(pred).astype(bool))
+    green = blend(image, (0, 255, 0), where=np.asarray(gt).astype(bool))
+    return np.concatenate([image, red, green], axis=1)

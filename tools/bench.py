@@ -1,8 +1,9 @@
-"""Benchmarks, run on demand: `python tools/bench.py segment [--window 448 --stride 224]`."""
+#!/usr/bin/env python
+"""Benchmarks, run on demand: same as `textseg bench segment ...`."""
 
 import sys
 
-from textseg.bench import main
+from textseg.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["bench", *sys.argv[1:]]))

@@ -1,10 +1,9 @@
 #!/usr/bin/env python
-"""Write image-caption webdataset shards: ``make_shards.py IMAGES_DIR CAPTIONS_FILE OUT_DIR [--max-count N]
-[--max-size-mb M]``. See :mod:`textseg.shards` for the accepted captions files."""
+"""Image-caption webdataset shards: same as `textseg make-shards IMAGES_DIR CAPTIONS_FILE OUT_DIR`."""
 
 import sys
 
-from textseg.shards import cli
+from textseg.cli import main
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    sys.exit(main(["make-shards", *sys.argv[1:]]))

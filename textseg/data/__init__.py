@@ -1,8 +1,12 @@
-"""Benchmark dataset readers (numpy + PIL only; no torch)."""
+"""Benchmark dataset readers, class names, and image-caption shards from a captions file.
 
+Importing this package does not import torch (writing shards does, through webdataset).
+"""
+
+from textseg.data.captions import ShardReport, SkippedItem, make_shards, read_caption_file, write_shards
 from textseg.data.coco_masks import decode_segmentation
 from textseg.data.coco_object import convert_coco_object
-from textseg.data.names import BENCHMARKS, get_class_names
+from textseg.data.names import BENCHMARKS, IGNORE_INDEX, get_class_names
 from textseg.data.refer import RefDataset
 from textseg.data.semseg import (
     ADE20K,
@@ -22,13 +26,19 @@ __all__ = [
     "COCOObject",
     "COCOStuff",
     "Cityscapes",
+    "IGNORE_INDEX",
     "PascalContext",
     "RefDataset",
     "SEMSEG_DATASETS",
     "SemsegDataset",
+    "ShardReport",
+    "SkippedItem",
     "VOCSegmentation",
     "build_semseg_dataset",
     "convert_coco_object",
     "decode_segmentation",
     "get_class_names",
+    "make_shards",
+    "read_caption_file",
+    "write_shards",
 ]

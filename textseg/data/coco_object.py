@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from textseg.data.coco_masks import decode_segmentation
+from textseg.data.names import IGNORE_INDEX
 from textseg.errors import DatasetError
+from textseg.io import save_png
 
 LABEL_SUFFIX = "_instanceTrainIds.png"
-IGNORE_INDEX = 255
 
 
 def load_coco_json(path: str | Path) -> dict[str, Any]:
@@ -93,6 +93,6 @@ def convert_coco_object(instances_json: str | Path, out_dir: str | Path) -> list
     for image in data["images"]:
         label = coco_object_label(image, by_image[int(image["id"])], category_to_label)
         path = out / f"{Path(image['file_name']).stem}{LABEL_SUFFIX}"
-        Image.fromarray(label).save(path)
+        save_png(label, path)
         written.append(path)
     return written

@@ -1,4 +1,4 @@
-"""Class-name lists of the semantic segmentation benchmarks.
+"""Class-name lists of the semantic segmentation benchmarks, and the ignore label.
 
 The standard lists ship as ``textseg/data/classnames/<benchmark>.txt`` (one name per line, line i = label i), in the
 label order of the on-disk formats the readers in :mod:`textseg.data.semseg` accept (mmsegmentation's conventions).
@@ -14,6 +14,7 @@ from pathlib import Path
 from textseg.errors import ConfigError
 
 CLASSNAMES_DIR = Path(__file__).resolve().parent / "classnames"
+IGNORE_INDEX = 255  # label of pixels that are not scored, in every benchmark's label space
 
 BENCHMARKS: tuple[str, ...] = (
     "voc21",

@@ -13,10 +13,9 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from textseg.data.names import BENCHMARKS, get_class_names
+from textseg.data import coco_object
+from textseg.data.names import BENCHMARKS, IGNORE_INDEX, get_class_names
 from textseg.errors import ConfigError, DatasetError
-
-IGNORE_INDEX = 255
 
 
 def _require(path: Path, what: str) -> Path:
@@ -258,7 +257,7 @@ class COCOObject(SemsegDataset):
         split: ``train`` or ``val``.
     """
 
-    LABEL_SUFFIX = "_instanceTrainIds.png"
+    LABEL_SUFFIX = coco_object.LABEL_SUFFIX
 
     def __init__(self, root: str | Path, split: str = "val") -> None:
         root = Path(root)

@@ -1,6 +1,20 @@
-"""Caption-shard training: region-adapted CLIP with a noun-to-region loss, on torchrun/DDP."""
+"""Caption-shard training: region-adapted CLIP with a noun-to-region loss, on one process or under torchrun/DDP.
 
-from textseg.train.config import load_config
-from textseg.train.engine import train
+Modules: :mod:`~textseg.train.config` (the typed config), :mod:`~textseg.train.data` (caption pipeline, the
+grouping transform, collate, noun batching), :mod:`~textseg.train.checkpoint` (the only checkpoint reader and
+writer), :mod:`~textseg.train.distributed` and :mod:`~textseg.train.loop` (:func:`train`, :func:`build_model`).
+"""
 
-__all__ = ["load_config", "train"]
+from typing import Any
+
+from textseg.train.config import TrainConfig, load_train_config
+
+__all__ = ["TrainConfig", "build_model", "load_train_config", "train"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("train", "build_model"):  # imported on use: the loop pulls in torch, open_clip and webdataset
+        from textseg.train import loop
+
+        return getattr(loop, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,117 +1,187 @@
-"""Training configs: YAML files merged over defaults, with ``key.sub=value`` overrides from the command line."""
+"""Training configuration: typed sections loaded from a preset or YAML file, more YAML files and ``key=value``
+overrides (later ones win); an unknown field or a value of the wrong type is a :class:`ConfigError`.
+
+Presets ship in ``textseg/configs/train/`` (``stage1_image_text``, ``stage2_region``); ablation variants, which
+are partial training configs, in ``textseg/configs/ablations/``.
+"""
 
 from __future__ import annotations
 
-import copy
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Union
 
-import yaml
-
+from textseg.config import Source, check_choice, config_path, load_structured
 from textseg.errors import ConfigError
 
-DEFAULTS: dict[str, Any] = {
-    "model": "labxy-small-workbench",  # textseg model config (name or JSON path)
-    "model_overrides": {},             # merged into the model config, e.g. {region: {mode: pool}}
-    "pretrained": False,               # load the model config's pretrained weights
-    "init": None,                      # textseg checkpoint whose weights start the run (e.g. stage 1's)
-    "out": "runs/train",
-    "resume": True,                    # continue from the newest checkpoint in out/checkpoints
-    "seed": 0,
-    "data": {
-        "train": None,                 # shard URLs, brace notation: "dir/shard-{000000..000009}.tar"
-        "batch_size": 64,              # per process
-        "workers": 1,
-        "shuffle_buffer": 1000,
-        "image_size": 96,
-        "noun_template": "a photo of a {}.",
-    },
-    "loss": {
-        "image_text": 1.0,             # weight of the image-caption InfoNCE
-        "noun_region": 0.0,            # weight of the noun-to-region loss
-        "mode": "one_way",             # one_way | region_batch | two_way
-        "same_noun_positives": True,   # a noun shared by captions of the batch is not a negative
-        "max_nouns": 3,
-        "keep_background_nouns": True, # background words (stripes, checkerboard, ...) are nouns too
-    },
-    "optim": {
-        "lr": 2.0e-3,
-        "weight_decay": 0.1,
-        "betas": [0.9, 0.98],
-        "warmup": 100,
-        "min_lr_ratio": 0.0,
-        "grad_accum": 1,
-        "clip_grad": 1.0,
-    },
-    "train": {
-        "steps": 1000,
-        "trainable": "all",            # all | last_blocks (the last `trainable_blocks` visual blocks + head)
-        "trainable_blocks": 1,
-        "train_text": True,
-        "learn_temperature": True,
-        "init_temperature": 0.07,      # used when the run does not start from a checkpoint
-        "amp": "auto",                 # bfloat16 autocast on CUDA; off on CPU
-        "log_every": 10,
-        "ckpt_every": 200,
-        "keep_last": 2,
-        "max_minutes": None,           # stop early (with a checkpoint) when this much time has passed
-    },
-}
+LOSS_MODES = ("one_way", "region_batch", "two_way")
+TRAINABLE = ("all", "last_blocks")
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any], where: str, strict: bool = True) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in extra.items():
-        if strict and key not in base:
-            raise ConfigError(f"{where}: unknown field {key!r} (known: {', '.join(base)})")
-        old = out.get(key)
-        if isinstance(old, dict) and isinstance(value, dict) and key != "model_overrides":
-            out[key] = _merge(old, value, f"{where}.{key}", strict)
-        elif strict and isinstance(old, (int, float)) and not isinstance(old, bool) and isinstance(value, str):
-            try:  # YAML 1.1 reads "1e-3" as a string
-                out[key] = float(value)
-            except ValueError:
-                raise ConfigError(f"{where}.{key} must be a number, got {value!r}") from None
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
+def _at_least(section: str, config: Any, minimums: dict[str, float]) -> None:
+    for name, low in minimums.items():
+        if getattr(config, name) < low:
+            raise ConfigError(f"field '{section}.{name}' must be >= {low}, got {getattr(config, name)}")
 
 
-def deep_update(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """Recursive dict merge without key checks (for model configs)."""
-    return _merge(base, extra, "", strict=False)
+@dataclass
+class DataConfig:
+    """Caption shards and how they are batched.
+
+    Attributes:
+        train: shard URLs, a string in brace notation (``"dir/shard-{000000..000009}.tar"``) or a list of them.
+        batch_size: samples per process and micro-step.
+        workers: DataLoader worker processes (grouping runs there, on CPU).
+        shuffle_buffer: sample shuffle buffer; 0 disables sample shuffling.
+        image_size: square training resolution; a multiple of the model's patch size.
+        noun_template: prompt each caption noun is encoded with.
+    """
+
+    train: Any = None
+    batch_size: int = 64
+    workers: int = 1
+    shuffle_buffer: int = 1000
+    image_size: int = 96
+    noun_template: str = "a photo of a {}."
+
+    def __post_init__(self) -> None:
+        urls = [self.train] if isinstance(self.train, str) else self.train
+        if urls is not None and not (isinstance(urls, list) and all(isinstance(u, str) and u for u in urls)):
+            raise ConfigError(f"field 'data.train' must be a shard URL string or a list of them, got {self.train!r}")
+        _at_least("data", self, {"batch_size": 1, "workers": 0, "shuffle_buffer": 0, "image_size": 1})
 
 
-def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """``["optim.lr=1e-3", "loss.mode=two_way"]`` → nested dict; values are parsed as YAML scalars."""
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form key.sub=value")
-        key, value = item.split("=", 1)
-        node = out
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(value) if value != "" else None
-    return out
+@dataclass
+class LossConfig:
+    """Loss weights and the noun-to-region loss settings (see :func:`textseg.losses.noun_region_loss`).
+
+    Attributes:
+        image_text: weight of the image-caption InfoNCE.
+        noun_region: weight of the noun-to-region loss.
+        mode: ``one_way``, ``region_batch`` or ``two_way``.
+        same_noun_positives: a noun shared by several captions of the batch is not a negative.
+        max_nouns: nouns taken per caption.
+        keep_background_nouns: background words (stripes, checkerboard, ...) count as nouns too.
+    """
+
+    image_text: float = 1.0
+    noun_region: float = 0.0
+    mode: str = "one_way"
+    same_noun_positives: bool = True
+    max_nouns: int = 3
+    keep_background_nouns: bool = True
+
+    def __post_init__(self) -> None:
+        check_choice("loss.mode", self.mode, LOSS_MODES)
+        _at_least("loss", self, {"image_text": 0, "noun_region": 0, "max_nouns": 1})
 
 
-def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """Defaults, then the YAML file (if any), then the overrides; unknown fields are errors naming the field."""
-    cfg = copy.deepcopy(DEFAULTS)
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"training config {path} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: invalid YAML ({str(err).splitlines()[0]})") from None
-        cfg = _merge(cfg, data, str(path))
-    cfg = _merge(cfg, parse_overrides(overrides), "override")
-    if cfg["loss"]["mode"] not in ("one_way", "region_batch", "two_way"):
-        raise ConfigError(f"loss.mode must be one_way, region_batch or two_way, got {cfg['loss']['mode']!r}")
-    if cfg["train"]["trainable"] not in ("all", "last_blocks"):
-        raise ConfigError(f"train.trainable must be 'all' or 'last_blocks', got {cfg['train']['trainable']!r}")
-    return cfg
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup and cosine decay to ``min_lr_ratio * lr``.
+
+    Attributes:
+        lr, weight_decay, betas: AdamW settings (no weight decay on gains, biases, embeddings, temperature).
+        warmup: warmup steps.
+        min_lr_ratio: floor of the cosine as a share of ``lr``.
+        grad_accum: micro-batches per optimizer step.
+        clip_grad: gradient norm clip; 0 disables it.
+    """
+
+    lr: float = 2.0e-3
+    weight_decay: float = 0.1
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
+    warmup: int = 100
+    min_lr_ratio: float = 0.0
+    grad_accum: int = 1
+    clip_grad: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or len(self.betas) != 2:
+            raise ConfigError("fields 'optim.lr' (> 0) and 'optim.betas' (two numbers) are out of range")
+        _at_least("optim", self, {"warmup": 0, "grad_accum": 1, "clip_grad": 0})
+
+
+@dataclass
+class TrainLoopConfig:
+    """Steps, what is trained, logging and checkpoints.
+
+    Attributes:
+        steps: optimizer steps.
+        trainable: ``all`` (the whole CLIP image tower) or ``last_blocks`` (its last ``trainable_blocks`` blocks
+            and head).
+        trainable_blocks: see ``trainable``.
+        train_text: train the text tower too.
+        learn_temperature: train the logit scale.
+        init_temperature: initial temperature when the run does not start from a checkpoint (``init``).
+        amp: bfloat16 autocast: ``auto`` (on CUDA), true or false (never on CPU).
+        log_every: steps between ``metrics.jsonl`` records.
+        ckpt_every: steps between checkpoints.
+        keep_last: step checkpoints kept.
+        max_minutes: stop early, with a checkpoint, after this much time; None for no limit.
+    """
+
+    steps: int = 1000
+    trainable: str = "all"
+    trainable_blocks: int = 1
+    train_text: bool = True
+    learn_temperature: bool = True
+    init_temperature: float = 0.07
+    amp: Union[bool, str] = "auto"
+    log_every: int = 10
+    ckpt_every: int = 200
+    keep_last: int = 2
+    max_minutes: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        check_choice("train.trainable", self.trainable, TRAINABLE)
+        check_choice("train.amp", self.amp, ("auto", True, False))
+        positive = ("steps", "trainable_blocks", "log_every", "ckpt_every", "keep_last")
+        _at_least("train", self, dict.fromkeys(positive, 1))
+        if self.init_temperature <= 0:
+            raise ConfigError(f"field 'train.init_temperature' must be > 0, got {self.init_temperature}")
+
+
+@dataclass
+class TrainConfig:
+    """A training run.
+
+    Attributes:
+        model: textseg model config, a preset name or a JSON path.
+        model_overrides: merged into the model config, e.g. ``{region: {mode: pool}}``.
+        pretrained: load the pretrained weights the model config names.
+        init: a textseg checkpoint whose weights start the run (e.g. stage 1's ``final.pt``).
+        out: run folder (checkpoints, ``metrics.jsonl``, summaries, ``final.pt``).
+        resume: continue from the newest checkpoint in ``out/checkpoints``.
+        seed: seed of the model initialisation, the shuffles and the training randomness.
+    """
+
+    model: str = "labxy-small-workbench"
+    model_overrides: Dict[str, Any] = field(default_factory=dict)
+    pretrained: bool = False
+    init: Optional[str] = None
+    out: str = "runs/train"
+    resume: bool = True
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
+
+
+def load_train_config(name_or_path: str | Path | None, overrides: Sequence[str] = (),
+                      *extra_sources: Source) -> TrainConfig:
+    """Defaults, then a preset or YAML file, then ``extra_sources`` (files or mappings), then the overrides.
+
+    >>> cfg = load_train_config("stage2_region", ["train.steps=10"], "textseg/configs/ablations/two_way_pool.yaml")
+
+    Args:
+        name_or_path: a preset name (``stage1_image_text``, ``stage2_region``), a YAML path, or None (defaults).
+        overrides: ``key.sub=value`` items, e.g. ``optim.lr=1e-3``, ``data.train=[a.tar,b.tar]``.
+        extra_sources: more YAML/JSON files or mappings merged after the first (e.g. an ablation variant).
+
+    Raises:
+        ConfigError: no such preset or file, an unknown field, a wrong type or a value out of range.
+    """
+    base = config_path("train", name_or_path) if name_or_path is not None else None
+    return load_structured(TrainConfig, base, *extra_sources, overrides=overrides)

@@ -11,11 +11,13 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from textseg.data.names import get_class_names
 from textseg.errors import UserError
+from textseg.io import ShardWriter, atomic_write_text, encode_jpeg, encode_label_png
 from textseg.workbench.captions import object_caption, referring_expressions, scene_caption
-from textseg.workbench.glyphs import FONT_LICENSE, VOC_CLASSES, GlyphCache, distractor_codepoints, font_path
+from textseg.workbench.glyphs import FONT_LICENSE, GlyphCache, distractor_codepoints, font_path
 from textseg.workbench.scenes import STREAMS, Scene, make_object_scene, make_scene
-from textseg.workbench.writers import RefWriter, ShardWriter, VOCWriter, encode_jpeg, encode_label_png
+from textseg.workbench.writers import RefWriter, VOCWriter
 
 SHARD_SIZE = 1000
 REF_SPLIT_EVERY = 10  # scene i goes to testA if i % 10 == 8, testB if i % 10 == 9, else val
@@ -184,10 +186,10 @@ def build_workbench(
         bar = _NoBar()
     results = _map(jobs, workers, bar)
     try:
-        with ShardWriter(out / "train", shard_size) as train:
+        with ShardWriter(folder=out / "train", maxcount=shard_size) as train:
             for _ in range(train_scenes):
                 train.write(*next(results))
-        with ShardWriter(out / "objects", shard_size) as objects:
+        with ShardWriter(folder=out / "objects", maxcount=shard_size) as objects:
             for _ in range(object_centric):
                 objects.write(*next(results))
         voc = VOCWriter(out / "voc", "val")
@@ -231,8 +233,12 @@ def build_workbench(
             "ref_objects_not_referred": unreferred,
             "distractor_glyphs": n_distractors,
         },
-        "shards": {"train": train.shards, "objects": objects.shards, "shard_size": shard_size},
-        "classes": list(VOC_CLASSES),
+        "shards": {
+            "train": [Path(p).name for p in train.shards],
+            "objects": [Path(p).name for p in objects.shards],
+            "shard_size": shard_size,
+        },
+        "classes": get_class_names("voc21"),
         "layout": {
             "train": "train/shard-NNNNNN.tar: __key__, jpg (quality 95), txt (caption), json (VOC ids present: "
             "for ablations only, training must not read it)",
@@ -243,6 +249,6 @@ def build_workbench(
         "versions": _versions(),
         "font": {"path": str(path), "license": FONT_LICENSE},
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     return manifest
 

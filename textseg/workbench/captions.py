@@ -8,29 +8,32 @@ import numpy as np
 
 from textseg.workbench.scenes import Scene, SceneObject
 
-# (singular, plural) names per VOC class id; the first entry is the canonical class name in prose.
+# "singular/plural" names per VOC class id; the first is the canonical class name in prose.
+_SYNONYM_TEXT: dict[int, str] = {
+    1: "aeroplane/aeroplanes, plane/planes, airplane/airplanes, jet/jets",
+    2: "bicycle/bicycles, bike/bikes, cycle/cycles",
+    3: "bird/birds, songbird/songbirds, little bird/little birds",
+    4: "boat/boats, sailboat/sailboats, sailing boat/sailing boats, yacht/yachts",
+    5: "bottle/bottles, champagne bottle/champagne bottles, wine bottle/wine bottles",
+    6: "bus/buses, coach/coaches, city bus/city buses",
+    7: "car/cars, automobile/automobiles, sedan/sedans",
+    8: "cat/cats, kitty/kitties, kitten/kittens",
+    9: "chair/chairs, seat/seats, wooden chair/wooden chairs",
+    10: "cow/cows, calf/calves, heifer/heifers",
+    11: "dining table/dining tables, table/tables, table setting/table settings",
+    12: "dog/dogs, puppy/puppies, hound/hounds, doggy/doggies",
+    13: "horse/horses, pony/ponies, stallion/stallions",
+    14: "motorbike/motorbikes, motorcycle/motorcycles, motor bike/motor bikes",
+    15: "person/people, human/humans, pedestrian/pedestrians, figure/figures",
+    16: "potted plant/potted plants, houseplant/houseplants, plant in a pot/plants in pots",
+    17: "sheep/sheep, lamb/lambs, ewe/ewes",
+    18: "sofa/sofas, couch/couches, settee/settees",
+    19: "train/trains, locomotive/locomotives, railway train/railway trains",
+    20: "tv monitor/tv monitors, tv/tvs, television/televisions, monitor/monitors",
+}
 SYNONYMS: dict[int, tuple[tuple[str, str], ...]] = {
-    1: (("aeroplane", "aeroplanes"), ("plane", "planes"), ("airplane", "airplanes"), ("jet", "jets")),
-    2: (("bicycle", "bicycles"), ("bike", "bikes"), ("cycle", "cycles")),
-    3: (("bird", "birds"), ("songbird", "songbirds"), ("little bird", "little birds")),
-    4: (("boat", "boats"), ("sailboat", "sailboats"), ("sailing boat", "sailing boats"), ("yacht", "yachts")),
-    5: (("bottle", "bottles"), ("champagne bottle", "champagne bottles"), ("wine bottle", "wine bottles")),
-    6: (("bus", "buses"), ("coach", "coaches"), ("city bus", "city buses")),
-    7: (("car", "cars"), ("automobile", "automobiles"), ("sedan", "sedans")),
-    8: (("cat", "cats"), ("kitty", "kitties"), ("kitten", "kittens")),
-    9: (("chair", "chairs"), ("seat", "seats"), ("wooden chair", "wooden chairs")),
-    10: (("cow", "cows"), ("calf", "calves"), ("heifer", "heifers")),
-    11: (("dining table", "dining tables"), ("table", "tables"), ("table setting", "table settings")),
-    12: (("dog", "dogs"), ("puppy", "puppies"), ("hound", "hounds"), ("doggy", "doggies")),
-    13: (("horse", "horses"), ("pony", "ponies"), ("stallion", "stallions")),
-    14: (("motorbike", "motorbikes"), ("motorcycle", "motorcycles"), ("motor bike", "motor bikes")),
-    15: (("person", "people"), ("human", "humans"), ("pedestrian", "pedestrians"), ("figure", "figures")),
-    16: (("potted plant", "potted plants"), ("houseplant", "houseplants"), ("plant in a pot", "plants in pots")),
-    17: (("sheep", "sheep"), ("lamb", "lambs"), ("ewe", "ewes")),
-    18: (("sofa", "sofas"), ("couch", "couches"), ("settee", "settees")),
-    19: (("train", "trains"), ("locomotive", "locomotives"), ("railway train", "railway trains")),
-    20: (("tv monitor", "tv monitors"), ("tv", "tvs"), ("television", "televisions"), ("monitor", "monitors")),
-}  # fmt: skip
+    c: tuple(tuple(pair.split("/")) for pair in text.split(", ")) for c, text in _SYNONYM_TEXT.items()
+}
 
 BACKGROUND_WORDS: dict[str, tuple[str, ...]] = {
     "gradient": ("a gradient background", "a smooth colour gradient", "a faded backdrop"),

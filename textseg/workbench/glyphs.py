@@ -1,4 +1,7 @@
-"""OpenMoji glyphs: the font, the 20 VOC class glyphs, the distractor list and an in-memory render cache."""
+"""OpenMoji glyphs: the font, the 20 VOC class glyphs, the distractor list and an in-memory render cache.
+
+Class names come from ``textseg.data.get_class_names("voc21")``; class id i there is glyph ``VOC_GLYPHS[i]``.
+"""
 
 from __future__ import annotations
 
@@ -16,11 +19,6 @@ from textseg.errors import UserError
 INSTALL_HINT = "pip install 'textseg[workbench]'"
 FONT_RELPATH = "openmoji/font/glyf_colr0.ttf"
 FONT_LICENSE = "OpenMoji (https://openmoji.org), CC BY-SA 4.0; all emojis designed by OpenMoji"
-
-VOC_CLASSES: tuple[str, ...] = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
-)  # fmt: skip
 
 # Class id -> codepoint. All 20 render non-empty at every size we use (checked in tests). The sofa glyph is
 # COUCH AND LAMP and the dining table is FORK AND KNIFE WITH PLATE: the closest glyphs OpenMoji has.

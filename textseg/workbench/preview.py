@@ -5,12 +5,12 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from textseg.io import save_png
+from textseg.visualize import overlay
 from textseg.workbench.build import _text_rng
 from textseg.workbench.captions import scene_caption
-from textseg.visualize import voc_palette
 from textseg.workbench.glyphs import GlyphCache
 from textseg.workbench.scenes import make_scene
 
@@ -24,7 +24,6 @@ def preview_grid(
         The path written (PNG).
     """
     cache = GlyphCache()
-    palette = voc_palette().astype(np.float32)
     font = ImageFont.load_default()
     text_h = 30
     cell_w, cell_h = 2 * size + 6, size + text_h + 6
@@ -33,18 +32,13 @@ def preview_grid(
     draw = ImageDraw.Draw(grid)
     for i in range(n):
         scene = make_scene(seed, i, size, stream="preview", cache=cache)
-        img = scene.image.astype(np.float32)
-        labelled = scene.label > 0
-        over = img.copy()
-        over[labelled] = (1 - alpha) * img[labelled] + alpha * palette[scene.label[labelled]]
         x, y = (i % cols) * cell_w + 3, (i // cols) * cell_h + 3
         grid.paste(Image.fromarray(scene.image), (x, y))
-        grid.paste(Image.fromarray(over.astype(np.uint8)), (x + size, y))
+        grid.paste(overlay(scene.image, scene.label, alpha=alpha), (x + size, y))
         caption = scene_caption(scene, _text_rng(seed, "preview", i))
         lines = textwrap.wrap(caption, width=2 * size // 6)[:2]
         draw.multiline_text((x, y + size + 2), "\n".join(lines), fill="black", font=font, spacing=2)
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     # An adaptive 256-colour palette keeps the PNG small enough for a README.
-    grid.quantize(256, method=Image.Quantize.MEDIANCUT).save(out, optimize=True)
-    return out
+    return save_png(grid.quantize(256, method=Image.Quantize.MEDIANCUT), out, optimize=True)

@@ -1,0 +1,111 @@
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from textseg.errors import UserError
+from textseg.train import checkpoint as ckpt
+
+
+def small_state(value: float = 1.0) -> dict[str, torch.Tensor]:
+    return {"w": torch.full((2, 3), value), "b": torch.arange(3.0), "flag": torch.tensor(True)}
+
+
+def save_step(out, step: int, keep_last: int = 2, **extra) -> None:
+    ckpt.save_checkpoint(ckpt.step_checkpoint_path(out, step), small_state(step), step=step,
+                         model_config={"name": "tiny"}, optimizer={"state": {}, "param_groups": [{"lr": 0.1}]},
+                         scheduler={"last_epoch": step}, rng=[ckpt.rng_state()], config={"seed": 0}, **extra)
+    ckpt.prune_step_checkpoints(out, keep_last)
+
+
+def test_round_trip_prune_and_resume_state(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    for step in (2, 4, 6):
+        save_step(tmp_path, step)
+    assert [p.name for p in ckpt.step_checkpoints(tmp_path)] == ["step-0000004.pt", "step-0000006.pt"]
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["step-0000004.pt", "step-0000006.pt"]  # no temp file
+    state, config = ckpt.load_model_weights(ckpt.step_checkpoint_path(tmp_path, 6))
+    assert config == {"name": "tiny"} and all(torch.equal(state[k], v) for k, v in small_state(6).items())
+    resume = ckpt.latest_resume_state(tmp_path)
+    assert resume.step == 6 and resume.scheduler == {"last_epoch": 6} and resume.config == {"seed": 0}
+    assert resume.path.name == "step-0000006.pt" and resume.rng_for(3) is resume.rng[0]
+    final = ckpt.save_checkpoint(tmp_path / "final.pt", small_state(), step=6)
+    assert ckpt.load_model_weights(final)[1] is None
+    assert ckpt.latest_resume_state(tmp_path / "elsewhere") is None
+
+
+def test_newest_unreadable_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
+    (tmp_path / "checkpoints").mkdir()
+    for step in (2, 4):
+        save_step(tmp_path, step)
+    newest = ckpt.step_checkpoint_path(tmp_path, 4)
+    newest.write_bytes(newest.read_bytes()[:1000])  # damaged on disk
+    resume = ckpt.latest_resume_state(tmp_path)
+    assert resume.step == 2 and "step-0000004.pt" in caplog.text
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+@pytest.mark.parametrize("content", ["missing", "random", "empty", "pickle_with_code", "no_model", "list"])
+def test_anything_but_a_textseg_checkpoint_is_a_one_line_error_naming_the_file(tmp_path, monkeypatch, content):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / f"{content}.pt"
+    if content == "random":
+        path.write_bytes(np.random.default_rng(0).bytes(4096))
+    elif content == "empty":
+        path.write_bytes(b"")
+    elif content == "pickle_with_code":
+        torch.save({"model": {"w": torch.zeros(1)}, "hook": RunsCode()}, path)
+    elif content == "no_model":
+        torch.save({"state_dict": {"w": torch.zeros(1)}}, path)
+    elif content == "list":
+        torch.save([torch.zeros(1)], path)
+    with pytest.raises(UserError) as err:
+        ckpt.load_model_weights(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "pwned").exists()  # loading never ran the file's code
+    if content == "pickle_with_code":
+        assert "could run code" in str(err.value)
+
+
+def test_optimizer_and_scheduler_states_load_without_unpickling_code(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    net = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(net.parameters(), lr=0.1, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1 / (step + 1))
+    net(torch.ones(1, 3)).sum().backward()
+    opt.step(), sched.step()
+    ckpt.save_checkpoint(ckpt.step_checkpoint_path(tmp_path, 1), net.state_dict(), step=1, optimizer=opt.state_dict(),
+                         scheduler=sched.state_dict(), rng=[ckpt.rng_state()])
+    resume = ckpt.latest_resume_state(tmp_path)  # read with torch.load(weights_only=True)
+    opt2 = torch.optim.AdamW(torch.nn.Linear(3, 2).parameters(), lr=0.1)
+    sched2 = torch.optim.lr_scheduler.LambdaLR(opt2, lambda step: 1 / (step + 1))
+    opt2.load_state_dict(resume.optimizer), sched2.load_state_dict(resume.scheduler)
+    assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+    assert opt2.param_groups[0]["betas"] == (0.9, 0.98) and sched2.get_last_lr() == sched.get_last_lr() == [0.05]
+
+
+def test_rng_state_round_trip():
+    torch.manual_seed(1), np.random.seed(2), random.seed(3)
+    np.random.normal()  # a cached gaussian is part of numpy's state
+    state = ckpt.rng_state()
+    expected = (torch.rand(3), np.random.normal(size=3), [random.random() for _ in range(3)])
+    torch.manual_seed(9), np.random.seed(9), random.seed(9)
+    ckpt.set_rng_state(state)
+    got = (torch.rand(3), np.random.normal(size=3), [random.random() for _ in range(3)])
+    assert torch.equal(expected[0], got[0]) and np.array_equal(expected[1], got[1]) and expected[2] == got[2]
+
+
+def test_weights_checksum_sees_every_byte():
+    a = small_state()
+    b = {k: v.clone() for k, v in a.items()}
+    assert ckpt.weights_checksum(a) == ckpt.weights_checksum(b)
+    b["w"][1, 2] = torch.nextafter(b["w"][1, 2], torch.tensor(2.0))
+    assert ckpt.weights_checksum(a) != ckpt.weights_checksum(b)
+    module = torch.nn.Linear(2, 2)
+    assert ckpt.weights_checksum(module) == ckpt.weights_checksum(module.state_dict())

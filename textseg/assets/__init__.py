@@ -1,0 +1,12 @@
+"""Files shipped with the package: a Pascal VOC 2012 val image (2007_000033, 500 × 366) for examples and
+benchmarks. The image is a PASCAL VOC original, under the VOC dataset's own terms."""
+
+from __future__ import annotations
+
+import importlib.resources
+from pathlib import Path
+
+
+def voc_sample_image() -> Path:
+    """Path of the bundled VOC 2012 sample image (an aeroplane on grass, 500 × 366 RGB JPEG)."""
+    return Path(str(importlib.resources.files("textseg") / "assets" / "voc2012_2007_000033.jpg"))

@@ -1,0 +1,62 @@
+"""`textseg train`, `textseg quickstart` and `textseg ablate`."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from textseg.train import load_train_config, train
+
+    cfg = load_train_config(args.config, args.overrides)
+    summary = train(cfg, progress=not args.no_progress)
+    if summary["rank"] == 0:
+        print(f"trained {summary['steps']} steps in {summary['minutes']} min; weights: {cfg.out}/final.pt")
+    return 0
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from textseg.workbench.quickstart import quickstart
+
+    quickstart(args.out, args.data, minutes=args.minutes, stage1_steps=args.stage1_steps,
+               stage2_steps=args.stage2_steps, seed=args.seed, progress=not args.no_progress,
+               eval_limit=args.eval_limit)
+    return 0
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from textseg.workbench.ablate import ablate
+
+    ablate(args.variants, args.init, args.data, args.out, args.steps, args.overrides or [],
+           progress=not args.no_progress, eval_limit=args.eval_limit)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train on caption shards (single process, or many under torchrun)")
+    p.add_argument("config", help="training preset (stage1_image_text, stage2_region) or a YAML file")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. optim.lr=1e-3 data.train='d/s-{0..9}.tar'")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    q = sub.add_parser("quickstart", help="build the OpenMoji workbench, train a small model from scratch, evaluate")
+    q.add_argument("--out", default="runs/quickstart")
+    q.add_argument("--data", default="workbench/openmoji", help="workbench folder (built if missing)")
+    q.add_argument("--minutes", type=float, default=30.0, help="time budget; training stops early to keep it")
+    q.add_argument("--stage1-steps", type=int, default=1500)
+    q.add_argument("--stage2-steps", type=int, default=1000)
+    q.add_argument("--eval-limit", type=int, help="evaluate only the first N val images")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--no-progress", action="store_true")
+    q.set_defaults(func=cmd_quickstart)
+
+    a = sub.add_parser("ablate", help="train and score stage-2 ablation variants from one stage-1 checkpoint")
+    a.add_argument("variants", nargs="*", help="ablation presets or YAML files (default: every shipped preset)")
+    a.add_argument("--init", default="runs/quickstart/stage1/final.pt", help="stage-1 checkpoint")
+    a.add_argument("--data", default="workbench/openmoji")
+    a.add_argument("--out", default="runs/ablation")
+    a.add_argument("--steps", type=int, default=1000)
+    a.add_argument("--eval-limit", type=int)
+    a.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", help="extra training override")
+    a.add_argument("--no-progress", action="store_true")
+    a.set_defaults(func=cmd_ablate)

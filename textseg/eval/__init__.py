@@ -1,0 +1,34 @@
+"""Benchmark evaluation: one resumable runner for semantic and referring segmentation, predictor adapters,
+background-score calibration and the written report.
+
+Modules: :mod:`~textseg.eval.runner` (sample store, runner, ``evaluate_semseg``/``evaluate_ris``),
+:mod:`~textseg.eval.predictors` (predictor types, Segmenter adapters), :mod:`~textseg.eval.calibration`,
+:mod:`~textseg.eval.report` (results.json/results.md), :mod:`~textseg.eval.benchmarks` (a benchmark by name).
+Protocols are :class:`textseg.config.Protocol` (re-exported here).
+"""
+
+from textseg.config import Protocol, load_protocol
+from textseg.eval.benchmarks import run_ris_benchmark, run_semseg_benchmark
+from textseg.eval.calibration import calibrate_bg_score
+from textseg.eval.predictors import (RISOutput, RISPredictor, SegmenterRISPredictor, SegmenterSemsegPredictor,
+                                     SemsegPredictor)
+from textseg.eval.report import fmt, summary_line
+from textseg.eval.runner import SAMPLES_FILE, evaluate_ris, evaluate_semseg
+
+__all__ = [
+    "Protocol",
+    "RISOutput",
+    "RISPredictor",
+    "SAMPLES_FILE",
+    "SegmenterRISPredictor",
+    "SegmenterSemsegPredictor",
+    "SemsegPredictor",
+    "calibrate_bg_score",
+    "evaluate_ris",
+    "evaluate_semseg",
+    "fmt",
+    "load_protocol",
+    "run_ris_benchmark",
+    "run_semseg_benchmark",
+    "summary_line",
+]

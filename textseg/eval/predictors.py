@@ -1,0 +1,74 @@
+"""What the evaluation runners call: predictor types and the adapters that turn a Segmenter into predictors.
+
+A *semantic predictor* is any callable ``(image HxWx3 uint8, class_names) -> HxW int labels`` in the dataset's
+label space; a *RIS predictor* is any callable ``(image, sentence) -> RISOutput | bool mask | None``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence, Union
+
+import numpy as np
+
+from textseg.config import Protocol
+
+
+@dataclass
+class RISOutput:
+    """What a referring predictor returns: a boolean mask (None: no answer) and an optional response map."""
+
+    mask: np.ndarray | None
+    response: np.ndarray | None = None
+
+
+SemsegPredictor = Callable[[np.ndarray, Sequence[str]], np.ndarray]
+RISPredictor = Callable[[np.ndarray, str], Union[RISOutput, np.ndarray, None]]
+
+
+def as_ris_output(out: Any) -> RISOutput:
+    """A RIS predictor's answer as a :class:`RISOutput` (None: no mask; an array: the mask)."""
+    if out is None:
+        return RISOutput(mask=None)
+    if isinstance(out, RISOutput):
+        return out
+    if isinstance(out, np.ndarray):
+        return RISOutput(mask=out)
+    if hasattr(out, "mask"):
+        return RISOutput(mask=out.mask, response=getattr(out, "response", None))
+    raise TypeError(f"a RIS predictor must return RISOutput, a mask array or None, got {type(out).__name__}")
+
+
+class SegmenterSemsegPredictor:
+    """Adapts :class:`textseg.segmenter.Segmenter` to a semantic predictor under an evaluation protocol.
+
+    Args:
+        segmenter: A ``Segmenter`` (anything with its ``predict(image, classes, protocol)``).
+        protocol: The protocol, already resolved for the benchmark (:meth:`Protocol.for_benchmark`).
+        has_background: Whether the dataset's label 0 is background. Then the segmenter is given
+            ``class_names[1:]`` with the protocol's background rule and its labels are returned as they are
+            (0 = background); otherwise it is asked for no background and its labels are shifted down by one.
+    """
+
+    def __init__(self, segmenter: Any, protocol: Protocol, has_background: bool) -> None:
+        self.segmenter = segmenter
+        self.has_background = has_background
+        self.protocol = protocol if has_background else protocol.replace(
+            background=None, background_classes=[], bg_score=None)
+
+    def __call__(self, image: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
+        names = list(class_names[1:] if self.has_background else class_names)
+        labels = np.asarray(self.segmenter.predict(image, names, self.protocol).labels).astype(np.int64)
+        return labels if self.has_background else labels - 1
+
+
+class SegmenterRISPredictor:
+    """Adapts :class:`textseg.segmenter.Segmenter` to a referring predictor (``predict_referring`` under
+    ``protocol``; the segmenter's defaults without one)."""
+
+    def __init__(self, segmenter: Any, protocol: Protocol | None = None) -> None:
+        self.segmenter = segmenter
+        self.protocol = protocol
+
+    def __call__(self, image: np.ndarray, sentence: str) -> RISOutput:
+        return as_ris_output(self.segmenter.predict_referring(image, sentence, self.protocol))

@@ -1,0 +1,113 @@
+"""What an evaluation writes besides its samples: JSON-safe results, the metadata block and the markdown tables."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from textseg.metrics import PREC_THRESHOLDS
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as JSON values: NaN/inf become null; numpy scalars, paths and other objects are converted."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (bool, int, str)) or value is None:
+        return value
+    if isinstance(value, np.generic):
+        return jsonable(value.item())
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if callable(value):
+        return getattr(value, "__qualname__", repr(value))
+    return str(value)
+
+
+def fmt(value: Any, digits: int = 2) -> str:
+    """A metric for a table: ``digits`` decimals for floats, ``–`` for a missing or undefined value."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def metadata(meta: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The ``meta`` block of results.json: argv, textseg version and finishing time, then ``meta`` (a ``config``
+    entry is always present)."""
+    from textseg import __version__
+
+    out: dict[str, Any] = {
+        "argv": list(sys.argv),
+        "textseg_version": __version__,
+        "finished": _dt.datetime.now().isoformat(timespec="seconds"),
+    }
+    out.update(meta or {})
+    out.setdefault("config", {})
+    return out
+
+
+def command_line(results: Mapping[str, Any]) -> str:
+    """The recorded command line of a results dict, shell-quoted."""
+    argv = results.get("meta", {}).get("argv") or []
+    return " ".join(shlex.quote(str(a)) for a in argv)
+
+
+def semseg_markdown(r: Mapping[str, Any]) -> str:
+    """results.md of a semantic segmentation evaluation: the headline metrics, then IoU and Acc per class."""
+    m = r["metrics"]
+    lines = [
+        f"# Semantic segmentation: {r['dataset']} ({r['split']}, {r['n_samples']} of {r['n_dataset']} images)",
+        "",
+        "| mIoU | aAcc | mAcc |",
+        "|---:|---:|---:|",
+        f"| {fmt(m['mIoU'])} | {fmt(m['aAcc'])} | {fmt(m['mAcc'])} |",
+        "",
+        "Per class (percent; – = class absent from prediction and ground truth, left out of the mean):",
+        "",
+        "| class | IoU | Acc |",
+        "|---|---:|---:|",
+    ]
+    lines += [f"| {c['class']} | {fmt(c['IoU'])} | {fmt(c['Acc'])} |" for c in r["per_class"]]
+    lines += ["", f"Command: `{command_line(r)}`", ""]
+    return "\n".join(lines)
+
+
+def ris_markdown(r: Mapping[str, Any]) -> str:
+    """results.md of a referring segmentation evaluation: oIoU, mIoU, Prec@X and PointM in one table."""
+    m = r["metrics"]
+    keys = ["oIoU", "mIoU"] + [f"Prec@{t:.1f}" for t in PREC_THRESHOLDS] + ["PointM"]
+    lines = [
+        f"# Referring segmentation: {r['dataset']} ({r['split_by']}) {r['split']}, "
+        f"{r['n_samples']} of {r['n_dataset']} sentences",
+        "",
+        "| " + " | ".join(keys) + " |",
+        "|" + "---:|" * len(keys),
+        "| " + " | ".join(fmt(m.get(k)) for k in keys) + " |",
+        "",
+        f"Samples without a predicted mask (counted as IoU 0): {r['n_no_mask']}.",
+        "",
+        f"Command: `{command_line(r)}`",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def summary_line(r: Mapping[str, Any]) -> str:
+    """One line for a terminal: dataset, split, sample count and the headline metrics of a results dict."""
+    m = r["metrics"]
+    if r["task"] == "semseg":
+        return (f"{r['dataset']} {r['split']} ({r['n_samples']} images): mIoU {fmt(m['mIoU'])}  "
+                f"aAcc {fmt(m['aAcc'])}  mAcc {fmt(m['mAcc'])}")
+    return (f"{r['dataset']} ({r['split_by']}) {r['split']} ({r['n_samples']} sentences): oIoU {fmt(m['oIoU'])}  "
+            f"mIoU {fmt(m['mIoU'])}  Prec@0.5 {fmt(m['Prec@0.5'])}")

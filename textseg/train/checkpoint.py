@@ -1,0 +1,176 @@
+"""Textseg checkpoints: the only code that writes or reads them.
+
+A checkpoint is a ``torch.save`` of a dict that holds tensors and plain Python values only, so it is read with
+``torch.load(weights_only=True)`` and loading a file can never run code. Entries:
+
+* ``format`` (:data:`FORMAT`), ``version``, ``step``;
+* ``model``: the model's state dict; ``model_config``: its :class:`~textseg.config.ModelConfig` as a plain dict;
+* step checkpoints (``out/checkpoints/step-0000200.pt``) also hold ``optimizer`` and ``scheduler`` state dicts,
+  ``rng`` (one :func:`rng_state` per rank) and ``config`` (the training config as a plain dict).
+
+Files are written atomically (temporary file + ``os.replace``): a run killed mid-write leaves the previous
+checkpoint intact and no partial file under a checkpoint's name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import pickle
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from textseg.errors import UserError
+from textseg.io import atomic_open
+
+_log = logging.getLogger(__name__)
+
+FORMAT = "textseg-checkpoint"
+VERSION = 1
+STEP_GLOB = "step-*.pt"
+
+
+# ----------------------------------------------------------------------------------------------------- writing
+def save_checkpoint(path: str | Path, model_state: Mapping[str, torch.Tensor], *, step: int,
+                    model_config: Mapping[str, Any] | None = None, **extra: Any) -> Path:
+    """Write a checkpoint atomically; ``extra`` entries (optimizer, scheduler, rng, config) must be plain values."""
+    path = Path(path)
+    state = {"format": FORMAT, "version": VERSION, "step": int(step), "model": dict(model_state),
+             "model_config": None if model_config is None else dict(model_config), **extra}
+    with atomic_open(path) as f:
+        torch.save(state, f)
+    return path
+
+
+def step_checkpoint_path(out: str | Path, step: int) -> Path:
+    """Where the checkpoint of ``step`` of the run in ``out`` goes."""
+    return Path(out) / "checkpoints" / f"step-{step:07d}.pt"
+
+
+def step_checkpoints(out: str | Path) -> list[Path]:
+    """The step checkpoints of the run in ``out``, oldest first."""
+    return sorted((Path(out) / "checkpoints").glob(STEP_GLOB))
+
+
+def prune_step_checkpoints(out: str | Path, keep_last: int) -> list[Path]:
+    """Delete all but the newest ``keep_last`` step checkpoints; returns the deleted paths."""
+    old = step_checkpoints(out)[:-keep_last] if keep_last > 0 else step_checkpoints(out)
+    for path in old:
+        path.unlink()
+    return old
+
+
+# ----------------------------------------------------------------------------------------------------- reading
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True`` and check that it is a textseg checkpoint.
+
+    Raises:
+        UserError: one line naming the file: missing, unreadable, holding objects other than tensors and plain
+            values, or not a textseg checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights only" in str(err).lower():
+            raise UserError(f"{path} is not a textseg checkpoint: it holds objects other than tensors and plain "
+                            "values, which are refused because loading them could run code") from None
+        raise UserError(f"{path} is not a textseg checkpoint (unreadable: {_first_line(err)})") from None
+    except Exception as err:  # truncated zip, random bytes, empty file: torch raises several types
+        raise UserError(f"{path} is not a textseg checkpoint (unreadable: {_first_line(err)})") from None
+    model = data.get("model") if isinstance(data, dict) else None
+    if not (isinstance(model, Mapping) and all(isinstance(v, torch.Tensor) for v in model.values())):
+        raise UserError(f"{path} is not a textseg checkpoint (no 'model' state dict)")
+    if not isinstance(data.get("model_config"), (Mapping, type(None))):
+        raise UserError(f"{path} is not a textseg checkpoint ('model_config' is not a mapping)")
+    return data
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+
+
+def load_model_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """The model state dict of a checkpoint and the model config it was trained with (None if not recorded)."""
+    data = read_checkpoint(path)
+    config = data.get("model_config")
+    return dict(data["model"]), None if config is None else dict(config)
+
+
+@dataclass
+class ResumeState:
+    """What a step checkpoint holds to continue a run exactly."""
+
+    path: Path
+    step: int
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    rng: list[dict[str, Any]]
+    config: dict[str, Any] | None
+
+    def rng_for(self, rank: int) -> dict[str, Any]:
+        """The RNG state saved by ``rank`` (rank 0's when the run had fewer ranks)."""
+        return self.rng[rank] if rank < len(self.rng) else self.rng[0]
+
+
+def latest_resume_state(out: str | Path) -> ResumeState | None:
+    """The newest readable step checkpoint of the run in ``out``, or None when there is none.
+
+    An unreadable newest checkpoint (e.g. a file damaged on disk) is skipped with a warning for the previous one.
+    """
+    for path in reversed(step_checkpoints(out)):
+        try:
+            data = read_checkpoint(path)
+            missing = [k for k in ("optimizer", "scheduler", "rng") if k not in data]
+            if missing:
+                raise UserError(f"{path} is not a step checkpoint (no {', '.join(missing)})")
+        except UserError as err:
+            _log.warning("cannot resume from %s, trying an older checkpoint: %s", path, err)
+            continue
+        return ResumeState(path=path, step=int(data["step"]), model=data["model"], optimizer=data["optimizer"],
+                           scheduler=data["scheduler"], rng=list(data["rng"]), config=data.get("config"))
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------- rng, checksum
+def rng_state() -> dict[str, Any]:
+    """This process's torch, CUDA, numpy and Python RNG states as tensors and plain values."""
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": {"name": str(np_name), "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                      "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
+            "python": {"version": int(py_version), "state": [int(v) for v in py_state], "gauss": py_gauss}}
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore a state from :func:`rng_state`."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+
+
+def weights_checksum(state: Mapping[str, torch.Tensor] | torch.nn.Module) -> str:
+    """SHA1 over the names and bytes of a state dict (or a module's): equal weights, equal checksum."""
+    if isinstance(state, torch.nn.Module):
+        state = state.state_dict()
+    h = hashlib.sha1()
+    for name, t in sorted(state.items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

@@ -1,0 +1,373 @@
+"""Training data: caption shards in, batches of (images, region masks, captions) and caption nouns out.
+
+* :func:`caption_pipeline`: webdataset shards (``<key>.jpg`` + ``<key>.txt``) → ``(image, caption)`` with seeded
+  shard and sample shuffles, a disjoint split by rank and DataLoader worker, and bad samples counted and skipped.
+* :class:`TrainTransform`: resize and group one image in the data workers; it holds only a CPU
+  :class:`~textseg.grouping.Grouper` (the frozen grouping backbone and k-means settings), never the CLIP.
+* :func:`collate` pads the per-image region masks; :class:`NounBatcher` turns captions into noun prompts, (noun,
+  image) pairs and the shared-noun positives of the noun-to-region loss.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import random
+import warnings
+from collections import Counter
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from webdataset.filters import PipelineStage
+from webdataset.pipeline import DataPipeline
+
+from textseg.errors import ConfigError, UserError
+from textseg.grouping import Grouper, pad_region_masks
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+TEXT_EXTS = ("txt", "caption", "text")
+
+
+# ----------------------------------------------------------------------------------------------------- pipeline
+class SkipCounter:
+    """Counts samples skipped by :func:`caption_pipeline`, per reason.
+
+    Reasons: ``decode_error``, ``empty_caption``, ``missing_image``, ``missing_caption``, ``read_error`` (a shard
+    that cannot be opened or read). Counts live in the process that runs the pipeline: with DataLoader workers each
+    worker counts its own skips (every skip is also logged at WARNING there).
+    """
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def add(self, reason: str, key: str | None = None, url: str | None = None, detail: str = "") -> None:
+        self.counts[reason] += 1
+        logger.warning("skipping sample %s in %s: %s%s", key, url, reason, f" ({detail})" if detail else "")
+
+    def __getitem__(self, reason: str) -> int:
+        return self.counts[reason]
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.counts)
+
+    def __repr__(self) -> str:
+        return f"SkipCounter({dict(self.counts)})"
+
+
+def expand_urls(urls: str | Sequence[str]) -> list[str]:
+    """Expand brace notation (``"dir/shard-{000000..000009}.tar"``) in a string or each string of a list."""
+    from webdataset.shardlists import expand_urls as _expand
+
+    items = [urls] if isinstance(urls, str) else list(urls)
+    out: list[str] = []
+    for item in items:
+        out.extend(_expand(item))
+    return out
+
+
+def _worker_info() -> tuple[int, int, int, int]:
+    from webdataset.utils import pytorch_worker_info
+
+    return pytorch_worker_info()
+
+
+class _ShardShuffle(PipelineStage):
+    """Full shuffle of the shard list with ``Random(seed, epoch)``; identical on every rank, so the later
+    split by node stays disjoint. The epoch advances on each pass unless set with :meth:`set_epoch`."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self.epoch = -1
+        self._fixed = False
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self._fixed = epoch, True
+
+    def run(self, src: Iterable[dict]) -> Iterator[dict]:
+        if not self._fixed:
+            self.epoch += 1
+        items = list(src)
+        random.Random(f"{self.seed}/{self.epoch}").shuffle(items)
+        return iter(items)
+
+
+class _CheckSplit(PipelineStage):
+    """Warns when some (rank, worker) reader would get no shard at all."""
+
+    def __init__(self, num_shards: int, split_by_node: bool, split_by_worker: bool) -> None:
+        self.num_shards, self.by_node, self.by_worker = num_shards, split_by_node, split_by_worker
+
+    def run(self, src: Iterable[dict]) -> Iterator[dict]:
+        rank, world, worker, workers = _worker_info()
+        readers = (world if self.by_node else 1) * (workers if self.by_worker else 1)
+        if self.num_shards < readers and worker == 0:
+            msg = (
+                f"only {self.num_shards} shard(s) for {readers} readers ({world} rank(s) x {workers} worker(s)): "
+                "some readers get no data, so ranks see different numbers of batches (DDP can hang); "
+                "write more, smaller shards (make_shards --max-count) or use fewer workers"
+            )
+            logger.warning(msg)
+            warnings.warn(msg, stacklevel=2)
+        return iter(src)
+
+
+class _ReadShards(PipelineStage):
+    """Shard URLs -> raw samples (dicts of bytes with ``__key__`` and ``__url__``).
+
+    Like ``wds.tarfile_to_samples`` but closes each shard's stream when done with it (webdataset's opener leaves
+    that to the garbage collector, hence its "unclosed file" ResourceWarning).
+    """
+
+    def __init__(self, counter: SkipCounter) -> None:
+        self.counter = counter
+
+    def run(self, src: Iterable[dict]) -> Iterator[dict]:
+        from webdataset.gopen import gopen
+        from webdataset.tariterators import group_by_keys, tar_file_expander
+
+        for shard in src:
+            url = shard["url"]
+
+            def handler(exn: Exception, url: str = url) -> bool:
+                self.counter.add("read_error", None, url, f"{type(exn).__name__}: {exn.args[0] if exn.args else ''}")
+                return True
+
+            try:
+                stream = gopen(url)
+            except Exception as err:  # missing file, failing pipe:, ...
+                handler(err)
+                continue
+            try:
+                files = tar_file_expander([{"url": url, "stream": stream}], handler=handler)
+                yield from group_by_keys(files, handler=handler)
+            finally:
+                stream.close()
+
+
+class _Decode(PipelineStage):
+    """Raw tar samples -> (PIL RGB image, caption); bad samples are counted and skipped."""
+
+    def __init__(self, counter: SkipCounter, image_transform: Callable[[Image.Image], Any] | None,
+                 with_url: bool = False) -> None:
+        self.counter, self.image_transform, self.with_url = counter, image_transform, with_url
+
+    def run(self, src: Iterable[dict]) -> Iterator[tuple[Any, str]]:
+        for sample in src:
+            key, url = sample.get("__key__"), sample.get("__url__")
+            img_ext = next((e for e in IMAGE_EXTS if e in sample), None)
+            txt_ext = next((e for e in TEXT_EXTS if e in sample), None)
+            if img_ext is None:
+                self.counter.add("missing_image", key, url)
+                continue
+            if txt_ext is None:
+                self.counter.add("missing_caption", key, url)
+                continue
+            try:
+                caption = sample[txt_ext].decode("utf-8").strip()
+            except UnicodeDecodeError as err:
+                self.counter.add("decode_error", key, url, f"caption: {err}")
+                continue
+            if not caption:
+                self.counter.add("empty_caption", key, url)
+                continue
+            try:
+                with Image.open(io.BytesIO(sample[img_ext])) as img:
+                    img.load()
+                    image = img.convert("RGB")
+            except Exception as err:  # truncated / corrupt image bytes: PIL raises OSError, SyntaxError, ...
+                self.counter.add("decode_error", key, url, f"{type(err).__name__}: {err}")
+                continue
+            image = self.image_transform(image) if self.image_transform else image
+            yield (image, caption, url) if self.with_url else (image, caption)
+
+
+class _SampleShuffle(PipelineStage):
+    """Buffered sample shuffle seeded by (seed, epoch, rank, worker); the epoch counts passes unless set."""
+
+    def __init__(self, bufsize: int, seed: int) -> None:
+        self.bufsize, self.seed = bufsize, seed
+        self.epoch: int | None = None
+        self._passes = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def run(self, src: Iterable[Any]) -> Iterator[Any]:
+        import webdataset as wds
+
+        rank, _, worker, _ = _worker_info()
+        epoch = self.epoch
+        if epoch is None:
+            epoch, self._passes = self._passes, self._passes + 1
+        rng = random.Random(f"{self.seed}/{epoch}/{rank}/{worker}")
+        return wds.shuffle(self.bufsize, initial=min(100, self.bufsize), rng=rng)(iter(src))
+
+
+class CaptionPipeline(DataPipeline):
+    """A ``webdataset.DataPipeline`` of ``(image, caption)`` with :attr:`counter`, :attr:`num_shards` and
+    :meth:`set_epoch`."""
+
+    counter: SkipCounter
+    num_shards: int
+
+    def set_epoch(self, epoch: int) -> None:
+        """Fix the epoch of the shard and sample shuffles. Call it on every rank before each epoch: DataLoader
+        workers are re-created from the main-process copy each epoch and would otherwise replay epoch 0."""
+        for stage in self.pipeline:
+            if isinstance(stage, (_ShardShuffle, _SampleShuffle)):
+                stage.set_epoch(epoch)
+
+
+def caption_pipeline(
+    urls: str | Sequence[str],
+    *,
+    shuffle_buffer: int = 1000,
+    shardshuffle: bool = True,
+    seed: int = 0,
+    split_by_node: bool = True,
+    split_by_worker: bool = True,
+    image_transform: Callable[[Image.Image], Any] | None = None,
+    counter: SkipCounter | None = None,
+    with_url: bool = False,
+) -> CaptionPipeline:
+    """A webdataset pipeline yielding ``(image, caption)`` from image-caption shards.
+
+    Stages: shard list (brace notation expanded) -> seeded shard shuffle -> ``wds.split_by_node`` ->
+    ``wds.split_by_worker`` -> tar reading (webdataset's tar iterator) -> decode (PIL RGB; then ``image_transform``
+    if given) -> seeded buffered sample shuffle. webdataset 1.0.2 takes the rank from the ``RANK``/``WORLD_SIZE``
+    environment variables when both are set, else from an initialised ``torch.distributed``; the worker from the
+    DataLoader.
+
+    Corrupt images, empty or missing captions, and unreadable shards are skipped, counted in ``counter`` (also
+    available as ``pipeline.counter``) and logged at WARNING with the sample key and shard URL.
+
+    Args:
+        urls: shard paths/URLs, brace notation allowed.
+        shuffle_buffer: sample shuffle buffer size; 0 disables sample shuffling.
+        shardshuffle: shuffle the shard order (seeded by ``seed`` and the epoch).
+        seed: seed of both shuffles.
+        split_by_node: give each distributed rank a disjoint subset of the shards.
+        split_by_worker: give each DataLoader worker a disjoint subset of the rank's shards.
+        image_transform: applied to the PIL image (e.g. a torchvision transform returning a tensor).
+        counter: where skips are counted; a new one by default.
+        with_url: yield ``(image, caption, shard_url)`` (to record which shards a rank read).
+    """
+    import webdataset as wds
+
+    shard_urls = expand_urls(urls)
+    if not shard_urls:
+        raise UserError(f"no shards in {urls!r}")
+    counter = counter if counter is not None else SkipCounter()
+
+    stages: list[Any] = [wds.SimpleShardList(shard_urls)]
+    if shardshuffle:
+        stages.append(_ShardShuffle(seed))
+    stages.append(_CheckSplit(len(shard_urls), split_by_node, split_by_worker))
+    if split_by_node:
+        stages.append(wds.split_by_node)
+    if split_by_worker:
+        stages.append(wds.split_by_worker)
+    stages += [_ReadShards(counter), _Decode(counter, image_transform, with_url)]
+    if shuffle_buffer > 0:
+        stages.append(_SampleShuffle(shuffle_buffer, seed))
+    pipeline = CaptionPipeline(stages)
+    pipeline.counter, pipeline.num_shards = counter, len(shard_urls)
+    return pipeline
+
+
+def epochs(loader: torch.utils.data.DataLoader, pipeline: CaptionPipeline, epoch: int = 0) -> Iterator[Any]:
+    """Endless batches of ``loader``; each pass over this rank's shards is one epoch, reshuffled.
+
+    Raises:
+        UserError: two passes in a row yield no batch (every sample is skipped, or too few samples per rank).
+    """
+    empty_passes = 0
+    while True:
+        pipeline.set_epoch(epoch)
+        got = False
+        for batch in loader:
+            got = True
+            yield batch
+        epoch += 1
+        empty_passes = 0 if got else empty_passes + 1
+        if empty_passes >= 2:
+            raise UserError("the training shards yield no usable batch (see the skip warnings above)")
+
+
+# ----------------------------------------------------------------------------------------------------- batches
+class TrainTransform:
+    """PIL image → (image tensor (3, S, S) in [0, 1], (K, gh, gw) region masks on the CLIP grid).
+
+    Grouping is frozen and runs here, in the data workers, so it overlaps with the training step. Give it a CPU
+    grouper of its own (e.g. ``copy.deepcopy(model.grouper).cpu()``): workers must not touch the GPU.
+    """
+
+    def __init__(self, grouper: Grouper, image_size: int) -> None:
+        if image_size % grouper.patch_size:
+            raise ConfigError(f"data.image_size {image_size} is not a multiple of the model's patch size "
+                              f"{grouper.patch_size}")
+        self.grouper = grouper.eval()
+        self.size = image_size
+
+    @torch.no_grad()
+    def __call__(self, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
+        if image.size != (self.size, self.size):
+            image = image.resize((self.size, self.size), resample=Image.Resampling.BICUBIC)
+        x = torch.from_numpy(np.array(image)).permute(2, 0, 1).float().div(255)
+        return x, self.grouper(x[None], pixels=False).region_masks[0]
+
+
+def collate(batch: list[tuple]) -> dict[str, Any]:
+    """Stack images, pad region masks to the batch's largest K, keep captions (and shard URLs) as lists."""
+    return {"images": torch.stack([b[0][0] for b in batch]), "masks": pad_region_masks([b[0][1] for b in batch]),
+            "captions": [b[1] for b in batch], "urls": [b[2] for b in batch] if len(batch[0]) > 2 else []}
+
+
+def worker_init(_: int) -> None:
+    """DataLoader workers use one thread each (they run k-means side by side)."""
+    torch.set_num_threads(1)
+
+
+class NounBatcher:
+    """Caption nouns → unique noun prompts to encode, (noun, image) pairs and the shared-noun positives.
+
+    Args:
+        template: prompt of a noun, e.g. ``"a photo of a {}."``.
+        max_nouns: nouns taken per caption.
+        keep_background_nouns: count :data:`~textseg.nouns.BACKGROUND_NOUNS` ("background", "texture", ...) as
+            nouns (in the workbench, captions name the background on purpose).
+    """
+
+    def __init__(self, template: str = "a photo of a {}.", max_nouns: int = 3, keep_background_nouns: bool = True):
+        from textseg.nouns import BACKGROUND_NOUNS, STOP_NOUNS, NounExtractor
+
+        stop = STOP_NOUNS - BACKGROUND_NOUNS if keep_background_nouns else STOP_NOUNS
+        self.extractor = NounExtractor(backend="auto", stop_nouns=stop)
+        self.template, self.max_nouns = template, max_nouns
+
+    def __call__(self, captions: Sequence[str]) -> tuple[list[str], torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns ``(prompts, noun_ids, noun_image, positives)``.
+
+        ``prompts`` are the batch's unique nouns in the template; pair ``i`` is noun ``prompts[noun_ids[i]]`` of
+        caption ``noun_image[i]``; ``positives[i, j]`` is true when caption ``j`` has that noun too (M, B).
+        """
+        per_image = [self.extractor.extract_nouns(c, max_nouns=self.max_nouns) for c in captions]
+        vocab = list(dict.fromkeys(n for nouns in per_image for n in nouns))
+        index = {n: i for i, n in enumerate(vocab)}
+        has = torch.zeros(len(vocab), len(captions), dtype=torch.bool)
+        pairs = []
+        for image, nouns in enumerate(per_image):
+            for n in nouns:
+                has[index[n], image] = True
+                pairs.append((index[n], image))
+        noun_ids = torch.tensor([p[0] for p in pairs], dtype=torch.long)
+        noun_image = torch.tensor([p[1] for p in pairs], dtype=torch.long)
+        return [self.template.format(n) for n in vocab], noun_ids, noun_image, has[noun_ids]

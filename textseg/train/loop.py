@@ -1,0 +1,263 @@
+"""The training loop: AdamW + warmup/cosine, gradient accumulation, bf16 autocast on CUDA, DDP under torchrun,
+atomic checkpoints with exact resume, a JSONL metrics log and a progress bar.
+
+Run on one process with ``textseg train CONFIG`` or on many with
+``torchrun --nproc_per_node=N tools/train.py CONFIG`` (gloo on CPU, nccl on GPU).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from textseg.config import to_dict
+from textseg.errors import ConfigError, UserError
+from textseg.losses import image_text_loss, noun_region_loss
+from textseg.model import TextSegModel
+from textseg.train import checkpoint as ckpt
+from textseg.train import distributed
+from textseg.train.config import OptimConfig, TrainConfig, TrainLoopConfig
+from textseg.train.data import NounBatcher, TrainTransform, caption_pipeline, collate, epochs, worker_init
+
+_log = logging.getLogger(__name__)
+MAX_LOGIT_SCALE = 100.0
+
+
+class TrainStep(nn.Module):
+    """Everything with trainable weights in one ``forward``, as DDP needs: regions, image and text embeddings."""
+
+    def __init__(self, model: TextSegModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, masks: torch.Tensor, caption_tokens: torch.Tensor,
+                noun_tokens: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        out = self.model(images, masks)
+        clip = self.model.clip
+        res = {"regions": F.normalize(out.regions, dim=-1), "image": F.normalize(out.image, dim=-1),
+               "valid": out.valid, "text": F.normalize(clip.encode_text(caption_tokens), dim=-1),
+               "scale": clip.logit_scale.exp()}
+        if noun_tokens is not None and len(noun_tokens):
+            res["nouns"] = F.normalize(clip.encode_text(noun_tokens), dim=-1)
+        return res
+
+
+def build_model(cfg: TrainConfig) -> TextSegModel:
+    """The model a run starts from: the model config with ``model_overrides``, seeded by ``seed``; its weights
+    from ``init`` when given, else the initial temperature ``train.init_temperature``."""
+    from textseg.factory import create_model, get_model_config
+
+    torch.manual_seed(cfg.seed)
+    model = create_model(get_model_config(cfg.model, cfg.model_overrides), pretrained=cfg.pretrained)
+    if cfg.init:
+        state, _ = ckpt.load_model_weights(cfg.init)
+        load_weights(model, state, cfg.init)
+    else:
+        with torch.no_grad():
+            model.clip.logit_scale.fill_(math.log(1.0 / cfg.train.init_temperature))
+    return model
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """``model.load_state_dict(state)``, a mismatch being a one-line :class:`UserError` naming ``source``."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:  # its first line is generic; the second names the first mismatching keys
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        raise UserError(f"the weights in {source} do not fit model {getattr(model, 'name', '')!r}: "
+                        f"{lines[min(1, len(lines) - 1)][:300]}") from None
+
+
+def select_trainable(model: TextSegModel, t: TrainLoopConfig) -> list[nn.Parameter]:
+    """Freeze the grouper and whatever ``train.trainable`` leaves out; return the trained parameters."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    clip = model.clip
+    if t.trainable == "all":
+        for p in clip.visual.parameters():
+            p.requires_grad_(True)
+    else:
+        blocks = clip.visual.transformer.resblocks
+        for m in [*blocks[len(blocks) - t.trainable_blocks:], clip.visual.ln_post]:
+            for p in m.parameters():
+                p.requires_grad_(True)
+        if isinstance(clip.visual.proj, nn.Parameter):
+            clip.visual.proj.requires_grad_(True)
+    if t.train_text:
+        for name, p in clip.named_parameters():
+            if not name.startswith("visual.") and not name.startswith("logit_"):
+                p.requires_grad_(True)
+    clip.logit_scale.requires_grad_(t.learn_temperature)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def build_optimizer(model: nn.Module, o: OptimConfig,
+                    steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW (no weight decay on gains, biases, embeddings and the temperature) with linear warmup + cosine."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        plain = p.ndim < 2 or "embedding" in name or "logit_scale" in name
+        (no_decay if plain else decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=o.lr, betas=tuple(o.betas))
+
+    def factor(step: int) -> float:
+        if step < o.warmup:
+            return (step + 1) / o.warmup
+        progress = (step - o.warmup) / max(1, steps - o.warmup)
+        return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def _add(logs: dict[str, float], key: str, value: float) -> None:
+    logs[key] = logs.get(key, 0.0) + value
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
+    """Train a model as the config says; returns this rank's run summary (also in ``out/summary_rank<r>.json``).
+
+    Writes ``out/config.json``, ``out/metrics.jsonl`` (rank 0), step checkpoints in ``out/checkpoints`` (the
+    newest ``train.keep_last``) and ``out/final.pt``. With ``resume`` it continues from the newest checkpoint in
+    ``out/checkpoints``: model, optimizer, scheduler, step and every rank's RNG states continue exactly where the
+    checkpoint left them.
+
+    Raises:
+        ConfigError: no training shards; UserError: an unusable checkpoint or no usable sample in the shards.
+    """
+    if not cfg.data.train:
+        raise ConfigError("data.train is empty: give shard URLs, e.g. data.train='dir/shard-{000000..000009}.tar'")
+    d, t, lw = cfg.data, cfg.train, cfg.loss
+    dist_info = distributed.setup()
+    rank, world, device = dist_info.rank, dist_info.world, dist_info.device
+    out = Path(cfg.out)
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    model = build_model(cfg)
+    # The data workers group on the CPU with a copy of the frozen grouper; the model itself goes to the device.
+    transform = TrainTransform(copy.deepcopy(model.grouper).cpu(), d.image_size)
+    params = select_trainable(model, t)
+    model.to(device).train()
+    model.grouper.eval()
+    opt, sched = build_optimizer(model, cfg.optim, t.steps)
+    step = 0
+    resume = ckpt.latest_resume_state(out) if cfg.resume else None
+    if resume is not None:
+        load_weights(model, resume.model, resume.path)
+        opt.load_state_dict(resume.optimizer)
+        sched.load_state_dict(resume.scheduler)
+        step = resume.step
+        ckpt.set_rng_state(resume.rng_for(rank))
+        if rank == 0:
+            _log.info("resumed from %s at step %d", resume.path, step)
+    else:
+        torch.manual_seed(cfg.seed + 1000 * rank)
+    net: nn.Module = TrainStep(model)
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(net, find_unused_parameters=True)
+    if rank == 0:
+        (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+
+    pipeline = caption_pipeline(d.train, shuffle_buffer=d.shuffle_buffer, seed=cfg.seed, image_transform=transform,
+                                with_url=True)
+    loader = torch.utils.data.DataLoader(pipeline, batch_size=d.batch_size, num_workers=d.workers, collate_fn=collate,
+                                         worker_init_fn=worker_init, persistent_workers=False, drop_last=True)
+    batches = epochs(loader, pipeline, epoch=step)  # a fresh shuffle after a resume
+    nouns_of = NounBatcher(d.noun_template, lw.max_nouns, lw.keep_background_nouns)
+    accum = cfg.optim.grad_accum
+    amp = device.type == "cuda" and t.amp in ("auto", True)
+    shards_read: set[str] = set()
+    start, last_log, seen = time.time(), time.time(), 0
+    bar = tqdm(total=t.steps, initial=step, desc="train", unit="step", disable=not progress or rank != 0)
+    stopped_early = False
+    while step < t.steps:
+        logs: dict[str, float] = {}
+        for micro in range(accum):
+            batch = next(batches)
+            shards_read.update(batch["urls"])
+            prompts, noun_ids, noun_image, positives = nouns_of(batch["captions"])
+            caption_tokens = model.tokenizer(batch["captions"]).to(device)
+            noun_tokens = model.tokenizer(prompts).to(device) if prompts and lw.noun_region > 0 else None
+            sync = micro == accum - 1 or world == 1
+            ctx = net.no_sync() if not sync and isinstance(net, nn.parallel.DistributedDataParallel) else nullcontext()
+            with ctx, torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                res = net(batch["images"].to(device), batch["masks"].to(device), caption_tokens, noun_tokens)
+                scale = res["scale"].clamp(max=MAX_LOGIT_SCALE)
+                loss = torch.zeros((), device=device)
+                if lw.image_text > 0:
+                    it = image_text_loss(res["image"].float(), res["text"].float(), scale)
+                    loss = loss + lw.image_text * it
+                    _add(logs, "loss_image_text", float(it.detach()) / accum)
+                if lw.noun_region > 0:
+                    if "nouns" in res:
+                        nr, stats = noun_region_loss(
+                            res["nouns"].float()[noun_ids.to(device)], noun_image.to(device), res["regions"].float(),
+                            res["valid"], scale, mode=lw.mode,
+                            positives=positives.to(device) if lw.same_noun_positives else None)
+                        _add(logs, "noun_acc", stats["acc"] / accum)
+                    else:  # no noun in this batch: a zero that still reaches every parameter DDP expects
+                        nr = res["regions"].sum() * 0
+                    loss = loss + lw.noun_region * nr
+                    _add(logs, "loss_noun_region", float(nr.detach()) / accum)
+            (loss / accum).backward()
+            _add(logs, "loss", float(loss.detach()) / accum)
+            seen += len(batch["captions"]) * world
+        if cfg.optim.clip_grad:
+            torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip_grad)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            model.clip.logit_scale.clamp_(max=math.log(MAX_LOGIT_SCALE))
+        step += 1
+        bar.update(1)
+        if rank == 0 and (step % t.log_every == 0 or step == t.steps or step == 1):
+            now = time.time()
+            rec = {"step": step, **{k: round(v, 5) for k, v in logs.items()}, "lr": sched.get_last_lr()[0],
+                   "scale": round(float(model.clip.logit_scale.detach().exp()), 3),
+                   "samples_per_s": round(seen / max(1e-9, now - last_log), 1), "elapsed_s": round(now - start, 1),
+                   "skipped": pipeline.counter.as_dict()}
+            seen, last_log = 0, now
+            with open(out / "metrics.jsonl", "a") as fh:
+                fh.write(json.dumps(rec) + "\n")
+            bar.set_postfix(loss=f"{logs['loss']:.3f}", sps=rec["samples_per_s"])
+        over_time = distributed.any_rank(t.max_minutes is not None and time.time() - start > 60 * t.max_minutes,
+                                         device)
+        if step % t.ckpt_every == 0 or step == t.steps or over_time:
+            _save_step(out, model, opt, sched, step, cfg, rank, t.keep_last)
+        if over_time:
+            stopped_early = True
+            break
+    bar.close()
+    summary = {"rank": rank, "world_size": world, "steps": step, "stopped_early": stopped_early,
+               "weights_sha1": ckpt.weights_checksum(model), "shards_read": sorted(shards_read),
+               "skipped": pipeline.counter.as_dict(), "minutes": round((time.time() - start) / 60, 2)}
+    (out / f"summary_rank{rank}.json").write_text(json.dumps(summary, indent=2))
+    if rank == 0:
+        ckpt.save_checkpoint(out / "final.pt", model.state_dict(), step=step, model_config=to_dict(model.config))
+    distributed.teardown()
+    return summary
+
+
+def _save_step(out: Path, model: TextSegModel, opt: torch.optim.Optimizer, sched: Any, step: int, cfg: TrainConfig,
+               rank: int, keep_last: int) -> None:
+    # Every rank's RNG state is kept, so that each rank's randomness continues exactly after a resume.
+    states = distributed.gather_rng_states()
+    if rank == 0:
+        ckpt.save_checkpoint(ckpt.step_checkpoint_path(out, step), model.state_dict(), step=step,
+                             model_config=to_dict(model.config), optimizer=opt.state_dict(),
+                             scheduler=sched.state_dict(), rng=states, config=to_dict(cfg))
+        ckpt.prune_step_checkpoints(out, keep_last)
+    distributed.barrier()

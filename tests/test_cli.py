@@ -1,9 +1,10 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from conftest import DATA, VOC_IMAGE
@@ -114,3 +115,104 @@ def test_data_commands_write_shards_and_report_bad_files(tmp_path, capsys):
     rc = main(["convert-coco-object", str(DATA / "coco" / "annotations" / "instances_val2017.json"), str(tmp_path / "co")])
     assert rc == 0 and sorted(p.name for p in (tmp_path / "co").iterdir()) == [
         "000000000139_instanceTrainIds.png", "000000255917_instanceTrainIds.png"]
+
+
+TINY = ["--model", "tiny", "--no-pretrained", "--templates", "single", "--no-text-cache", "--short-side", "32",
+        "--classes", "a,b", "--no-progress"]
+
+
+def save_image(path: Path, seed: int, size=(40, 56)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_segment_folders_mirror_the_tree_and_same_stems_never_overwrite(tmp_path, capsys):
+    same1 = save_image(tmp_path / "d1" / "same.jpg", 1)
+    same2 = save_image(tmp_path / "d2" / "same.jpg", 2, size=(30, 70))
+    tree = tmp_path / "tree"
+    a, b = save_image(tree / "a.png", 3), save_image(tree / "sub" / "deeper" / "b.JPEG", 4)
+    save_image(tree / ".hidden" / "c.jpg", 5)
+    (tree / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    args = ["segment", str(same1), str(same2), str(tree), "--out", str(out), "--batch-size", "2",
+            "--num-workers", "2", *TINY]
+    assert main(args) == 0
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert written == sorted(f"{key}{suffix}" for key in ["d1/same", "d2/same", "a", "sub/deeper/b"]
+                             for suffix in ["_labels.png", "_overlay.png", ".json"])
+    for key, source in [("d1/same", same1), ("d2/same", same2), ("a", a), ("sub/deeper/b", b)]:
+        summary = json.loads((out / f"{key}.json").read_text())
+        assert summary["image"] == str(source) and summary["labels_png"] == f"{Path(key).name}_labels.png"
+        assert Image.open(out / f"{key}_labels.png").size == Image.open(source).size
+    capsys.readouterr()
+    before = (out / "d2" / "same.json").stat().st_mtime_ns
+    assert main(args) == 2  # a second run into the same folder replaces nothing ...
+    err = capsys.readouterr().err
+    assert "exists (12 output file(s) would be replaced)" in err and "--overwrite" in err and err.count("\n") == 1
+    assert (out / "d2" / "same.json").stat().st_mtime_ns == before
+    assert main([*args, "--overwrite"]) == 0  # ... unless asked to
+    assert (out / "d2" / "same.json").stat().st_mtime_ns > before
+
+
+def test_unique_keys_disambiguate_every_collision():
+    from textseg.cli.segment import unique_keys
+
+    def keys(*items):
+        return [str(k) for k in unique_keys([(Path(p), Path(p).parent, PurePosixPath(k)) for p, k in items])]
+
+    assert keys(("/x/d1/same.jpg", "same"), ("/x/d2/same.jpg", "same"), ("/x/d2/other.jpg", "other")) == [
+        "d1/same", "d2/same", "other"]
+    assert keys(("/x/d/same.jpg", "same"), ("/y/d/same.jpg", "same")) == ["x/d/same", "y/d/same"]
+    assert keys(("/x/a.jpg", "a"), ("/x/a.png", "a"), ("/y/A.jpg", "A")) == ["x/a_jpg", "x/a_png", "y/A"]
+    # a disambiguated key that meets another input's key still ends up unique
+    got = keys(("/r/d1/same.jpg", "same"), ("/r/d2/same.jpg", "same"), ("/r/x/d1/same.png", "d1/same"))
+    assert len({k.casefold() for k in got}) == 3 and got[1] == "d2/same"
+
+
+def test_collect_inputs_skips_the_output_folder_and_repeats(tmp_path):
+    from textseg.cli.segment import collect_inputs
+
+    a = save_image(tmp_path / "in" / "a.jpg", 0)
+    save_image(tmp_path / "in" / "out" / "a_labels.png", 1)  # an earlier run's output inside the input folder
+    found = collect_inputs([tmp_path / "in", a], out=tmp_path / "in" / "out")
+    assert [(i.path, str(i.key)) for i in found] == [(tmp_path / "in" / "a.jpg", "a")]
+
+
+def test_rank_slices_cover_every_input_exactly_once(tmp_path, monkeypatch):
+    """The torchrun split is tested through the slicing function and the env variables; no process group is
+    started (segment needs none: each rank writes its own share)."""
+    from textseg.cli.segment import rank_and_world, rank_slice
+    from textseg.errors import UserError
+
+    for n in range(0, 12):
+        items = list(range(n))
+        for world in range(1, 5):
+            shares = [rank_slice(items, rank, world) for rank in range(world)]
+            assert sorted(x for share in shares for x in share) == items
+            assert max(map(len, shares)) - min(map(len, shares)) <= 1
+    assert rank_and_world({}) == (0, 1) and rank_and_world({"RANK": "2", "WORLD_SIZE": "3"}) == (2, 3)
+    with pytest.raises(UserError, match="RANK 3"):
+        rank_and_world({"RANK": "3", "WORLD_SIZE": "3"})
+    # two "ranks" run one after the other write disjoint shares that together hold every input
+    for i in range(5):
+        save_image(tmp_path / "in" / f"{i}.png", i)
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        assert main(["segment", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--num-workers", "0", *TINY]) == 0
+        got = sorted(p.name for p in (tmp_path / "out").glob("*.json"))
+        assert got == (["0.json", "2.json", "4.json"] if rank == 0 else [f"{i}.json" for i in range(5)])
+
+
+def test_an_unreadable_image_stops_no_other(tmp_path, capsys):
+    save_image(tmp_path / "in" / "good.png", 0)
+    (tmp_path / "in" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    rc = main(["segment", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--num-workers", "1", *TINY])
+    err = capsys.readouterr().err
+    assert rc == 2 and "cannot read image" in err and "broken.jpg" in err and "the other 1 image(s)" in err
+    assert (tmp_path / "out" / "good_labels.png").is_file() and not (tmp_path / "out" / "broken.json").exists()
+    assert main(["segment", str(tmp_path / "empty_dir_missing"), "--out", str(tmp_path / "o2"), *TINY]) == 2
+    (tmp_path / "empty").mkdir()
+    assert main(["segment", str(tmp_path / "empty"), "--out", str(tmp_path / "o2"), *TINY]) == 2
+    assert "holds no image" in capsys.readouterr().err

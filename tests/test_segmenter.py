@@ -132,3 +132,92 @@ def test_bad_inputs_are_user_errors(color_model, tmp_path):
         load_image(bad)
     with pytest.raises(UserError, match="sentence is empty"):
         seg.predict_referring(two_halves(), "  ")
+
+
+def mixed_images():
+    """Colour blocks plus noise at three sizes, two of them shared (portrait, landscape, square), and a path."""
+    from conftest import VOC_IMAGE
+
+    rng = np.random.default_rng(0)
+    images = []
+    for h, w in [(50, 90), (90, 50), (50, 90), (40, 40), (50, 90)]:
+        img = rng.integers(0, 60, (h, w, 3)).astype(np.uint8)
+        img[: h // 2, : w // 3] += np.array(rng.integers(100, 190, 3), dtype=np.uint8)
+        img[h // 3:, w // 2:] += np.array(rng.integers(100, 190, 3), dtype=np.uint8)
+        images.append(img)
+    return [*images, VOC_IMAGE]
+
+
+BATCH_PROTOCOLS = {
+    "whole-threshold": dict(short_side=64),
+    "whole-native-no-background": dict(short_side=None, background=None),
+    "windows-background-classes": dict(short_side=96, window=64, stride=32, background="classes",
+                                       background_classes=["sky"]),
+    "windows-bg-score": dict(short_side=64, window=48, stride=48, bg_score=0.1, bg_threshold=0.3),
+}
+
+
+@pytest.mark.parametrize("overrides", BATCH_PROTOCOLS.values(), ids=BATCH_PROTOCOLS.keys())
+def test_predict_batch_equals_predict_per_image(tiny_model, overrides, monkeypatch):
+    seg = Segmenter(tiny_model, templates="single", text_cache_dir=False)
+    images = mixed_images()
+    classes = ["dog", "grass", "bus"]
+    # random text embeddings would give every pixel one class: name the regions of two images instead
+    regions = torch.cat([seg._regions(seg._prepare(im, 64)[1])[1] for im in images[3:5]])
+    monkeypatch.setattr(seg.text, "encode_classes", lambda names, templates=None: regions[: len(names)])
+    batched = seg.predict_batch(images, classes, batch_size=3, return_probs=True, **overrides)
+    assert len(batched) == len(images)
+    for image, got in zip(images, batched):
+        want = seg.predict(image, classes, return_probs=True, **overrides)
+        assert got.labels.shape == load_image(image).shape[:2] and got.classes == want.classes
+        np.testing.assert_array_equal(got.labels, want.labels)
+        assert got.probs.shape == want.probs.shape
+        np.testing.assert_allclose(got.probs, want.probs, rtol=0, atol=1e-5)
+    assert max(len(np.unique(r.labels)) for r in batched) >= 3  # the labels vary, so their equality means something
+
+
+def model_calls(model, monkeypatch):
+    """Record the (B, H, W) of every grouping call and the batch size of every region pass of ``model``."""
+    calls = {"group": [], "regions": []}
+    group = model.group
+
+    def spy(images, **kwargs):
+        calls["group"].append(tuple(images.shape[:1]) + tuple(images.shape[2:]))
+        return group(images, **kwargs)
+
+    monkeypatch.setattr(model, "group", spy)
+    handle = model.register_forward_hook(lambda m, args, out: calls["regions"].append(args[0].shape[0]))
+    return calls, handle
+
+
+def test_predict_batch_batches_same_size_crops_across_images(tiny_model, monkeypatch):
+    seg = Segmenter(tiny_model, templates="single", text_cache_dir=False)
+    images = mixed_images()[:5]  # sizes 50x90 (three), 90x50 and 40x40
+    encodes = []
+    encode = seg.text.encode_classes
+    monkeypatch.setattr(seg.text, "encode_classes", lambda *a, **k: encodes.append(a) or encode(*a, **k))
+    calls, handle = model_calls(tiny_model, monkeypatch)
+    try:
+        # whole images at short side 64: 64x115 (three images, cut to 64x112 for the patch size), 115x64, 64x64
+        seg.predict_batch(images, ["a", "b"], batch_size=2, short_side=64)
+        assert sorted(calls["group"]) == [(1, 64, 64), (1, 64, 112), (1, 112, 64), (2, 64, 112)]
+        assert sorted(calls["regions"]) == [1, 1, 1, 2]
+        assert len(encodes) == 1  # the text once per call
+        # windows of 64 at short side 96: 10 + 10 + 10 (96x173) + 10 (173x96) + 4 (96x96) crops, all 64x64
+        calls["group"].clear(), calls["regions"].clear()
+        seg.predict_batch(images, ["a", "b"], batch_size=16, short_side=96, window=64, stride=32)
+        assert calls["group"] == [(16, 64, 64), (16, 64, 64), (12, 64, 64)] and calls["regions"] == [16, 16, 12]
+        assert len(encodes) == 2
+    finally:
+        handle.remove()
+
+
+def test_predict_batch_edge_cases(tiny_model):
+    seg = Segmenter(tiny_model, templates="single", text_cache_dir=False)
+    assert seg.predict_batch([], ["a"]) == []
+    with pytest.raises(UserError, match="batch_size"):
+        seg.predict_batch([two_halves()], ["a"], batch_size=0)
+    with pytest.raises(UserError, match="class list"):
+        seg.predict_batch([two_halves()], ["a", " "])
+    one = seg.predict_batch([two_halves()], ["a", "b"], batch_size=1, short_side=None, window=32, stride=32)
+    assert one[0].labels.shape == (64, 128) and one[0].probs is None

@@ -182,3 +182,102 @@ def test_torchrun_two_processes_split_shards_agree_and_change_the_weights(tmp_pa
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert {"clip.logit_scale", "clip.visual.proj", "clip.text_projection"} <= changed
     assert not any(k.startswith("grouper.") for k in changed)
+
+
+def test_grouping_in_the_workers_or_on_the_device_gives_the_same_run(tmp_path, monkeypatch):
+    import textseg.train.loop as loop
+
+    urls = write_shards(tmp_path / "shards", n_shards=1, per_shard=8)
+    runs = {}
+    for mode in ("workers", "device"):
+        if mode == "device":  # the data workers only resize: the step groups the batch with the model's grouper
+            monkeypatch.setattr(loop, "TrainTransform", None)
+        cfg = load_train_config(None, tiny_overrides(urls, tmp_path / mode, **{"train.steps": 3,
+                                                                                "data.group_on": mode}))
+        runs[mode] = train(cfg, progress=False), read_log(tmp_path / mode / "metrics.jsonl")
+    (workers, w_log), (device, d_log) = runs["workers"], runs["device"]
+    assert [r["step"] for r in d_log] == [r["step"] for r in w_log] == [1, 2, 3]
+    for a, b in zip(w_log, d_log):  # grouping is deterministic: the same masks, the same losses
+        for key in ("loss", "loss_image_text", "loss_noun_region", "noun_acc"):
+            assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-7), key
+    assert device["weights_sha1"] == workers["weights_sha1"]
+    assert (workers["group_on"], device["group_on"]) == ("workers", "device")
+
+
+def test_group_on_image_transform_and_its_collate():
+    from textseg.train.config import DataConfig
+    from textseg.train.loop import ImageTransform, collate_images, group_on
+
+    assert group_on(DataConfig(), torch.device("cpu")) == "workers"
+    assert group_on(DataConfig(), torch.device("cuda")) == "device"
+    assert group_on(DataConfig(group_on="workers"), torch.device("cuda")) == "workers"
+    with pytest.raises(ConfigError, match="data.group_on"):
+        load_train_config(None, ["data.group_on=gpu"])
+    cfg = load_train_config(None, ["train.compile=true", "train.tf32=false"])
+    assert cfg.train.compile is True and cfg.train.tf32 is False and cfg.data.group_on == "auto"
+    transform = ImageTransform(48, 16)
+    x = transform(Image.new("RGB", (40, 30), (255, 0, 0)))
+    assert x.shape == (3, 48, 48) and x.dtype == torch.float32 and float(x[0].min()) == 1 and float(x[1].max()) == 0
+    batch = collate_images([(x, "a", "u0"), (x, "b", "u1")])
+    assert batch["images"].shape == (2, 3, 48, 48) and batch["captions"] == ["a", "b"] and "masks" not in batch
+    assert batch["urls"] == ["u0", "u1"]
+    with pytest.raises(ConfigError, match="multiple of the model's patch size 16"):
+        ImageTransform(40, 16)
+
+
+def test_compile_option_compiles_the_training_step(tmp_path, monkeypatch):
+    from textseg.train.loop import TrainStep
+
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: compiled.append(module) or module)
+    urls = write_shards(tmp_path / "shards", n_shards=1, per_shard=8)
+    train(load_train_config(None, tiny_overrides(urls, tmp_path / "run", **{"train.steps": 1})), progress=False)
+    assert compiled == []
+    train(load_train_config(None, tiny_overrides(urls, tmp_path / "compiled", **{"train.steps": 1,
+                                                                                 "train.compile": "true"})),
+          progress=False)
+    assert len(compiled) == 1 and isinstance(compiled[0], TrainStep)
+
+
+def test_fused_adamw_on_request_steps_like_the_plain_one():
+    from textseg.train.config import OptimConfig
+    from textseg.train.loop import build_optimizer
+
+    torch.manual_seed(0)
+    nets = [torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    plain, _ = build_optimizer(nets[0], OptimConfig(), 10)  # CPU parameters: not fused by default
+    fused, _ = build_optimizer(nets[1], OptimConfig(), 10, fused=True)  # the CUDA default, run here on CPU
+    assert not plain.defaults.get("fused") and fused.defaults["fused"] is True
+    x = torch.randn(5, 4)
+    for net, opt in zip(nets, (plain, fused)):
+        for _ in range(3):
+            net(x).square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_tf32_switch_sets_the_cuda_flags():
+    from textseg.train.loop import enable_cuda_speedups
+
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        enable_cuda_speedups(False)
+        assert not torch.backends.cuda.matmul.allow_tf32
+        enable_cuda_speedups(True)
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def test_noun_keys_give_the_noun_batchers_positives():
+    from textseg.losses import same_noun_positives
+    from textseg.train.distributed import noun_keys
+
+    prompts, noun_ids, noun_image, positives = NounBatcher()(CAPTIONS)
+    keys = noun_keys([prompts[i] for i in noun_ids.tolist()])
+    assert torch.equal(same_noun_positives(keys, noun_image, len(CAPTIONS)), positives)
+    assert positives.sum() > len(noun_ids)  # some nouns are shared between captions

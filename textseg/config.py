@@ -173,7 +173,8 @@ class GroupingConfig:
         min_group_frac: groups with fewer than this share of the patches are merged into their nearest group.
         iters: Lloyd iterations.
         seed: k-means++ seed (the same image gives the same groups).
-        backend: ``auto`` (faiss if installed), ``faiss`` or ``torch``.
+        backend: ``torch``: batched k-means on the features' device; ``faiss``: per image on the host;
+            ``auto``: ``torch`` when the features are on CUDA, else per image on the host (faiss if installed).
         normalize: L2-normalise features before clustering (cosine geometry, as for DINO features).
     """
 

@@ -14,7 +14,7 @@ from torch import Tensor
 
 NounRegionMode = Literal["one_way", "region_batch", "two_way"]
 
-__all__ = ["noun_region_loss", "image_text_loss", "NounRegionMode"]
+__all__ = ["noun_region_loss", "image_text_loss", "same_noun_positives", "NounRegionMode"]
 
 
 def _check_inputs(nouns: Tensor, noun_image: Tensor, regions: Tensor, region_valid: Tensor) -> None:
@@ -146,3 +146,21 @@ def image_text_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor | f
     logits = logit_scale * image_emb @ text_emb.t()
     labels = torch.arange(logits.shape[0], device=logits.device)
     return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
+
+
+def same_noun_positives(noun_keys: Tensor, noun_image: Tensor, num_images: int) -> Tensor:
+    """The ``positives`` of :func:`noun_region_loss` from noun identities: (M, B) bool, ``[i, j]`` true when image
+    ``j`` has a (noun, image) pair with the same key as pair ``i`` (pair ``i``'s own image included).
+
+    Args:
+        noun_keys: (M,) integer identity of each pair's noun (equal nouns, equal keys), e.g. hashes of the words.
+        noun_image: (M,) long, the image of each pair, in ``[0, num_images)``.
+        num_images: B.
+    """
+    if noun_keys.shape != noun_image.shape or noun_keys.ndim != 1:
+        raise ValueError(f"expected two (M,) tensors, got {tuple(noun_keys.shape)} and {tuple(noun_image.shape)}")
+    _, noun = torch.unique(noun_keys, return_inverse=True)
+    has = torch.zeros(int(noun.max()) + 1 if noun.numel() else 0, num_images, dtype=torch.bool,
+                      device=noun_keys.device)
+    has[noun, noun_image] = True
+    return has[noun]

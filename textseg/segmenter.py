@@ -27,6 +27,46 @@ def window_starts(length: int, window: int, stride: int) -> list[int]:
     return starts
 
 
+def resized_size(size: tuple[int, int], short_side: int | None) -> tuple[int, int]:
+    """(h, w) after resizing an image of ``size`` so that its short side is ``short_side`` (None: unchanged)."""
+    h, w = size
+    if not short_side:
+        return h, w
+    s = short_side / min(h, w)
+    return max(1, round(h * s)), max(1, round(w * s))
+
+
+@dataclass(eq=False)
+class _CropPlan:
+    """One image of a :meth:`Segmenter.predict_batch` call: where its crops are, and (while some are pending) its
+    resized tensor and probability accumulators on the device."""
+
+    index: int
+    window: tuple[int, int]
+    starts: list[tuple[int, int]]
+    left: int = 0
+    image: torch.Tensor | None = None
+    probs: torch.Tensor | None = None
+    count: torch.Tensor | None = None
+
+    @classmethod
+    def make(cls, index: int, size: tuple[int, int], p: Protocol) -> "_CropPlan":
+        h, w = resized_size(size, p.short_side)
+        win_h, win_w = (min(p.window, h), min(p.window, w)) if p.window else (h, w)
+        starts = [(y0, x0) for y0 in window_starts(h, win_h, p.stride or h)
+                  for x0 in window_starts(w, win_w, p.stride or w)]
+        return cls(index, (win_h, win_w), starts, left=len(starts))
+
+    def open(self, image: torch.Tensor, channels: int) -> None:
+        _, _, h, w = image.shape
+        self.image = image
+        self.probs = torch.zeros(channels, h, w, device=image.device)
+        self.count = torch.zeros(1, h, w, device=image.device)
+
+    def close(self) -> None:
+        self.image = self.probs = self.count = None
+
+
 @dataclass
 class SegmentationResult:
     """Result of :meth:`Segmenter.predict`.
@@ -90,25 +130,37 @@ class Segmenter:
 
     def _prepare(self, image: ImageLike, short_side: int | None) -> tuple[np.ndarray, torch.Tensor]:
         arr = load_image(image)
+        return arr, self._to_device(arr, short_side)
+
+    def _to_device(self, arr: np.ndarray, short_side: int | None) -> torch.Tensor:
+        """An (H, W, 3) uint8 array as a (1, 3, h, w) float tensor in [0, 1] on the model's device, resized so that
+        its short side is ``short_side`` (see :func:`resized_size`)."""
         x = torch.from_numpy(arr).to(self.device).permute(2, 0, 1)[None].float().div(255)
-        if short_side:
-            h, w = arr.shape[:2]
-            s = short_side / min(h, w)
-            x = F.interpolate(x, size=(max(1, round(h * s)), max(1, round(w * s))), mode="bilinear",
-                              align_corners=False, antialias=s < 1)
-        return arr, x
+        size = resized_size(arr.shape[:2], short_side)
+        if size != tuple(arr.shape[:2]):
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False,
+                              antialias=min(size) < min(arr.shape[:2]))
+        return x
 
     @torch.no_grad()
-    def _regions(self, crop: torch.Tensor, pixel_size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Group a (1, 3, h, w) crop and embed its regions: the group map at ``pixel_size`` (default (h, w)) and
-        (K, E) normalised region embeddings."""
-        h, w = crop.shape[-2:]
+    def _regions_batch(self, crops: torch.Tensor, pixel_size: tuple[int, int] | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Group a (B, 3, h, w) batch of crops and embed their regions in one pass of each tower: (B, H, W) group
+        maps at ``pixel_size`` (default (h, w)) and (B, K, E) normalised region embeddings, K the most groups of
+        any crop (a crop's padding regions are never named by its group map)."""
+        h, w = crops.shape[-2:]
         p = self.model.patch_size
-        sized = F.interpolate(crop, size=(max(p, round(h / p) * p), max(p, round(w / p) * p)), mode="bilinear",
-                              align_corners=False) if (h % p or w % p) else crop
+        sized = F.interpolate(crops, size=(max(p, round(h / p) * p), max(p, round(w / p) * p)), mode="bilinear",
+                              align_corners=False) if (h % p or w % p) else crops
         groups = self.model.group(sized, pixel_size=pixel_size or (h, w))
         out = self.model(sized, groups.region_masks)
-        return groups.pixels[0], F.normalize(out.regions[0].float(), dim=-1)
+        return groups.pixels, F.normalize(out.regions.float(), dim=-1)
+
+    def _regions(self, crop: torch.Tensor, pixel_size: tuple[int, int] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`_regions_batch` of one (1, 3, h, w) crop: its (H, W) group map and (K, E) region embeddings."""
+        pixels, regions = self._regions_batch(crop, pixel_size)
+        return pixels[0], regions[0]
 
     @torch.no_grad()
     def predict(self, image: ImageLike, classes: Sequence[str], protocol: Protocol | None = None, *,
@@ -129,29 +181,70 @@ class Segmenter:
         Returns:
             A :class:`SegmentationResult` at the input image's size.
         """
+        return self.predict_batch([image], classes, protocol, return_probs=return_probs, **overrides)[0]
+
+    @torch.no_grad()
+    def predict_batch(self, images: Sequence[ImageLike], classes: Sequence[str], protocol: Protocol | None = None, *,
+                      batch_size: int = 32, return_probs: bool = False, **overrides: Any) -> list[SegmentationResult]:
+        """:meth:`predict` for many images at once, with the same results as one call per image.
+
+        Each image is resized per the protocol and cut into its sliding windows (or kept whole). Crops of the same
+        size, from one image or several, go through the model together, ``batch_size`` at a time: one grouping
+        and one region pass per chunk. The class text is encoded once per call, probabilities are accumulated on
+        the model's device, and an image's device tensors are freed as soon as its last crop is done, so device
+        memory is bounded by ``batch_size`` crops whatever the number of images. The decoded images and the
+        results of the call stay on the host: feed a large collection in slices (as ``textseg segment`` does).
+
+        Args:
+            images: paths, PIL images or (H, W, 3) arrays; sizes may differ.
+            classes, protocol, return_probs, overrides: as for :meth:`predict`.
+            batch_size: the most crops per model call.
+
+        Returns:
+            One :class:`SegmentationResult` per image, in the order given.
+        """
+        if batch_size < 1:
+            raise UserError(f"batch_size must be at least 1, got {batch_size}")
         p = self._protocol(protocol, overrides)
         classes = [str(c) for c in classes]
         if not classes or any(not c.strip() for c in classes):
             raise UserError("the class list is empty or contains an empty name")
         names = classes + list(p.background_classes)
         text = self.text.encode_classes(names, p.templates).to(self.device)
-        arr, x = self._prepare(image, p.short_side)
-        _, _, h, w = x.shape
-        scale = self.model.logit_scale.float()
-        probs = torch.zeros(len(names) + (p.bg_score is not None), h, w, device=self.device)
-        count = torch.zeros(1, h, w, device=self.device)
-        win_h, win_w = (min(p.window, h), min(p.window, w)) if p.window else (h, w)
-        for y0 in window_starts(h, win_h, p.stride or h):
-            for x0 in window_starts(w, win_w, p.stride or w):
-                groups, regions = self._regions(x[..., y0: y0 + win_h, x0: x0 + win_w])
-                sims = regions @ text.T
+        arrays = [load_image(im) for im in images]
+        plans = [_CropPlan.make(i, a.shape[:2], p) for i, a in enumerate(arrays)]
+        by_size: dict[tuple[int, int], list[_CropPlan]] = {}
+        for plan in plans:
+            by_size.setdefault(plan.window, []).append(plan)
+        results: list[SegmentationResult | None] = [None] * len(arrays)
+        channels = len(names) + (p.bg_score is not None)
+        for (win_h, win_w), same_size in by_size.items():
+            crops = [(plan, y0, x0) for plan in same_size for y0, x0 in plan.starts]
+            for chunk in (crops[i: i + batch_size] for i in range(0, len(crops), batch_size)):
+                for plan, _, _ in chunk:
+                    if plan.image is None:  # the first crop of this image: resize it and open its accumulators
+                        plan.open(self._to_device(arrays[plan.index], p.short_side), channels)
+                batch = torch.cat([plan.image[..., y0: y0 + win_h, x0: x0 + win_w] for plan, y0, x0 in chunk])
+                pixels, regions = self._regions_batch(batch)
+                sims = regions @ text.T  # (B, K, C)
                 if p.bg_score is not None:
-                    sims = torch.cat([sims, torch.full_like(sims[:, :1], float(p.bg_score))], 1)
-                region_probs = (scale * sims).softmax(-1)  # (K, C')
-                probs[:, y0: y0 + win_h, x0: x0 + win_w] += region_probs[groups].permute(2, 0, 1)
-                count[:, y0: y0 + win_h, x0: x0 + win_w] += 1
-        probs = F.interpolate((probs / count)[None], size=arr.shape[:2], mode="bilinear", align_corners=False)[0]
-        c = len(classes)
+                    sims = torch.cat([sims, torch.full_like(sims[..., :1], float(p.bg_score))], -1)
+                region_probs = (self.model.logit_scale.float() * sims).softmax(-1)  # (B, K, C')
+                for b, (plan, y0, x0) in enumerate(chunk):
+                    plan.probs[:, y0: y0 + win_h, x0: x0 + win_w] += region_probs[b].T[:, pixels[b]]
+                    plan.count[:, y0: y0 + win_h, x0: x0 + win_w] += 1
+                    plan.left -= 1
+                    if plan.left == 0:
+                        results[plan.index] = self._finish(plan, arrays[plan.index].shape[:2], len(classes),
+                                                           ["background", *classes], p, return_probs)
+        return results  # type: ignore[return-value]
+
+    @staticmethod
+    def _finish(plan: "_CropPlan", size: tuple[int, int], c: int, names: list[str], p: Protocol,
+                return_probs: bool) -> SegmentationResult:
+        """Average an image's window probabilities, bring them to the input size and label the pixels."""
+        probs = F.interpolate((plan.probs / plan.count)[None], size=size, mode="bilinear", align_corners=False)[0]
+        plan.close()
         if p.background is None:
             labels = probs[:c].argmax(0) + 1
         else:
@@ -160,7 +253,7 @@ class Segmenter:
             labels[best >= c] = 0
             if p.background == "threshold":
                 labels[best_p < p.bg_threshold] = 0
-        return SegmentationResult(labels=labels.cpu().numpy().astype(np.int64), classes=["background", *classes],
+        return SegmentationResult(labels=labels.cpu().numpy().astype(np.int64), classes=names,
                                   probs=probs.cpu().numpy() if return_probs else None)
 
     @torch.no_grad()

@@ -16,6 +16,7 @@ from textseg.errors import ConfigError
 
 LOSS_MODES = ("one_way", "region_batch", "two_way")
 TRAINABLE = ("all", "last_blocks")
+GROUP_ON = ("auto", "workers", "device")
 
 
 def _at_least(section: str, config: Any, minimums: dict[str, float]) -> None:
@@ -31,10 +32,14 @@ class DataConfig:
     Attributes:
         train: shard URLs, a string in brace notation (``"dir/shard-{000000..000009}.tar"``) or a list of them.
         batch_size: samples per process and micro-step.
-        workers: DataLoader worker processes (grouping runs there, on CPU).
+        workers: DataLoader worker processes (decoding and resizing; grouping too with ``group_on=workers``).
         shuffle_buffer: sample shuffle buffer; 0 disables sample shuffling.
         image_size: square training resolution; a multiple of the model's patch size.
         noun_template: prompt each caption noun is encoded with.
+        group_on: where the frozen grouping runs: ``workers`` (each image in the data workers, with a CPU copy of
+            the grouper), ``device`` (the whole batch at once in the training process, on the training device,
+            before the step's forward) or ``auto`` (``device`` on CUDA, ``workers`` on CPU). Both give the same
+            region masks.
     """
 
     train: Any = None
@@ -43,11 +48,13 @@ class DataConfig:
     shuffle_buffer: int = 1000
     image_size: int = 96
     noun_template: str = "a photo of a {}."
+    group_on: str = "auto"
 
     def __post_init__(self) -> None:
         urls = [self.train] if isinstance(self.train, str) else self.train
         if urls is not None and not (isinstance(urls, list) and all(isinstance(u, str) and u for u in urls)):
             raise ConfigError(f"field 'data.train' must be a shard URL string or a list of them, got {self.train!r}")
+        check_choice("data.group_on", self.group_on, GROUP_ON)
         _at_least("data", self, {"batch_size": 1, "workers": 0, "shuffle_buffer": 0, "image_size": 1})
 
 
@@ -115,6 +122,9 @@ class TrainLoopConfig:
         learn_temperature: train the logit scale.
         init_temperature: initial temperature when the run does not start from a checkpoint (``init``).
         amp: bfloat16 autocast: ``auto`` (on CUDA), true or false (never on CPU).
+        tf32: on CUDA, let float32 matmuls and convolutions use TensorFloat-32 (process-wide setting).
+        compile: ``torch.compile`` the training step (the model's forward and both text encodings; grouping and
+            the losses stay eager).
         log_every: steps between ``metrics.jsonl`` records.
         ckpt_every: steps between checkpoints.
         keep_last: step checkpoints kept.
@@ -128,6 +138,8 @@ class TrainLoopConfig:
     learn_temperature: bool = True
     init_temperature: float = 0.07
     amp: Union[bool, str] = "auto"
+    tf32: bool = True
+    compile: bool = False
     log_every: int = 10
     ckpt_every: int = 200
     keep_last: int = 2

@@ -1,5 +1,6 @@
-"""The training loop: AdamW + warmup/cosine, gradient accumulation, bf16 autocast on CUDA, DDP under torchrun,
-atomic checkpoints with exact resume, a JSONL metrics log and a progress bar.
+"""The training loop: AdamW + warmup/cosine, gradient accumulation, DDP under torchrun with the contrastive
+losses over the global batch, atomic checkpoints with exact resume, a JSONL metrics log and a progress bar.
+On CUDA: bf16 autocast, TF32, fused AdamW, grouping on the device, and ``torch.compile`` on request.
 
 Run on one process with ``textseg train CONFIG`` or on many with
 ``torchrun --nproc_per_node=N tools/train.py CONFIG`` (gloo on CPU, nccl on GPU).
@@ -16,9 +17,11 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from PIL import Image
 from tqdm import tqdm
 
 from textseg.config import to_dict
@@ -27,8 +30,9 @@ from textseg.losses import image_text_loss, noun_region_loss
 from textseg.model import TextSegModel
 from textseg.train import checkpoint as ckpt
 from textseg.train import distributed
-from textseg.train.config import OptimConfig, TrainConfig, TrainLoopConfig
+from textseg.train.config import DataConfig, OptimConfig, TrainConfig, TrainLoopConfig
 from textseg.train.data import NounBatcher, TrainTransform, caption_pipeline, collate, epochs, worker_init
+from textseg.train.distributed import ContrastiveFeatures, gather_features, noun_keys
 
 _log = logging.getLogger(__name__)
 MAX_LOGIT_SCALE = 100.0
@@ -102,17 +106,23 @@ def select_trainable(model: TextSegModel, t: TrainLoopConfig) -> list[nn.Paramet
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def build_optimizer(model: nn.Module, o: OptimConfig,
-                    steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW (no weight decay on gains, biases, embeddings and the temperature) with linear warmup + cosine."""
+def build_optimizer(model: nn.Module, o: OptimConfig, steps: int,
+                    fused: bool | None = None) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW (no weight decay on gains, biases, embeddings and the temperature) with linear warmup + cosine.
+
+    ``fused``: torch's fused AdamW kernel; by default when every trained parameter is on CUDA.
+    """
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         plain = p.ndim < 2 or "embedding" in name or "logit_scale" in name
         (no_decay if plain else decay).append(p)
+    if fused is None:
+        fused = all(p.is_cuda for p in decay + no_decay) and bool(decay + no_decay)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=o.lr, betas=tuple(o.betas))
+                             {"params": no_decay, "weight_decay": 0.0}], lr=o.lr, betas=tuple(o.betas),
+                            **({"fused": True} if fused else {}))
 
     def factor(step: int) -> float:
         if step < o.warmup:
@@ -125,6 +135,41 @@ def build_optimizer(model: nn.Module, o: OptimConfig,
 
 def _add(logs: dict[str, float], key: str, value: float) -> None:
     logs[key] = logs.get(key, 0.0) + value
+
+
+def group_on(d: DataConfig, device: torch.device) -> str:
+    """``data.group_on`` resolved: ``auto`` is ``device`` on CUDA, ``workers`` elsewhere."""
+    if d.group_on == "auto":
+        return "device" if device.type == "cuda" else "workers"
+    return d.group_on
+
+
+class ImageTransform:
+    """PIL image → (3, S, S) tensor in [0, 1] and nothing else: with ``data.group_on=device`` the training step
+    groups the whole batch on the device (:class:`~textseg.train.data.TrainTransform` groups in the workers)."""
+
+    def __init__(self, image_size: int, patch_size: int) -> None:
+        if image_size % patch_size:
+            raise ConfigError(f"data.image_size {image_size} is not a multiple of the model's patch size {patch_size}")
+        self.size = image_size
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        if image.size != (self.size, self.size):
+            image = image.resize((self.size, self.size), resample=Image.Resampling.BICUBIC)
+        return torch.from_numpy(np.array(image)).permute(2, 0, 1).float().div(255)
+
+
+def collate_images(batch: list[tuple]) -> dict[str, Any]:
+    """:func:`~textseg.train.data.collate` for :class:`ImageTransform` samples: no region masks."""
+    return {"images": torch.stack([b[0] for b in batch]), "captions": [b[1] for b in batch],
+            "urls": [b[2] for b in batch] if len(batch[0]) > 2 else []}
+
+
+def enable_cuda_speedups(tf32: bool) -> None:
+    """TensorFloat-32 for float32 matmuls (cuBLAS) and convolutions (cuDNN) when ``tf32``; process-wide."""
+    if tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
@@ -145,9 +190,16 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     rank, world, device = dist_info.rank, dist_info.world, dist_info.device
     out = Path(cfg.out)
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    if device.type == "cuda":
+        enable_cuda_speedups(t.tf32)
     model = build_model(cfg)
-    # The data workers group on the CPU with a copy of the frozen grouper; the model itself goes to the device.
-    transform = TrainTransform(copy.deepcopy(model.grouper).cpu(), d.image_size)
+    grouping = group_on(d, device)
+    # "workers": the data workers group on the CPU with a copy of the frozen grouper, the model goes to the device;
+    # "device": the workers only resize, the step groups each batch with the model's own grouper.
+    if grouping == "workers":
+        transform: Any = TrainTransform(copy.deepcopy(model.grouper).cpu(), d.image_size)
+    else:
+        transform = ImageTransform(d.image_size, model.patch_size)
     params = select_trainable(model, t)
     model.to(device).train()
     model.grouper.eval()
@@ -165,15 +217,19 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     else:
         torch.manual_seed(cfg.seed + 1000 * rank)
     net: nn.Module = TrainStep(model)
-    if world > 1:
-        net = nn.parallel.DistributedDataParallel(net, find_unused_parameters=True)
+    ddp = nn.parallel.DistributedDataParallel(net, find_unused_parameters=True) if world > 1 else None
+    net = ddp if ddp is not None else net
+    if t.compile:  # DDP first, then compile: dynamo's DDP optimizer splits the graph at DDP's gradient buckets
+        net = torch.compile(net)
     if rank == 0:
         (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
 
     pipeline = caption_pipeline(d.train, shuffle_buffer=d.shuffle_buffer, seed=cfg.seed, image_transform=transform,
                                 with_url=True)
-    loader = torch.utils.data.DataLoader(pipeline, batch_size=d.batch_size, num_workers=d.workers, collate_fn=collate,
-                                         worker_init_fn=worker_init, persistent_workers=False, drop_last=True)
+    loader = torch.utils.data.DataLoader(pipeline, batch_size=d.batch_size, num_workers=d.workers,
+                                         collate_fn=collate if grouping == "workers" else collate_images,
+                                         worker_init_fn=worker_init, persistent_workers=False, drop_last=True,
+                                         pin_memory=device.type == "cuda")
     batches = epochs(loader, pipeline, epoch=step)  # a fresh shuffle after a resume
     nouns_of = NounBatcher(d.noun_template, lw.max_nouns, lw.keep_background_nouns)
     accum = cfg.optim.grad_accum
@@ -187,27 +243,32 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         for micro in range(accum):
             batch = next(batches)
             shards_read.update(batch["urls"])
-            prompts, noun_ids, noun_image, positives = nouns_of(batch["captions"])
+            prompts, noun_ids, noun_image, _ = nouns_of(batch["captions"])
             caption_tokens = model.tokenizer(batch["captions"]).to(device)
             noun_tokens = model.tokenizer(prompts).to(device) if prompts and lw.noun_region > 0 else None
+            images = batch["images"].to(device, non_blocking=True)
+            if grouping == "workers":
+                masks = batch["masks"].to(device, non_blocking=True)
+            else:  # the frozen grouping, in float32 outside autocast as in the workers
+                masks = model.group(images, pixels=False).region_masks
             sync = micro == accum - 1 or world == 1
-            ctx = net.no_sync() if not sync and isinstance(net, nn.parallel.DistributedDataParallel) else nullcontext()
+            ctx = ddp.no_sync() if not sync and ddp is not None else nullcontext()
             with ctx, torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-                res = net(batch["images"].to(device), batch["masks"].to(device), caption_tokens, noun_tokens)
+                res = net(images, masks, caption_tokens, noun_tokens)
                 scale = res["scale"].clamp(max=MAX_LOGIT_SCALE)
+                feats = _global_features(res, lw.image_text > 0, lw.noun_region > 0, prompts, noun_ids, noun_image)
                 loss = torch.zeros((), device=device)
                 if lw.image_text > 0:
-                    it = image_text_loss(res["image"].float(), res["text"].float(), scale)
+                    it = image_text_loss(feats.image, feats.text, scale)
                     loss = loss + lw.image_text * it
                     _add(logs, "loss_image_text", float(it.detach()) / accum)
                 if lw.noun_region > 0:
-                    if "nouns" in res:
+                    if len(feats.nouns):
                         nr, stats = noun_region_loss(
-                            res["nouns"].float()[noun_ids.to(device)], noun_image.to(device), res["regions"].float(),
-                            res["valid"], scale, mode=lw.mode,
-                            positives=positives.to(device) if lw.same_noun_positives else None)
+                            feats.nouns, feats.noun_image, feats.regions, feats.valid, scale, mode=lw.mode,
+                            positives=feats.positives() if lw.same_noun_positives else None)
                         _add(logs, "noun_acc", stats["acc"] / accum)
-                    else:  # no noun in this batch: a zero that still reaches every parameter DDP expects
+                    else:  # no noun in the global batch: a zero that still reaches every parameter DDP expects
                         nr = res["regions"].sum() * 0
                     loss = loss + lw.noun_region * nr
                     _add(logs, "loss_noun_region", float(nr.detach()) / accum)
@@ -241,7 +302,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
             stopped_early = True
             break
     bar.close()
-    summary = {"rank": rank, "world_size": world, "steps": step, "stopped_early": stopped_early,
+    summary = {"rank": rank, "world_size": world, "steps": step, "stopped_early": stopped_early, "group_on": grouping,
                "weights_sha1": ckpt.weights_checksum(model), "shards_read": sorted(shards_read),
                "skipped": pipeline.counter.as_dict(), "minutes": round((time.time() - start) / 60, 2)}
     (out / f"summary_rank{rank}.json").write_text(json.dumps(summary, indent=2))
@@ -249,6 +310,22 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         ckpt.save_checkpoint(out / "final.pt", model.state_dict(), step=step, model_config=to_dict(model.config))
     distributed.teardown()
     return summary
+
+
+def _global_features(res: dict[str, torch.Tensor], image_text: bool, noun_region: bool, prompts: list[str],
+                     noun_ids: torch.Tensor, noun_image: torch.Tensor) -> ContrastiveFeatures:
+    """The step's float32 features for the losses, gathered over all ranks (:func:`gather_features`)."""
+    local = ContrastiveFeatures()
+    if image_text:
+        local.image, local.text = res["image"].float(), res["text"].float()
+    if noun_region:
+        device = res["regions"].device
+        local.regions, local.valid = res["regions"].float(), res["valid"]
+        # a rank without nouns still takes part in the gather, with (0, D) nouns
+        nouns = res["nouns"].float()[noun_ids.to(device)] if "nouns" in res else res["text"].float()[:0]
+        local.nouns, local.noun_image = nouns, noun_image.to(device)
+        local.noun_keys = noun_keys([prompts[i] for i in noun_ids.tolist()], device)
+    return gather_features(local)
 
 
 def _save_step(out: Path, model: TextSegModel, opt: torch.optim.Optimizer, sched: Any, step: int, cfg: TrainConfig,

@@ -105,7 +105,7 @@ def _as_int(value: Any) -> int | None:
 
 def _check_record(path: Path, what: str, record: Any, keys: tuple[str, ...], int_keys: tuple[str, ...]) -> None:
     if not isinstance(record, dict):
-        raise DatasetError(f"{path}: {what} is a {type(record).__name__}, not a dict")
+        raise DatasetError(f"{path}: {what} is of type {type(record).__name__}, not a dict")
     missing = [k for k in keys if k not in record]
     if missing:
         raise DatasetError(f"{path}: {what} has no key {', '.join(map(repr, missing))}")
@@ -116,7 +116,7 @@ def _check_record(path: Path, what: str, record: Any, keys: tuple[str, ...], int
 
 def _check_refs(path: Path, refs: Any) -> list[dict[str, Any]]:
     if not isinstance(refs, list):
-        raise DatasetError(f"{path}: the top level is a {type(refs).__name__}, not a list of refs")
+        raise DatasetError(f"{path}: the top level is of type {type(refs).__name__}, not a list of refs")
     for i, ref in enumerate(refs):
         _check_record(path, f"ref #{i}", ref, REF_KEYS, _REF_INT_KEYS)
         if not isinstance(ref["split"], str):
@@ -179,7 +179,7 @@ def load_instances(path: str | Path) -> tuple[dict[int, dict[str, Any]], dict[in
     except (ValueError, RecursionError) as e:
         raise DatasetError(f"{path} is not valid JSON ({_one_line(e)})") from None
     if not isinstance(instances, dict):
-        raise DatasetError(f"{path}: the top level is a {type(instances).__name__}, not a COCO dict")
+        raise DatasetError(f"{path}: the top level is of type {type(instances).__name__}, not a COCO dict")
     for key in ("images", "annotations"):
         if not isinstance(instances.get(key), list):
             raise DatasetError(f"{path} has no {key!r} list")

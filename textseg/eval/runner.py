@@ -8,6 +8,7 @@ holds, how rows become metrics, which panel is drawn, the markdown) is a small :
 
 from __future__ import annotations
 
+import abc
 import json
 import logging
 from pathlib import Path
@@ -109,7 +110,7 @@ def _safe_name(text: Any) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(text))[:80]
 
 
-class EvalTask:
+class EvalTask(abc.ABC):
     """What one kind of evaluation adds to :func:`run_evaluation`.
 
     Attributes:
@@ -122,20 +123,21 @@ class EvalTask:
     header_extra: dict[str, Any] = {}
     desc: str = "eval"
 
+    @abc.abstractmethod
     def score(self, sample: Mapping[str, Any]) -> tuple[Row, Callable[[], np.ndarray]]:
         """Run the predictor on one sample: its stored row (without ``i``) and a function drawing its panel."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def overlay_name(self, sample: Mapping[str, Any]) -> str:
         """The overlay file name after the sample index."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def summarize(self, rows: Sequence[Row]) -> dict[str, Any]:
         """The results entries computed from the rows of the evaluated samples (metrics, ...)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def markdown(self, results: Mapping[str, Any]) -> str:
-        raise NotImplementedError
+        """The results as a Markdown report."""
 
 
 def run_evaluation(task: EvalTask, dataset: Any, out_dir: str | Path, *, resume: bool = True, overlays: int = 0,

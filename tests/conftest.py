@@ -22,3 +22,26 @@ def tiny_model():
 
     torch.manual_seed(0)
     return textseg.create_model("tiny", pretrained=False)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Totals of the fault suite (tests/fault) by outcome class: clean errors, counted skips, correct outputs."""
+    totals: dict[str, int] = {}
+    failed = 0
+    for key in ("passed", "failed"):
+        for rep in terminalreporter.stats.get(key, []):
+            if getattr(rep, "when", "call") != "call":
+                continue
+            kinds = [v for k, v in getattr(rep, "user_properties", []) if k == "fault"]
+            if "fault/" not in rep.nodeid.replace("\\", "/"):
+                continue
+            if key == "failed":
+                failed += 1
+            else:
+                kind = kinds[-1] if kinds else "unclassified"
+                totals[kind] = totals.get(kind, 0) + 1
+    if totals or failed:
+        cases = sum(totals.values()) + failed
+        terminalreporter.write_line(
+            f"fault suite: {cases} cases: {totals.get('error', 0)} clean errors, {totals.get('skip', 0)} counted "
+            f"skips, {totals.get('ok', 0)} correct outputs, {totals.get('unclassified', 0)} unclassified, {failed} failed")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from textseg.data.captions import make_shards, read_caption_file, write_shards
+from textseg.data.captions import CaptionRow, make_shards, read_caption_file, write_shards
 from textseg.errors import DatasetError, UserError
 
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "yellow": (255, 255, 0)}
@@ -64,13 +64,16 @@ def test_make_shards_from_csv(tmp_path):
     )
     out_dir = tmp_path / "shards"
     report = make_shards(src, csv_path, out_dir, max_count=2)
-    assert report.summary() == f"wrote 3 samples in 2 shards, skipped 3 (see {out_dir / 'skipped.jsonl'})"
+    assert report.summary() == (
+        f"read 6 rows: wrote 3 samples in 2 shards, skipped 3 (see {out_dir / 'skipped.jsonl'})"
+    )
+    assert report.rows == report.written + len(report.skipped)
     assert report.skipped_by_reason == {"missing file": 1, "bad image": 1, "empty caption": 1}
 
     skipped = [json.loads(line) for line in (out_dir / "skipped.jsonl").read_text().splitlines()]
-    assert [(Path(s["path"]).name, s["reason"].split(":")[0], s["index"], s["key"]) for s in skipped] == [
-        ("missing.jpg", "missing file", 2, "000000002"), ("bad.jpg", "bad image", 3, "000000003"),
-        ("d.jpg", "empty caption", 4, "000000004"),
+    assert [(Path(s["path"]).name, s["reason"].split(":")[0], s["index"], s["key"], s["line"]) for s in skipped] == [
+        ("missing.jpg", "missing file", 2, "000000002", 4), ("bad.jpg", "bad image", 3, "000000003", 5),
+        ("d.jpg", "empty caption", 4, "000000004", 6),
     ]  # fmt: skip
     assert sorted(p.name for p in out_dir.iterdir()) == ["shard-000000.tar", "shard-000001.tar", "skipped.jsonl"]
     assert report.shards == [str(out_dir / "shard-000000.tar"), str(out_dir / "shard-000001.tar")]
@@ -101,24 +104,33 @@ def test_make_shards_bad_arguments(tmp_path):
     with pytest.raises(UserError, match="images folder not found"):
         make_shards(tmp_path / "nope", good, tmp_path / "o")
     for kw in ({"max_count": 0}, {"max_size_mb": 0}):
-        with pytest.raises(UserError, match="must be positive"):
+        with pytest.raises(UserError, match="must be (a )?positive"):
             make_shards(src, good, tmp_path / "o", **kw)
+
+
+def rows(captions_file, root) -> list[tuple]:
+    """``(path, caption, key, line, reason)`` of every row :func:`read_caption_file` returns."""
+    return [(r.path, r.caption, r.key, r.line, r.reason) for r in read_caption_file(captions_file, root)]
 
 
 def test_read_caption_file_formats(tmp_path):
     root = tmp_path
     (root / "c.csv").write_text("image,text\nx.jpg,hello\n")
-    assert read_caption_file(root / "c.csv", root) == [(str(root / "x.jpg"), "hello", None)]
-    (root / "c.jsonl").write_text('{"file": "x.jpg", "caption": "one"}\n\n{"image": "/abs/y.png", "text": "two"}\n')
-    assert read_caption_file(root / "c.jsonl", root) == [
-        (str(root / "x.jpg"), "one", None), ("/abs/y.png", "two", None)
+    assert rows(root / "c.csv", root) == [(str(root / "x.jpg"), "hello", None, 2, None)]
+    records = [{"file": "x.jpg", "caption": "one"}, {"image": f"{root}/y.png", "text": "two"}]
+    (root / "c.jsonl").write_text(f"{json.dumps(records[0])}\n\n{json.dumps(records[1])}\n")
+    assert rows(root / "c.jsonl", root) == [
+        (str(root / "x.jpg"), "one", None, 1, None), (str(root / "y.png"), "two", None, 3, None)
     ]
-    (root / "bad.jsonl").write_text('{"file": "x.jpg"}\n')
-    with pytest.raises(DatasetError, match=r"bad\.jsonl:1: missing field 'caption' or 'text'"):
-        read_caption_file(root / "bad.jsonl", root)
-    (root / "list.json").write_text('[{"file": "x.jpg", "caption": "a"}, {"image": "z.jpg", "text": "b"}]')
-    assert read_caption_file(root / "list.json", root) == [
-        (str(root / "x.jpg"), "a", None), (str(root / "z.jpg"), "b", None)
+    (root / "bad.jsonl").write_text('{"file": "x.jpg"}\n{"file": "/abs/y.png", "caption": "c"}\n')
+    assert rows(root / "bad.jsonl", root) == [
+        ("x.jpg", None, None, 1, "missing field: 'caption' or 'text'"),
+        ("/abs/y.png", "c", None, 2, "outside images folder: /abs/y.png"),
+    ]
+    (root / "list.json").write_text('[{"file": "x.jpg", "caption": "a"}, {"image": "z.jpg", "text": "b"}, 3]')
+    assert rows(root / "list.json", root) == [
+        (str(root / "x.jpg"), "a", None, None, None), (str(root / "z.jpg"), "b", None, None, None),
+        ("", None, None, None, "bad record: expected an object, got number"),
     ]
     coco = {
         "images": [{"id": 7, "file_name": "a.jpg"}, {"id": 9, "file_name": "b.jpg"}, {"id": 3, "file_name": "c.jpg"}],
@@ -126,15 +138,45 @@ def test_read_caption_file_formats(tmp_path):
                         {"image_id": 9, "caption": "b second"}],
     }
     (root / "coco.json").write_text(json.dumps(coco))
-    assert read_caption_file(root / "coco.json", root) == [
-        (str(root / "a.jpg"), "a first", "coco7"), (str(root / "b.jpg"), "b first", "coco9"),
-        (str(root / "c.jpg"), "", "coco3"),  # no caption: reported as "empty caption" by write_shards
+    assert rows(root / "coco.json", root) == [
+        (str(root / "a.jpg"), "a first", "coco7", None, None), (str(root / "b.jpg"), "b first", "coco9", None, None),
+        (str(root / "c.jpg"), None, "coco3", None, "no caption: no annotation has image_id 3"),
     ]
     with pytest.raises(DatasetError, match="not found"):
         read_caption_file(root / "nope.csv", root)
     (root / "c.txt").write_text("x")
     with pytest.raises(DatasetError, match="unsupported captions file type '.txt'"):
         read_caption_file(root / "c.txt", root)
+
+
+def test_unterminated_quote_costs_only_its_own_row(tmp_path):
+    src = make_source_folder(tmp_path)
+    (tmp_path / "q.csv").write_text('file,caption\nb.jpg,"a blue square\nc.jpg,a green square\nd.jpg,"yellow"\n')
+    assert [(r.line, r.reason) for r in read_caption_file(tmp_path / "q.csv", src)] == [
+        (2, "unterminated quote"), (3, None), (4, None)
+    ]
+    report = make_shards(src, tmp_path / "q.csv", tmp_path / "out")
+    assert (report.rows, report.written, report.skipped_lines("unterminated quote")) == (3, 2, [2])
+    assert [c for _, _, c in read_shards(report.shards)] == ["a green square", "yellow"]
+
+
+def test_write_shards_accepts_caption_rows_and_cleans_captions(tmp_path):
+    src = make_source_folder(tmp_path)
+    samples = [
+        CaptionRow(str(src / "b.jpg"), "  a blue\tsquare\non two lines  ", line=2),
+        CaptionRow(str(src / "c.jpg"), "nul\x00byte", line=3),
+        CaptionRow(str(src / "c.jpg"), 5, line=4),
+        CaptionRow(str(src / "b.jpg"), "a blue square on two lines", line=5),
+        CaptionRow(str(src / "c.jpg"), "x", line=6, reason="unterminated quote"),
+        (src / "d.jpg", "a yellow square"),
+    ]
+    report = write_shards(samples, str(tmp_path / "o" / "shard-%06d.tar"))
+    assert [c for _, _, c in read_shards(report.shards)] == ["a blue square on two lines", "a yellow square"]
+    assert [(s.index, s.line, s.reason) for s in report.skipped] == [
+        (1, 3, "bad caption: control character U+0000"), (2, 4, "bad caption: not a string (number)"),
+        (3, 5, "duplicate row: same image and caption as line 2"), (4, 6, "unterminated quote"),
+    ]
+    assert report.rows == 6 == report.written + len(report.skipped)
 
 
 def test_write_shards_keys_duplicates_and_determinism(tmp_path):

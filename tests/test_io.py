@@ -18,6 +18,7 @@ from textseg.io import (
     atomic_write_text,
     encode_jpeg,
     encode_label_png,
+    label_png_bits,
     image_file_to_jpeg,
     labels_to_rles,
     load_image,
@@ -81,10 +82,55 @@ def test_label_png_round_trip(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["l.png"]
     for bad in (np.array([[0, 256]]), np.array([[-1, 0]])):
         with pytest.raises(ValueError, match="0..255"):
-            encode_label_png(bad)
+            encode_label_png(bad, bits=8)
+    with pytest.raises(ValueError, match="0..65535"):
+        encode_label_png(np.array([[0, 65536]]))
+
+
+def test_label_png_16_bit_when_labels_need_it() -> None:
+    """300 classes: labels above 255 go into a 16-bit grey PNG that reads back to the same values."""
+    labels = np.array([[0, 1, 255], [256, 299, 65535]], dtype=np.uint16)
+    img = Image.open(io.BytesIO(encode_label_png(labels)))
+    assert img.mode == "I;16"
+    np.testing.assert_array_equal(np.asarray(img), labels)
+    small = Image.open(io.BytesIO(encode_label_png(np.array([[0, 3]]), bits=16)))  # asked for: 16-bit anyway
+    assert small.mode == "I;16" and np.asarray(small).tolist() == [[0, 3]]
+    assert label_png_bits(256) == 8 and label_png_bits(257) == 16
 
 
 # ---------------------------------------------------------------- images
+
+
+def test_load_image_applies_exif_orientation(tmp_path: Path) -> None:
+    """A phone photo stored landscape with "rotate 90" in its EXIF is read upright, as viewers show it."""
+    stored = np.zeros((20, 40, 3), np.uint8)
+    stored[:, :20] = (250, 0, 0)  # left half red as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 clockwise to display
+    Image.fromarray(stored).save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    out = load_image(tmp_path / "phone.jpg")
+    assert out.shape == (40, 20, 3)  # upright: portrait
+    assert out[2, 10, 0] > 200 and out[-3, 10, 0] < 50  # the stored left half is now the top half
+
+
+def test_load_image_scales_16_bit_instead_of_saturating(tmp_path: Path) -> None:
+    grey = np.array([[0, 257, 32896, 65535]], np.uint16)  # 0, 1/255, ~1/2, 1 of full scale
+    Image.fromarray(grey).save(tmp_path / "deep.png")
+    assert load_image(tmp_path / "deep.png")[0, :, 0].tolist() == [0, 1, 128, 255]
+    assert load_image(grey)[0, :, 1].tolist() == [0, 1, 128, 255]  # uint16 arrays alike
+    assert load_image(np.array([[True, False]]))[0, :, 2].tolist() == [255, 0]
+    assert load_image(np.array([[np.nan, 0.5]]))[0, :, 0].tolist() == [0, 127]
+
+
+def test_load_image_refuses_files_over_the_pixel_limit_from_the_header(tmp_path: Path) -> None:
+    Image.new("RGB", (300, 200)).save(tmp_path / "big.png")
+    assert load_image(tmp_path / "big.png", max_pixels=60_000).shape == (200, 300, 3)
+    with pytest.raises(UserError, match=r"big.png is 300x200 .* above the limit") as err:
+        load_image(tmp_path / "big.png", max_pixels=59_999)
+    assert "\n" not in str(err.value)
+    before = Image.MAX_IMAGE_PIXELS
+    load_image(tmp_path / "big.png", max_pixels=None)
+    assert Image.MAX_IMAGE_PIXELS == before  # Pillow's own limit is restored for the caller
 
 
 def test_load_image_arrays() -> None:

@@ -28,7 +28,7 @@ def two_halves(h=64, w=128):
 
 def fix_text_to_regions(seg, monkeypatch, img):
     """Make class 0 the embedding of the right half's region and class 1 that of the left half's."""
-    _, x = seg._prepare(img, None)
+    _, x = seg._prepare(img, Protocol(short_side=None))
     groups, regions = seg._regions(x)
     groups = groups.numpy()
     text = torch.stack([regions[groups[0, -1]], regions[groups[0, 0]]])
@@ -53,13 +53,15 @@ def test_each_region_gets_the_class_whose_text_matches_it(color_model, monkeypat
     assert (res.labels[:, :64] == 2).all() and (res.labels[:, 64:] == 1).all()
     assert res.classes == ["background", "right", "left"]
     assert res.pixel_share() == {"right": 0.5, "left": 0.5}
-    # a threshold no probability reaches makes everything background
-    res = seg.predict(img, ["right", "left"], background="threshold", bg_threshold=1.01, short_side=None)
-    assert (res.labels == 0).all()
-    # a constant background score above every similarity makes everything background, below none
-    res = seg.predict(img, ["right", "left"], bg_score=1.01, bg_threshold=0.0, short_side=None)
-    assert (res.labels == 0).all()
-    res = seg.predict(img, ["right", "left"], bg_score=-1.01, bg_threshold=0.0, short_side=None)
+    # the threshold applies to the best probability: below it is background, at or above it keeps its class
+    res = seg.predict(img, ["right", "left"], background="threshold", bg_threshold=1.0, short_side=None,
+                      return_probs=True)
+    below = res.probs.max(0) < 1.0
+    assert below.any() and ((res.labels == 0) == below).all()
+    # a constant background score above the similarity of each region's class makes it background
+    res = seg.predict(img, ["right", "left"], bg_score=0.5, bg_threshold=0.0, short_side=None, return_probs=True)
+    assert (res.labels == 0).all() == (res.probs[-1] > res.probs[:2]).all()  # the case is decided by the scores
+    res = seg.predict(img, ["right", "left"], bg_score=-1.0, bg_threshold=0.0, short_side=None)
     assert (res.labels[:, :64] == 2).all() and (res.labels[:, 64:] == 1).all()
     # a background class that matches the left half maps it to 0
     res = seg.predict(img, ["right"], background="classes", background_classes=["left"], short_side=None)
@@ -88,7 +90,7 @@ def test_protocol_object_presets_and_per_call_overrides(color_model):
     img = two_halves()
     seg = Segmenter(color_model, "workbench", text_cache_dir=False)
     assert seg.protocol == load_protocol("workbench") and seg.protocol.short_side == 96
-    with_bg = seg.predict(img, ["dog", "bus"], bg_score=1.01, short_side=None)
+    with_bg = seg.predict(img, ["dog", "bus"], bg_score=1.0, short_side=None)
     assert (with_bg.labels == 0).all()  # a background score above every cosine similarity
     plain = Protocol(templates="single", background=None, short_side=None)
     res = seg.predict(img, ["dog", "bus"], plain)
@@ -163,7 +165,7 @@ def test_predict_batch_equals_predict_per_image(tiny_model, overrides, monkeypat
     images = mixed_images()
     classes = ["dog", "grass", "bus"]
     # random text embeddings would give every pixel one class: name the regions of two images instead
-    regions = torch.cat([seg._regions(seg._prepare(im, 64)[1])[1] for im in images[3:5]])
+    regions = torch.cat([seg._regions(seg._prepare(im, Protocol(short_side=64))[1])[1] for im in images[3:5]])
     monkeypatch.setattr(seg.text, "encode_classes", lambda names, templates=None: regions[: len(names)])
     batched = seg.predict_batch(images, classes, batch_size=3, return_probs=True, **overrides)
     assert len(batched) == len(images)
@@ -221,3 +223,83 @@ def test_predict_batch_edge_cases(tiny_model):
         seg.predict_batch([two_halves()], ["a", " "])
     one = seg.predict_batch([two_halves()], ["a", "b"], batch_size=1, short_side=None, window=32, stride=32)
     assert one[0].labels.shape == (64, 128) and one[0].probs is None
+
+
+def test_bilinear_taps_match_torch_interpolate():
+    """The banded upsampling of _finish reads the same source rows and weights as F.interpolate (up and down)."""
+    from textseg.segmenter import bilinear_taps
+
+    torch.manual_seed(1)
+    for (h, w), (H, W) in [((7, 5), (20, 13)), ((9, 12), (9, 12)), ((30, 17), (11, 40))]:
+        src = torch.rand(3, h, w)
+        y0, y1, wy = bilinear_taps(h, H, src.device)
+        x0, x1, wx = bilinear_taps(w, W, src.device)
+        rows = src[:, y0] * (1 - wy[:, None]) + src[:, y1] * wy[:, None]
+        ours = rows[..., x0] * (1 - wx) + rows[..., x1] * wx
+        want = torch.nn.functional.interpolate(src[None], size=(H, W), mode="bilinear", align_corners=False)[0]
+        torch.testing.assert_close(ours, want, atol=1e-5, rtol=0)
+
+
+def test_labels_do_not_depend_on_the_band_size(color_model, monkeypatch):
+    """Bands of 1 row, of a few rows and of the whole image give the same labels and probabilities as one
+    full-size upsampling of the averaged window probabilities."""
+    from textseg.segmenter import Segmenter as S
+
+    seg = Segmenter(color_model, templates="single", text_cache_dir=False)
+    img = mixed_images()[0]
+    regions = torch.cat([seg._regions(seg._prepare(im, Protocol(short_side=64))[1])[1] for im in mixed_images()[3:5]])
+    monkeypatch.setattr(seg.text, "encode_classes", lambda names, templates=None: regions[: len(names)])
+    kw = dict(short_side=64, window=48, stride=24, bg_threshold=0.4, return_probs=True)
+    full = seg.predict(img, ["a", "b", "c"], **kw)
+    assert len(np.unique(full.labels)) >= 2  # something to disagree about
+    finish = S._finish
+    for elements in (1, 3 * 90 * 5):
+        monkeypatch.setattr(S, "_finish", staticmethod(lambda *a, e=elements, **k: finish(*a, tile_elements=e, **k)))
+        banded = seg.predict(img, ["a", "b", "c"], **kw)
+        np.testing.assert_array_equal(banded.labels, full.labels)
+        np.testing.assert_allclose(banded.probs, full.probs, atol=1e-6)
+
+
+def test_long_side_is_capped_and_resizing_shrinks_on_the_host(color_model):
+    from textseg.segmenter import resized_size
+
+    assert resized_size((20000, 50), 448, 2048) == (2048, 5)  # not 179200 x 448
+    assert resized_size((50, 20000), 448, None) == (448, 179200)
+    assert resized_size((375, 500), 448, 2048) == (448, 597)
+    assert resized_size((375, 500), None, 400) == (300, 400)
+    assert resized_size((375, 500), None, None) == (375, 500)
+    seg = Segmenter(color_model, templates="single", text_cache_dir=False, max_long_side=256)
+    img = np.zeros((40, 2000, 3), np.uint8)
+    img[:, 1000:] = 255
+    x = seg._to_device(img, seg.protocol)
+    assert tuple(x.shape) == (1, 3, 5, 256) and x.dtype == torch.float32
+    assert x[0, :, :, :120].max() < 0.01 and x[0, :, :, 136:].min() > 0.99  # the two halves survive the shrink
+    res = seg.predict(img, ["a", "b"], background=None)
+    assert res.labels.shape == (40, 2000)
+
+
+def test_class_names_are_checked(color_model, caplog):
+    seg = Segmenter(color_model, templates="single", text_cache_dir=False)
+    for classes, message in [(["cat", "Cat "], "listed twice"), (["background", "cat"], "name of label 0"),
+                             (["cat", " "], "empty name")]:
+        with pytest.raises(UserError, match=message):
+            seg.predict(two_halves(), classes)
+    # a class that a protocol also lists as background is scored as the class asked for
+    res = seg.predict(two_halves(), ["sky", "tree"], background="classes", background_classes=["sky", "wall"])
+    assert res.classes == ["background", "sky", "tree"]
+    assert "scoring 'sky' as class(es)" in caplog.text
+
+
+def test_more_than_255_classes_give_uint16_labels(color_model, monkeypatch):
+    seg = Segmenter(color_model, templates="single", text_cache_dir=False)
+    img = two_halves()
+    _, x = seg._prepare(img, Protocol(short_side=None))
+    groups, regions = seg._regions(x)
+    names = [f"class {i}" for i in range(300)]
+    text = torch.nn.functional.normalize(torch.randn(300, regions.shape[1]), dim=-1)
+    text[279], text[2] = regions[groups[0, 0]], regions[groups[0, -1]]  # left half is class 279, right class 2
+    monkeypatch.setattr(seg.text, "encode_classes", lambda n, templates=None: text[: len(n)])
+    res = seg.predict(img, names, background=None, short_side=None)
+    assert res.labels.dtype == np.uint16 and len(res.classes) == 301
+    assert (res.labels[:, :64] == 280).all() and (res.labels[:, 64:] == 3).all()
+    assert res.pixel_share() == {"class 279": 0.5, "class 2": 0.5}

@@ -41,6 +41,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from textseg.errors import UserError
+
 _log = logging.getLogger(__name__)
 
 #: Stages of a segmentation call, in pipeline order (``other``: the rest of ``predict_batch``).
@@ -813,6 +815,87 @@ def train_markdown(report: dict[str, Any]) -> str:
                      f"| {_fmt(v['peak_device_mb'], 0)} |")
     lines += ["", f"Grouping + region tokens add {r['overhead']:.0%} to the open_clip step "
               f"({r['overhead_without_grouping']:.0%} without the grouping, as when the data workers group)."]
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------ memory
+def parse_memory_case(text: str) -> tuple[int, int, int]:
+    """``"12000x12000:21"`` → (width, height, classes)."""
+    try:
+        size, classes = text.split(":")
+        w, h = (int(v) for v in size.lower().split("x"))
+        n = int(classes)
+    except ValueError:
+        raise UserError(f"memory case {text!r} is not WIDTHxHEIGHT:CLASSES (e.g. 12000x12000:21)") from None
+    if min(w, h, n) < 1:
+        raise UserError(f"memory case {text!r}: width, height and classes must be positive")
+    return w, h, n
+
+
+def synthetic_photo(width: int, height: int, seed: int = 0) -> np.ndarray:
+    """An (H, W, 3) uint8 test image: 16x16-pixel blocks of random colour (JPEG-compressible, not uniform)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (-(-height // 16), -(-width // 16), 3), dtype=np.uint8)
+    return np.repeat(np.repeat(small, 16, axis=0), 16, axis=1)[:height, :width]
+
+
+def bench_segment_memory(cases: Sequence[tuple[int, int, int]], *, model: str = "dino-s16-clip-b16",
+                         templates: str = "imagenet80", num_workers: int = 0, device: str = "cpu",
+                         extra_args: Sequence[str] = ()) -> dict[str, Any]:
+    """Peak resident memory of ``textseg segment`` on synthetic images, each case in a fresh process.
+
+    Every case writes a JPEG of the given size and a class list of that many names to a temporary folder and
+    runs the real command on them (random weights at real size), so the figure includes decoding, the model,
+    labelling at the input size and writing the label PNG, overlay and JSON. With ``num_workers=0`` everything
+    runs in the one process whose peak (``ru_maxrss`` from ``wait4``) is reported; DataLoader workers would hold
+    decoded images in processes of their own.
+
+    Args:
+        cases: (width, height, classes) triples.
+        model, templates, device: as for ``textseg segment``.
+        num_workers: ``--num-workers`` of the runs.
+        extra_args: more ``textseg segment`` options.
+    """
+    import subprocess
+
+    from PIL import Image
+
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="textseg-bench-memory-") as tmp:
+        for w, h, n in cases:
+            folder = Path(tmp) / f"{w}x{h}-{n}"
+            folder.mkdir()
+            image = folder / "image.jpg"
+            Image.fromarray(synthetic_photo(w, h)).save(image, quality=90)
+            classes = folder / "classes.txt"
+            classes.write_text("\n".join(f"object kind {i}" for i in range(n)) + "\n")
+            cmd = [sys.executable, "-m", "textseg.cli", "segment", str(image), "--classes", str(classes),
+                   "--out", str(folder / "out"), "--model", model, "--no-pretrained", "--no-text-cache",
+                   "--templates", templates, "--num-workers", str(num_workers), "--device", device,
+                   "--no-progress", *extra_args]
+            start = time.perf_counter()
+            with open(folder / "stderr.txt", "wb") as err:
+                proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+                _, status, usage = os.wait4(proc.pid, 0)  # the rusage of this one child
+            wall = time.perf_counter() - start
+            if os.waitstatus_to_exitcode(status) != 0:
+                tail = (folder / "stderr.txt").read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+                raise UserError(f"textseg segment failed on the {w}x{h}, {n}-class case: {tail[0]}")
+            peak_mb = usage.ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)  # bytes on macOS, else KiB
+            runs.append({"width": w, "height": h, "megapixels": round(w * h / 1e6, 2), "classes": n,
+                         "image_mb": round(w * h * 3 / 2**20, 1), "wall_s": round(wall, 1),
+                         "peak_rss_mb": round(peak_mb, 1)})
+    return {**_header(torch.device(device), model=model, templates=templates, num_workers=num_workers,
+                      dtype="float32"), "benchmark": "segment_memory", "runs": runs}
+
+
+def memory_markdown(report: dict[str, Any]) -> str:
+    lines = _header_markdown(report)
+    lines += ["| image | megapixels | classes | decoded image (MB) | peak RSS (MB) | wall (s) |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for r in report["runs"]:
+        lines.append(f"| {r['width']}x{r['height']} | {r['megapixels']} | {r['classes']} | {r['image_mb']:,.0f} | "
+                     f"{r['peak_rss_mb']:,.0f} | {r['wall_s']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -64,6 +64,8 @@ def read_mapping(path: str | Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as err:
         raise ConfigError(f"cannot read config {path}: {err.strerror or err}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start})") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML/JSON ({str(err).splitlines()[0]})") from None
     if data is None:
@@ -98,9 +100,8 @@ def load_structured(schema: Type[T], *sources: Source, overrides: Sequence[str] 
 
     merged = OmegaConf.structured(schema)
     items: list[tuple[str, Any]] = []
-    for src in sources:
-        if src is None:
-            continue
+    sources_used = [src for src in sources if src is not None]
+    for src in sources_used:
         if isinstance(src, (str, Path)):
             items.append((str(src), read_mapping(src)))
         elif dataclasses.is_dataclass(src) and not isinstance(src, type):
@@ -124,6 +125,11 @@ def load_structured(schema: Type[T], *sources: Source, overrides: Sequence[str] 
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         raise ConfigError(f"{schema.__name__}: {_describe(err)}") from None
+    except ConfigError as err:  # a check of the schema's __post_init__: name the files the values came from
+        files = [where for (where, _), src in zip(items, sources_used) if isinstance(src, (str, Path))]
+        if not files:
+            raise
+        raise ConfigError(f"{', '.join(files)}: {err}") from None
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -242,6 +248,8 @@ class Protocol:
     Attributes:
         name: preset name.
         short_side: resize so that the short side has this length; None keeps the size.
+        max_long_side: shrink further, if needed, so that the long side is at most this (None: no cap); keeps an
+            extreme aspect ratio (20000x50) from being upscaled to a huge image.
         window, stride: sliding-window inference at the resized scale; None runs the whole image at once.
         templates: prompt template set, ``single`` or ``imagenet80``.
         background: ``threshold`` (below ``bg_threshold`` or a background class is background), ``classes``
@@ -254,6 +262,7 @@ class Protocol:
 
     name: str = "custom"
     short_side: Optional[int] = 448
+    max_long_side: Optional[int] = 2048
     window: Optional[int] = None
     stride: Optional[int] = None
     templates: str = "imagenet80"
@@ -268,8 +277,17 @@ class Protocol:
         check_choice("background", self.background, ("threshold", "classes", None))
         if self.short_side is not None and self.short_side <= 0:
             raise ConfigError(f"field 'short_side' must be positive or null, got {self.short_side}")
+        if self.max_long_side is not None and self.max_long_side <= 0:
+            raise ConfigError(f"field 'max_long_side' must be positive or null, got {self.max_long_side}")
         if (self.window is None) != (self.stride is None) or (self.window is not None and min(self.window, self.stride) <= 0):
             raise ConfigError("fields 'window' and 'stride' must both be positive or both be null")
+        if self.window is not None and self.stride > self.window:
+            raise ConfigError(f"field 'stride' ({self.stride}) must not exceed 'window' ({self.window}): "
+                              "windows would leave pixels uncovered")
+        if not 0.0 <= self.bg_threshold <= 1.0:
+            raise ConfigError(f"field 'bg_threshold' is a probability in [0, 1], got {self.bg_threshold}")
+        if self.bg_score is not None and not -1.0 <= self.bg_score <= 1.0:
+            raise ConfigError(f"field 'bg_score' is a cosine similarity in [-1, 1], got {self.bg_score}")
         if self.bg_score is not None and self.background is None:
             raise ConfigError("field 'bg_score' needs a background mode ('threshold' or 'classes')")
         if any(not str(c).strip() for c in self.background_classes):

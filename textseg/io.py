@@ -11,11 +11,13 @@ import contextlib
 import io
 import os
 import secrets
+import threading
+import warnings
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator, Mapping, Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from textseg.errors import UserError
 
@@ -74,31 +76,95 @@ def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> N
 # Images
 
 
-def load_image(image: ImageLike) -> np.ndarray:
-    """Read an image (path, PIL image or array) as an (H, W, 3) uint8 RGB array.
+# The most pixels :func:`load_image` decodes from a file by default: 16000 x 16000. Beyond it an image is refused
+# before decoding (one line saying how to raise the limit); Pillow's own check stops at 179 MP with a traceback.
+MAX_PIXELS = 256_000_000
+_PIL_LIMIT = threading.Lock()
 
-    Grey images are repeated to three channels, an alpha channel is dropped, and float arrays are scaled from
-    0..1 (or clipped to 0..255 when their maximum is above 1).
+
+@contextlib.contextmanager
+def _own_pixel_limit() -> Iterator[None]:
+    """Pillow's decompression-bomb check switched off: :func:`load_image` applies its own limit from the header."""
+    with _PIL_LIMIT, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def _pil_to_rgb(im: Image.Image) -> np.ndarray:
+    """An (H, W, 3) uint8 array of a PIL image, high bit depths scaled down (not clipped)."""
+    if im.mode.startswith("I;16") or im.mode == "I":  # 16-bit grey (PNG, TIFF): 65535 is white
+        grey = (np.asarray(im).astype(np.float32).clip(0, 65535) / 257.0).round().astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if im.mode == "F":  # float TIFF
+        return _array_to_rgb(np.asarray(im))
+    if im.mode != "RGB":
+        im = im.convert("RGB")
+    # Copied a band of rows at a time: np.array(im) would hold a bytes copy of the whole image besides the array.
+    w, h = im.size
+    out = np.empty((h, w, 3), dtype=np.uint8)
+    step = max(1, (1 << 24) // max(1, 3 * w))
+    for y in range(0, h, step):
+        out[y: y + step] = np.asarray(im.crop((0, y, w, min(h, y + step))))
+    return out
+
+
+def _array_to_rgb(arr: np.ndarray) -> np.ndarray:
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4) or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise UserError(f"expected an (H, W), (H, W, 3) or (H, W, 4) image array, got shape {arr.shape}")
+    arr = arr[..., :3] if arr.shape[2] != 1 else np.repeat(arr, 3, axis=2)
+    if arr.dtype == np.uint8:
+        return np.ascontiguousarray(arr)
+    if arr.dtype == np.uint16:
+        return (arr.astype(np.float32) / 257.0).round().astype(np.uint8)
+    if arr.dtype == bool:
+        return arr.astype(np.uint8) * 255
+    if np.issubdtype(arr.dtype, np.floating):
+        arr = np.nan_to_num(arr.astype(np.float32), nan=0.0, posinf=255.0, neginf=0.0)
+        return np.clip(arr * (255 if arr.max() <= 1.0 else 1), 0, 255).astype(np.uint8)  # truncated
+    if np.issubdtype(arr.dtype, np.integer):
+        return np.clip(arr, 0, 255).astype(np.uint8)
+    raise UserError(f"expected an image array of numbers, got dtype {arr.dtype}")
+
+
+def load_image(image: ImageLike, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
+    """Read an image (path, PIL image or array) as an (H, W, 3) uint8 RGB array, upright.
+
+    A file's EXIF orientation is applied (as viewers show the photo). Grey images are repeated to three channels
+    and an alpha channel is dropped. High bit depths are scaled, not clipped: 16-bit (files and uint16 arrays)
+    by 1/257; float arrays from 0..1 (or clipped to 0..255 when their maximum is above 1); bool arrays to 0/255.
+
+    Args:
+        image: a file path, PIL image or array.
+        max_pixels: a file with more pixels is refused from its header, before decoding (None: no limit).
 
     Raises:
-        UserError: the file cannot be read as an image, or the array is not (H, W), (H, W, 3) or (H, W, 4).
+        UserError: the file cannot be read as an image or is over ``max_pixels``; the array's shape or type is not
+            an image's.
     """
     if isinstance(image, (str, Path)):
+        path = image
         try:
-            with Image.open(image) as im:
-                image = im.convert("RGB")
-        except (OSError, UnidentifiedImageError) as err:
-            raise UserError(f"cannot read image {image}: {err.__class__.__name__}") from None
+            with _own_pixel_limit():
+                with Image.open(path) as im:
+                    w, h = im.size
+                    if max_pixels is not None and w * h > max_pixels:
+                        raise UserError(f"image {path} is {w}x{h} ({w * h / 1e6:.0f} MP), above the limit of "
+                                        f"{max_pixels / 1e6:.0f} MP (raise it with --max-pixels if you trust the "
+                                        "file)")
+                    im.load()
+                    ImageOps.exif_transpose(im, in_place=True)
+                    return _pil_to_rgb(im)
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+            raise UserError(f"cannot read image {path}: {err.__class__.__name__}") from None
     if isinstance(image, Image.Image):
-        return np.array(image.convert("RGB"))  # a writable copy: torch refuses read-only buffers
-    arr = np.asarray(image)
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=2)
-    if arr.ndim != 3 or arr.shape[2] not in (3, 4) or arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise UserError(f"expected an (H, W, 3) image array, got shape {arr.shape}")
-    if arr.dtype != np.uint8:
-        arr = np.clip(arr * (255 if arr.max() <= 1.0 else 1), 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(arr[..., :3])
+        return _pil_to_rgb(image)
+    return _array_to_rgb(np.asarray(image))
 
 
 def _encode(image: Image.Image, fmt: str, **options: Any) -> bytes:
@@ -146,8 +212,10 @@ def encode_png(image: Image.Image | np.ndarray, **options: Any) -> bytes:
 
 
 def save_png(image: Image.Image | np.ndarray, path: str | Path, **options: Any) -> Path:
-    """Write :func:`encode_png` of ``image`` to ``path`` atomically; returns the path."""
-    atomic_write_bytes(path, encode_png(image, **options))
+    """Write :func:`encode_png` of ``image`` to ``path`` atomically (streamed, not built in memory); returns the
+    path."""
+    with atomic_open(path) as f:
+        _as_pil(image).save(f, format="PNG", **options)
     return Path(path)
 
 
@@ -155,27 +223,46 @@ def save_png(image: Image.Image | np.ndarray, path: str | Path, **options: Any) 
 # Label maps and masks
 
 
-def encode_label_png(labels: np.ndarray) -> bytes:
-    """Palette ("P" mode) PNG bytes of an (H, W) label map with the VOC colours.
+def label_png_bits(num_names: int) -> int:
+    """Bits per pixel of the label PNG for ``num_names`` label names (background included): 8 (palette PNG with
+    the VOC colours) up to 256 names, else 16 (grey PNG holding the label values)."""
+    return 8 if num_names <= 256 else 16
 
-    Raises:
-        ValueError: the map is not 2-D or holds values outside 0..255.
-    """
+
+def _label_image(labels: np.ndarray, bits: int | None) -> Image.Image:
+    """The PIL image of a label map that :func:`encode_label_png` encodes."""
     labels = np.asarray(labels)
     if labels.ndim != 2:
         raise ValueError(f"a label map is (H, W), got shape {labels.shape}")
-    if labels.size and (labels.min() < 0 or labels.max() > 255):
-        raise ValueError(f"palette PNGs hold labels 0..255, got {labels.min()}..{labels.max()}")
+    lo, hi = (int(labels.min()), int(labels.max())) if labels.size else (0, 0)
+    bits = bits or (8 if hi <= 255 else 16)
+    if bits not in (8, 16) or lo < 0 or hi >= 1 << bits:
+        raise ValueError(f"{bits}-bit label PNGs hold labels 0..{(1 << bits) - 1}, got {lo}..{hi}")
+    if bits == 16:
+        return Image.fromarray(labels.astype(np.uint16, copy=False))
     from textseg.visualize import voc_palette  # not at the top: visualize imports textseg.data, which imports io
 
-    img = Image.fromarray(labels.astype(np.uint8))
+    img = Image.fromarray(labels.astype(np.uint8, copy=False))
     img.putpalette(voc_palette().ravel().tolist())  # turns the "L" image into a "P" image
-    return _encode(img, "PNG")
+    return img
 
 
-def write_label_png(labels: np.ndarray, path: str | Path) -> None:
-    """Write :func:`encode_label_png` of ``labels`` to ``path`` atomically."""
-    atomic_write_bytes(path, encode_label_png(labels))
+def encode_label_png(labels: np.ndarray, bits: int | None = None) -> bytes:
+    """PNG bytes of an (H, W) label map: 8-bit palette ("P") PNG with the VOC colours, or 16-bit grey PNG.
+
+    Args:
+        labels: integer label map.
+        bits: 8 or 16; None takes 8 when the labels fit in 0..255, else 16.
+
+    Raises:
+        ValueError: the map is not 2-D or holds values the bit depth cannot.
+    """
+    return _encode(_label_image(labels, bits), "PNG")
+
+
+def write_label_png(labels: np.ndarray, path: str | Path, bits: int | None = None) -> None:
+    """Write :func:`encode_label_png` of ``labels`` to ``path`` atomically (streamed, not built in memory)."""
+    save_png(_label_image(labels, bits), path)
 
 
 def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
@@ -243,12 +330,15 @@ class ShardWriter:
             raise ValueError("give exactly one of pattern and folder")
         if maxcount < 1 or maxsize <= 0:
             raise ValueError(f"maxcount and maxsize must be positive, got {maxcount} and {maxsize}")
-        self.pattern = str(pattern) if pattern is not None else str(Path(folder) / f"{prefix}-%06d.tar")
+        if pattern is None:  # a '%' in the folder or prefix is a character, not a format field
+            self.pattern = str(Path(folder) / f"{prefix}-").replace("%", "%%") + "%06d.tar"
+        else:
+            self.pattern = str(pattern)
         try:
-            self.pattern % 0
-        except TypeError as err:
+            first = self.pattern % 0
+        except (TypeError, ValueError) as err:
             raise ValueError(f"shard pattern needs one %d field: {self.pattern!r}") from err
-        Path(self.pattern).parent.mkdir(parents=True, exist_ok=True)
+        Path(first).parent.mkdir(parents=True, exist_ok=True)
         self.maxcount, self.maxsize = maxcount, maxsize
         self.shards: list[str] = []
         self.count = 0

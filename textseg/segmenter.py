@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -9,12 +10,16 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from textseg.config import Protocol, load_protocol
 from textseg.errors import UserError
 from textseg.io import ImageLike, load_image
 from textseg.model import TextSegModel
 from textseg.text import TextEncoder
+
+_log = logging.getLogger(__name__)
+_WARNED: set[tuple[str, ...]] = set()  # background classes already reported as dropped
 
 
 def window_starts(length: int, window: int, stride: int) -> list[int]:
@@ -27,44 +32,126 @@ def window_starts(length: int, window: int, stride: int) -> list[int]:
     return starts
 
 
-def resized_size(size: tuple[int, int], short_side: int | None) -> tuple[int, int]:
-    """(h, w) after resizing an image of ``size`` so that its short side is ``short_side`` (None: unchanged)."""
+def resized_size(size: tuple[int, int], short_side: int | None, max_long_side: int | None = None) -> tuple[int, int]:
+    """(h, w) after resizing an image of ``size`` so that its short side is ``short_side`` (None: unchanged), or
+    less where that would make the long side longer than ``max_long_side`` (None: no cap)."""
     h, w = size
-    if not short_side:
+    s = short_side / min(h, w) if short_side else 1.0
+    if max_long_side and max(h, w) * s > max_long_side:
+        s = max_long_side / max(h, w)
+    if s == 1.0:
         return h, w
-    s = short_side / min(h, w)
     return max(1, round(h * s)), max(1, round(w * s))
+
+
+def label_dtype(num_names: int) -> np.dtype:
+    """The label map dtype for ``num_names`` names (background included): uint8 up to 256, else uint16.
+
+    Raises:
+        UserError: more than 65536 names.
+    """
+    if num_names > 65536:
+        raise UserError(f"{num_names - 1} classes: a label map holds at most 65535 classes")
+    return np.dtype(np.uint8 if num_names <= 256 else np.uint16)
+
+
+def check_class_names(classes: Sequence[str], background_classes: Sequence[str] = ()) -> tuple[list[str], list[str]]:
+    """The class names and background class names to score, checked.
+
+    No class may be empty, repeated (ignoring case and surrounding spaces) or called "background" (label 0's
+    name). A background class that is also one of the classes is dropped, with a warning: the class asked for
+    wins over a protocol's background list.
+
+    Raises:
+        UserError: the first problem found, naming the class.
+    """
+    names = [str(c) for c in classes]
+    if not names:
+        raise UserError("the class list is empty")
+    seen: dict[str, str] = {}
+    for name in names:
+        key = name.strip().casefold()
+        if not key:
+            raise UserError("the class list contains an empty name")
+        if key == "background":
+            raise UserError(f"class {name!r}: 'background' is the name of label 0 (pixels no class matches); "
+                            "name what it should find instead (e.g. 'sky', 'wall'), or list such names as "
+                            "background classes")
+        if key in seen:
+            raise UserError(f"class {name!r} is listed twice (as {seen[key]!r} too): each class needs its own name")
+        seen[key] = name
+    background = [str(b) for b in background_classes if str(b).strip().casefold() not in seen]
+    if len(background) < len(background_classes):
+        dropped = tuple(sorted(set(map(str, background_classes)) - set(background)))
+        if dropped not in _WARNED:
+            _WARNED.add(dropped)
+            _log.warning("scoring %s as class(es), not as background class(es)", ", ".join(map(repr, dropped)))
+    return names, background
+
+
+def bilinear_taps(n_in: int, n_out: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Source indices i0, i1 and weights of i1 for each of ``n_out`` outputs of 1-D bilinear resampling from
+    ``n_in`` samples, as ``F.interpolate(mode="bilinear", align_corners=False)`` computes them (no antialias)."""
+    scale = n_in / n_out
+    src = ((torch.arange(n_out, device=device, dtype=torch.float64) + 0.5) * scale - 0.5).clamp_(min=0)
+    i0 = src.floor().long().clamp_(max=n_in - 1)
+    i1 = (i0 + 1).clamp_(max=n_in - 1)
+    return i0, i1, (src - i0).float()
 
 
 @dataclass(eq=False)
 class _CropPlan:
     """One image of a :meth:`Segmenter.predict_batch` call: where its crops are, and (while some are pending) its
-    resized tensor and probability accumulators on the device."""
+    resized tensor on the device.
+
+    The window probabilities are kept as they come out of the model, per window: its (h, w) group map and its
+    (C, K) region probabilities. Probabilities at a pixel are gathered only for the rows being labelled
+    (:meth:`band`), so no (C, H, W) map of the image is ever held whatever the number of classes.
+    """
 
     index: int
+    size: tuple[int, int]
     window: tuple[int, int]
     starts: list[tuple[int, int]]
     left: int = 0
     image: torch.Tensor | None = None
-    probs: torch.Tensor | None = None
+    parts: list[tuple[int, int, torch.Tensor, torch.Tensor]] = field(default_factory=list)
     count: torch.Tensor | None = None
 
     @classmethod
     def make(cls, index: int, size: tuple[int, int], p: Protocol) -> "_CropPlan":
-        h, w = resized_size(size, p.short_side)
+        h, w = resized_size(size, p.short_side, p.max_long_side)
         win_h, win_w = (min(p.window, h), min(p.window, w)) if p.window else (h, w)
         starts = [(y0, x0) for y0 in window_starts(h, win_h, p.stride or h)
                   for x0 in window_starts(w, win_w, p.stride or w)]
-        return cls(index, (win_h, win_w), starts, left=len(starts))
+        return cls(index, (h, w), (win_h, win_w), starts, left=len(starts))
 
-    def open(self, image: torch.Tensor, channels: int) -> None:
-        _, _, h, w = image.shape
+    def open(self, image: torch.Tensor) -> None:
         self.image = image
-        self.probs = torch.zeros(channels, h, w, device=image.device)
-        self.count = torch.zeros(1, h, w, device=image.device)
+        self.count = torch.zeros(self.size, device=image.device)
+
+    def add(self, y0: int, x0: int, pixels: torch.Tensor, region_probs: torch.Tensor) -> None:
+        """Record one window: its (h, w) group map and (C, K) region probabilities."""
+        h, w = pixels.shape
+        self.parts.append((y0, x0, pixels, region_probs))
+        self.count[y0: y0 + h, x0: x0 + w] += 1
+        self.left -= 1
+        if self.left == 0:
+            self.image = None
+
+    def band(self, r0: int, r1: int) -> torch.Tensor:
+        """(C, r1 - r0, w) probabilities of rows r0..r1-1 at the resized scale, averaged over the windows."""
+        channels = self.parts[0][3].shape[0]
+        out = torch.zeros(channels, r1 - r0, self.size[1], device=self.count.device)
+        for y0, x0, pixels, probs in self.parts:
+            lo, hi = max(r0, y0), min(r1, y0 + pixels.shape[0])
+            if lo < hi:
+                out[:, lo - r0: hi - r0, x0: x0 + pixels.shape[1]] += probs[:, pixels[lo - y0: hi - y0]]
+        return out.div_(self.count[r0:r1])
 
     def close(self) -> None:
-        self.image = self.probs = self.count = None
+        self.image = self.count = None
+        self.parts = []
 
 
 @dataclass
@@ -72,10 +159,12 @@ class SegmentationResult:
     """Result of :meth:`Segmenter.predict`.
 
     Attributes:
-        labels: (H, W) int64; 0 = background, i + 1 = ``classes[i]`` of the call.
+        labels: (H, W); 0 = background, i + 1 = ``classes[i]`` of the call; uint8 when the names fit (up to 255
+            classes), else uint16 (see :func:`label_dtype`). Cast before arithmetic that may go negative.
         classes: ``["background", *classes]``, so ``classes[labels]`` names every pixel.
         probs: (C', H, W) float32 class probabilities (foreground classes, then background classes, then the
-            constant background score if one was given), if asked for.
+            constant background score if one was given), if asked for. They are the one part of a result whose
+            size grows with the class count times the image size.
     """
 
     labels: np.ndarray
@@ -84,7 +173,9 @@ class SegmentationResult:
 
     def pixel_share(self) -> dict[str, float]:
         """Share of the image's pixels per class name (classes with no pixel left out)."""
-        counts = np.bincount(self.labels.ravel(), minlength=len(self.classes))
+        counts = np.zeros(len(self.classes), dtype=np.int64)
+        for rows in np.array_split(self.labels, max(1, self.labels.size // (1 << 22))):  # bincount copies to int64
+            counts += np.bincount(rows.ravel(), minlength=len(self.classes))[: len(self.classes)]
         total = max(1, self.labels.size)
         return {self.classes[i]: float(c) / total for i, c in enumerate(counts) if c > 0}
 
@@ -128,18 +219,23 @@ class Segmenter:
         p = protocol or self.protocol
         return p.replace(**overrides) if overrides else p
 
-    def _prepare(self, image: ImageLike, short_side: int | None) -> tuple[np.ndarray, torch.Tensor]:
+    def _prepare(self, image: ImageLike, p: Protocol) -> tuple[np.ndarray, torch.Tensor]:
         arr = load_image(image)
-        return arr, self._to_device(arr, short_side)
+        return arr, self._to_device(arr, p)
 
-    def _to_device(self, arr: np.ndarray, short_side: int | None) -> torch.Tensor:
-        """An (H, W, 3) uint8 array as a (1, 3, h, w) float tensor in [0, 1] on the model's device, resized so that
-        its short side is ``short_side`` (see :func:`resized_size`)."""
-        x = torch.from_numpy(arr).to(self.device).permute(2, 0, 1)[None].float().div(255)
-        size = resized_size(arr.shape[:2], short_side)
-        if size != tuple(arr.shape[:2]):
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False,
-                              antialias=min(size) < min(arr.shape[:2]))
+    def _to_device(self, arr: np.ndarray, p: Protocol) -> torch.Tensor:
+        """An (H, W, 3) uint8 array as a (1, 3, h, w) float tensor in [0, 1] on the model's device, at the size
+        :func:`resized_size` gives for the protocol.
+
+        An image is shrunk on the host, in uint8 (antialiased bilinear, as PIL does it), before it goes to the
+        device: a 12000x12000 photo never exists as a float tensor, and only the small image crosses the bus.
+        """
+        h, w = resized_size(arr.shape[:2], p.short_side, p.max_long_side)
+        if h * w < arr.shape[0] * arr.shape[1]:
+            arr = np.array(Image.fromarray(arr).resize((w, h), Image.BILINEAR))
+        x = torch.from_numpy(np.ascontiguousarray(arr)).to(self.device).permute(2, 0, 1)[None].float().div(255)
+        if (h, w) != tuple(x.shape[-2:]):
+            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
         return x
 
     @torch.no_grad()
@@ -206,10 +302,9 @@ class Segmenter:
         if batch_size < 1:
             raise UserError(f"batch_size must be at least 1, got {batch_size}")
         p = self._protocol(protocol, overrides)
-        classes = [str(c) for c in classes]
-        if not classes or any(not c.strip() for c in classes):
-            raise UserError("the class list is empty or contains an empty name")
-        names = classes + list(p.background_classes)
+        classes, background = check_class_names(classes, p.background_classes)
+        names = classes + background
+        label_dtype(len(classes) + 1)
         text = self.text.encode_classes(names, p.templates).to(self.device)
         arrays = [load_image(im) for im in images]
         plans = [_CropPlan.make(i, a.shape[:2], p) for i, a in enumerate(arrays)]
@@ -217,13 +312,12 @@ class Segmenter:
         for plan in plans:
             by_size.setdefault(plan.window, []).append(plan)
         results: list[SegmentationResult | None] = [None] * len(arrays)
-        channels = len(names) + (p.bg_score is not None)
         for (win_h, win_w), same_size in by_size.items():
             crops = [(plan, y0, x0) for plan in same_size for y0, x0 in plan.starts]
             for chunk in (crops[i: i + batch_size] for i in range(0, len(crops), batch_size)):
                 for plan, _, _ in chunk:
                     if plan.image is None:  # the first crop of this image: resize it and open its accumulators
-                        plan.open(self._to_device(arrays[plan.index], p.short_side), channels)
+                        plan.open(self._to_device(arrays[plan.index], p))
                 batch = torch.cat([plan.image[..., y0: y0 + win_h, x0: x0 + win_w] for plan, y0, x0 in chunk])
                 pixels, regions = self._regions_batch(batch)
                 sims = regions @ text.T  # (B, K, C)
@@ -231,9 +325,7 @@ class Segmenter:
                     sims = torch.cat([sims, torch.full_like(sims[..., :1], float(p.bg_score))], -1)
                 region_probs = (self.model.logit_scale.float() * sims).softmax(-1)  # (B, K, C')
                 for b, (plan, y0, x0) in enumerate(chunk):
-                    plan.probs[:, y0: y0 + win_h, x0: x0 + win_w] += region_probs[b].T[:, pixels[b]]
-                    plan.count[:, y0: y0 + win_h, x0: x0 + win_w] += 1
-                    plan.left -= 1
+                    plan.add(y0, x0, pixels[b], region_probs[b].T)
                     if plan.left == 0:
                         results[plan.index] = self._finish(plan, arrays[plan.index].shape[:2], len(classes),
                                                            ["background", *classes], p, return_probs)
@@ -241,26 +333,49 @@ class Segmenter:
 
     @staticmethod
     def _finish(plan: "_CropPlan", size: tuple[int, int], c: int, names: list[str], p: Protocol,
-                return_probs: bool) -> SegmentationResult:
-        """Average an image's window probabilities, bring them to the input size and label the pixels."""
-        probs = F.interpolate((plan.probs / plan.count)[None], size=size, mode="bilinear", align_corners=False)[0]
+                return_probs: bool, tile_elements: int = 1 << 22) -> SegmentationResult:
+        """Label an image's pixels at the input size from its window probabilities at the resized scale.
+
+        The probabilities are brought to the input size bilinearly (as ``F.interpolate`` does) a band of rows at
+        a time, at most ``tile_elements`` values per band, and only the labels of each band are kept: memory is
+        bounded whatever the image size and class count, unless ``return_probs`` asks for the full maps.
+        """
+        (h, w), (H, W) = plan.size, size
+        device = plan.count.device
+        channels = plan.parts[0][3].shape[0]
+        y0s, y1s, wy = bilinear_taps(h, H, device)
+        x0s, x1s, wx = bilinear_taps(w, W, device)
+        dtype = label_dtype(len(names))
+        labels = torch.empty(H, W, dtype=torch.uint8 if dtype == np.uint8 else torch.int32, device=device)
+        probs_out = torch.empty(channels, H, W) if return_probs else None
+        rows = max(1, tile_elements // (channels * W))
+        for t0 in range(0, H, rows):
+            t1 = min(H, t0 + rows)
+            r0, r1 = int(y0s[t0]), int(y1s[t1 - 1]) + 1  # the source rows this band of output rows reads
+            band = plan.band(r0, r1)
+            ly = wy[t0:t1, None]
+            mixed = band[:, y0s[t0:t1] - r0] * (1 - ly) + band[:, y1s[t0:t1] - r0] * ly  # (C, T, w)
+            probs = mixed[..., x0s] * (1 - wx) + mixed[..., x1s] * wx  # (C, T, W)
+            if p.background is None:
+                tile = probs[:c].argmax(0) + 1
+            else:
+                best_p, best = probs.max(0)
+                tile = best + 1
+                tile[best >= c] = 0
+                if p.background == "threshold":
+                    tile[best_p < p.bg_threshold] = 0
+            labels[t0:t1] = tile
+            if probs_out is not None:
+                probs_out[:, t0:t1] = probs.cpu()
         plan.close()
-        if p.background is None:
-            labels = probs[:c].argmax(0) + 1
-        else:
-            best_p, best = probs.max(0)
-            labels = best + 1
-            labels[best >= c] = 0
-            if p.background == "threshold":
-                labels[best_p < p.bg_threshold] = 0
-        return SegmentationResult(labels=labels.cpu().numpy().astype(np.int64), classes=names,
-                                  probs=probs.cpu().numpy() if return_probs else None)
+        return SegmentationResult(labels=labels.cpu().numpy().astype(dtype, copy=False), classes=names,
+                                  probs=probs_out.numpy() if probs_out is not None else None)
 
     @torch.no_grad()
     def _similarities(self, image: ImageLike, names: Sequence[str], templates: str | Sequence[str],
-                      short_side: int | None) -> tuple[np.ndarray, torch.Tensor]:
+                      p: Protocol) -> tuple[np.ndarray, torch.Tensor]:
         text = self.text.encode_classes(list(names), templates).to(self.device)
-        arr, x = self._prepare(image, short_side)
+        arr, x = self._prepare(image, p)
         groups, regions = self._regions(x, pixel_size=arr.shape[:2])
         return groups.cpu().numpy(), (regions @ text.T).cpu()
 
@@ -273,7 +388,7 @@ class Segmenter:
             (H, W) group map at the input size and (K, len(names)) cosine similarities of region k to name c.
         """
         p = self._protocol(protocol, overrides)
-        return self._similarities(image, names, p.templates, p.short_side)
+        return self._similarities(image, names, p.templates, p)
 
     @torch.no_grad()
     def predict_referring(self, image: ImageLike, sentence: str, protocol: Protocol | None = None,
@@ -282,7 +397,7 @@ class Segmenter:
         if not sentence or not sentence.strip():
             raise UserError("the referring sentence is empty")
         p = self._protocol(protocol, overrides)
-        groups, sims = self._similarities(image, [sentence], ("{}",), p.short_side)
+        groups, sims = self._similarities(image, [sentence], ("{}",), p)
         scores = sims[:, 0]
         best = int(scores.argmax())
         return ReferringResult(mask=groups == best, response=scores.numpy()[groups].astype(np.float32),

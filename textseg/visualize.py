@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -11,17 +13,19 @@ WHITE = (255, 255, 255)
 
 
 def voc_palette(n: int = 256) -> np.ndarray:
-    """The Pascal VOC colour map, (n, 3) uint8: label bits spread over the high bits of R, G and B."""
-    pal = np.zeros((n, 3), dtype=np.uint8)
-    for i in range(n):
-        c, r, g, b = i, 0, 0, 0
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        pal[i] = (r, g, b)
-    return pal
+    """The Pascal VOC colour map, (n, 3) uint8: label bits spread over the high bits of R, G and B (distinct
+    colours for up to 2**24 labels)."""
+    return _voc_palette(n).copy()
+
+
+@functools.lru_cache(maxsize=4)
+def _voc_palette(n: int) -> np.ndarray:
+    c = np.arange(n, dtype=np.int64)
+    pal = np.zeros((n, 3), dtype=np.int64)
+    for j in range(8):
+        for ch in range(3):
+            pal[:, ch] |= ((c >> (3 * j + ch)) & 1) << (7 - j)
+    return pal.astype(np.uint8)
 
 
 def blend(image: np.ndarray, colours: np.ndarray, alpha: float = 0.5, where: np.ndarray | None = None) -> np.ndarray:
@@ -34,11 +38,16 @@ def blend(image: np.ndarray, colours: np.ndarray, alpha: float = 0.5, where: np.
         where: (H, W) bool; pixels outside it keep the image's values.
     """
     colours = np.broadcast_to(np.asarray(colours), image.shape)
-    mixed = (image.astype(np.float32) * (1 - alpha) + colours.astype(np.float32) * alpha).astype(np.uint8)
-    if where is None:
-        return mixed
-    out = image.copy()
-    out[where] = mixed[where]
+    out = np.empty_like(image) if where is None else image.copy()
+    step = max(1, (1 << 20) // max(1, image.shape[1]))  # a band of rows at a time: no float copy of a huge image
+    for r in range(0, image.shape[0], step):
+        rows = slice(r, r + step)
+        mixed = (image[rows].astype(np.float32) * (1 - alpha) + colours[rows].astype(np.float32) * alpha
+                 ).astype(np.uint8)
+        if where is None:
+            out[rows] = mixed
+        else:
+            out[rows][where[rows]] = mixed[where[rows]]
     return out
 
 
@@ -46,19 +55,29 @@ def overlay(image: np.ndarray, labels: np.ndarray, *, names: list[str] | None = 
             ignore_index: int = IGNORE_INDEX) -> Image.Image:
     """Blend palette colours of a label map over an (H, W, 3) uint8 image.
 
-    Background (0), ``ignore_index`` and labels outside 0..255 stay unpainted. If ``names`` is given, a legend
-    of the painted classes (those with a name) is drawn in the top-left corner.
+    Background (0) and ``ignore_index`` stay unpainted (``ignore_index`` is a class like any other when more than
+    256 names are given); so do labels outside 0..255 (or outside ``names``, when more are given). If ``names`` is given, a legend of the painted
+    classes (those with a name) is drawn in the top-left corner. Works a band of rows at a time, so memory stays
+    a small multiple of the image's own.
     """
-    pal = voc_palette()
+    pal = voc_palette(max(256, len(names or ())))
+    if len(pal) > 256:
+        ignore_index = -1
     labels = np.asarray(labels)
-    paint = (labels > 0) & (labels < len(pal)) & (labels != ignore_index)
-    colours = pal[np.where(paint, labels, 0)]
-    im = Image.fromarray(blend(image, colours, alpha, where=paint))
+    image = np.asarray(image)
+    im = Image.new("RGB", (image.shape[1], image.shape[0]))  # filled band by band: no full-size array besides it
+    present = np.zeros(len(pal), dtype=bool)
+    step = max(1, (1 << 20) // max(1, labels.shape[1]))
+    for r in range(0, labels.shape[0], step):
+        lab = labels[r: r + step].astype(np.int64)
+        paint = (lab > 0) & (lab < len(pal)) & (lab != ignore_index)
+        present[np.unique(lab[paint])] = True
+        im.paste(Image.fromarray(blend(image[r: r + step], pal[np.where(paint, lab, 0)], alpha, where=paint)), (0, r))
     if names:
         draw = ImageDraw.Draw(im)
         y = 2
-        for lab in np.unique(labels[paint]):
-            if lab < len(names):
+        for lab in np.flatnonzero(present):
+            if lab < len(names) and y < im.height - 10:
                 draw.rectangle([2, y, 12, y + 10], fill=tuple(int(v) for v in pal[lab]), outline=WHITE)
                 draw.text((16, y - 1), names[lab], fill=WHITE, stroke_width=1, stroke_fill=(0, 0, 0))
                 y += 13

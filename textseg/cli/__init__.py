@@ -18,9 +18,16 @@ from textseg.errors import UserError
 COMMAND_MODULES = ("segment", "eval", "train", "workbench", "data", "bench")
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose mistakes are :class:`UserError` (one line, status 2) like every other mistake."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UserError(f"{message} (see: {self.prog} --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every command (modules are imported here, so a broken optional feature names itself)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="textseg", description="Open-vocabulary and referring segmentation learned from image-caption pairs.")
     parser.add_argument("--verbose", "-v", action="store_true", help="log at DEBUG level")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -31,7 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit status (0 ok, 2 user mistake, 130 interrupted)."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UserError as err:
+        print(f"textseg: error: {err}", file=sys.stderr)
+        return 2
     # Other libraries (open_clip, faiss) log chatty INFO lines through the root logger: show only their warnings.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("textseg").setLevel(logging.DEBUG if args.verbose else logging.INFO)

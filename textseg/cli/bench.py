@@ -77,6 +77,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_memory(args: argparse.Namespace) -> int:
+    from textseg.bench import bench_segment_memory, memory_markdown, parse_memory_case
+
+    cases = [parse_memory_case(c) for c in args.cases]
+    report = bench_segment_memory(cases, model=args.model, templates=args.templates, num_workers=args.num_workers,
+                                  device=args.device)
+    _emit(report, memory_markdown(report), args.out, "bench_memory")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("bench", help="speed and memory benchmarks (JSON + Markdown)")
     bsub = parser.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
@@ -107,6 +117,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--cache-dir", help="text cache folder of those processes (default: a fresh temporary one)")
     s.add_argument("--out", metavar="DIR", help="write bench_segment.json and bench_segment.md here")
     s.set_defaults(func=cmd_segment)
+
+    m = bsub.add_parser("memory", help="peak memory of `textseg segment` on large images and long class lists, each "
+                                       "case in a fresh process")
+    m.add_argument("cases", nargs="*", default=["12000x12000:21", "500x366:500"], metavar="WxH:CLASSES",
+                   help="image size and class count per case (default: 12000x12000:21 500x366:500)")
+    m.add_argument("--model", default="dino-s16-clip-b16", help="model (random weights at real size)")
+    m.add_argument("--templates", default="imagenet80", choices=["single", "imagenet80"])
+    m.add_argument("--num-workers", type=_count(0), default=0, help="--num-workers of the runs (default 0)")
+    m.add_argument("--device", default="cpu")
+    m.add_argument("--out", metavar="DIR", help="write bench_memory.json and bench_memory.md here")
+    m.set_defaults(func=cmd_memory)
 
     t = bsub.add_parser("train", help="training samples/s: textseg step (grouping + region tokens) against a plain "
                                       "open_clip image-text step on the same synthetic batch")

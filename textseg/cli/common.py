@@ -29,18 +29,64 @@ def model_from_args(args: argparse.Namespace):
     from textseg.factory import create_model
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device {device!r} is not a device (cpu, cuda, cuda:1)") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise UserError(f"--device {device}: no such CUDA device here ({torch.cuda.device_count()} visible)")
+    if dev.type not in ("cpu", "cuda", "mps", "xpu"):
+        raise UserError(f"--device {device}: textseg runs on cpu, cuda, mps or xpu devices")
+    if dev.type in ("mps", "xpu"):
+        try:
+            torch.empty(0, device=dev)
+        except (RuntimeError, AssertionError, NotImplementedError) as err:
+            raise UserError(f"--device {device} is not available here ({str(err).splitlines()[0]})") from None
     return create_model(args.model, pretrained=not args.no_pretrained, clip_pretrained=args.clip_pretrained,
                         backbone_pretrained=args.backbone_pretrained, checkpoint=args.checkpoint, device=device)
 
 
 def parse_names(text: str, option: str) -> list[str]:
-    """Names separated by commas, or a .txt file with one name per line; empty → UserError naming the option."""
+    """Names separated by commas, or a .txt file with one name per line.
+
+    Raises:
+        UserError: naming the option: the list is empty, or the .txt file is missing, unreadable or not UTF-8.
+    """
     path = Path(text)
-    if path.suffix == ".txt" and path.is_file():
-        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    if path.suffix.lower() == ".txt" and "," not in text:
+        try:
+            lines = path.read_text(encoding="utf-8-sig").splitlines()
+        except FileNotFoundError:
+            raise UserError(f"{option}: class list file {path} not found (to name a class, leave out '.txt')") from None
+        except UnicodeDecodeError as err:
+            line = path.read_bytes()[: err.start].count(b"\n") + 1
+            raise UserError(f"{option}: {path} line {line} is not UTF-8 text") from None
+        except OSError as err:
+            raise UserError(f"{option}: cannot read {path}: {err.strerror or err}") from None
+        names = [line.strip() for line in lines]
     else:
         names = [c.strip() for c in text.split(",")]
     names = [n for n in names if n]
     if not names:
         raise UserError(f"{option} is empty: give names separated by commas or a .txt file with one name per line")
     return names
+
+
+def check_output_folder(out: Path, option: str = "--out") -> None:
+    """Make sure ``out`` is (or can be made) a folder this process can write in, before any work starts.
+
+    Raises:
+        UserError: naming the option: ``out`` is a file, cannot be created, or is not writable.
+    """
+    import os
+    import tempfile
+
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{option} {out} is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".textseg-write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise UserError(f"{option} {out} is not writable: {err.strerror or err}") from None

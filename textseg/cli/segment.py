@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping, Sequence, TypeVar
 
-from textseg.cli.common import add_model_args, model_from_args, parse_names
+from textseg.cli.common import add_model_args, check_output_folder, model_from_args, parse_names
 from textseg.errors import UserError
 
 # --option -> Protocol field; an option left out keeps the value of --protocol (or the defaults).
-_PROTOCOL_OPTIONS = ("templates", "background", "bg_threshold", "bg_score", "short_side", "window", "stride")
+_PROTOCOL_OPTIONS = ("templates", "background", "bg_threshold", "bg_score", "short_side", "max_long_side", "window",
+                     "stride")
 # Files a folder argument contributes (suffix compared case-insensitively); a file named directly is taken as it is.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 OUTPUT_SUFFIXES = ("_labels.png", "_overlay.png", ".json")
@@ -32,8 +33,9 @@ def _protocol(args: argparse.Namespace):
     changes = {k: getattr(args, k) for k in _PROTOCOL_OPTIONS if getattr(args, k) is not None}
     if changes.get("background") == "none":
         changes["background"] = None
-    if changes.get("short_side") == 0:
-        changes["short_side"] = None
+    for name in ("short_side", "max_long_side"):
+        if changes.get(name) == 0:
+            changes[name] = None
     if args.background_classes:
         changes["background_classes"] = parse_names(args.background_classes, "--background-classes")
     return base.replace(**changes) if changes else base
@@ -157,8 +159,9 @@ class ImageFiles:
     """The images of a list of :class:`Input` as a map-style dataset, decoded where the DataLoader runs it (its
     workers). An unreadable file gives its one-line error instead of an array, so one bad file stops no other."""
 
-    def __init__(self, inputs: Sequence[Input]):
+    def __init__(self, inputs: Sequence[Input], max_pixels: int | None = None):
         self.inputs = list(inputs)
+        self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -167,7 +170,7 @@ class ImageFiles:
         from textseg.io import load_image
 
         try:
-            return self.inputs[i], load_image(self.inputs[i].path), None
+            return self.inputs[i], load_image(self.inputs[i].path, self.max_pixels), None
         except UserError as err:
             return self.inputs[i], None, str(err)
 
@@ -181,14 +184,18 @@ def cmd_segment(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from textseg.io import atomic_write_text, labels_to_rles, save_png, write_label_png
-    from textseg.segmenter import Segmenter
+    from textseg.io import atomic_write_text, label_png_bits, labels_to_rles, save_png, write_label_png
+    from textseg.segmenter import Segmenter, check_class_names
     from textseg.visualize import overlay
 
     if args.batch_size < 1 or args.num_workers < 0:
         raise UserError("--batch-size must be at least 1 and --num-workers at least 0")
-    classes = parse_names(args.classes, "--classes")
+    if args.max_pixels is not None and args.max_pixels <= 0:
+        raise UserError(f"--max-pixels must be positive, got {args.max_pixels}")
     protocol = _protocol(args)
+    classes = parse_names(args.classes, "--classes")
+    check_class_names(classes, protocol.background_classes)
+    bits = label_png_bits(len(classes) + 1)
     out = Path(args.out)
     rank, world = rank_and_world()
     inputs = rank_slice(collect_inputs(args.images, out), rank, world)  # every rank keys all inputs the same way
@@ -196,11 +203,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if existing and not args.overwrite:
         raise UserError(f"{existing[0]} exists ({len(existing)} output file(s) would be replaced); "
                         "pass --overwrite to replace them, or choose another --out")
+    check_output_folder(out)
     if world > 1 and args.device is None and torch.cuda.is_available():
         args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"  # torchrun: one GPU per process
     segmenter = Segmenter(model_from_args(args), protocol, text_cache_dir=False if args.no_text_cache else None)
     workers = min(args.num_workers, -(-len(inputs) // args.batch_size))  # no more workers than batches
-    loader = torch.utils.data.DataLoader(ImageFiles(inputs), batch_size=args.batch_size, num_workers=workers,
+    loader = torch.utils.data.DataLoader(ImageFiles(inputs, args.max_pixels), batch_size=args.batch_size, num_workers=workers,
                                          collate_fn=as_list)
     failed: list[str] = []
     desc = "segment" if world == 1 else f"segment rank {rank}/{world}"
@@ -212,11 +220,11 @@ def cmd_segment(args: argparse.Namespace) -> int:
             for (item, arr), res in zip(good, results):
                 labels_png, overlay_png, summary_json = item.outputs(out)
                 summary_json.parent.mkdir(parents=True, exist_ok=True)
-                write_label_png(res.labels, labels_png)
+                write_label_png(res.labels, labels_png, bits)
                 save_png(overlay(arr, res.labels, names=res.classes), overlay_png)
                 summary = {"image": str(item.path), "size": list(res.labels.shape), "model": args.model,
                            "classes": res.classes, "pixel_share": res.pixel_share(),
-                           "labels_png": labels_png.name, "overlay_png": overlay_png.name}
+                           "labels_png": labels_png.name, "labels_png_bits": bits, "overlay_png": overlay_png.name}
                 if args.rle:
                     summary["rle"] = labels_to_rles(res.labels, res.classes)
                 atomic_write_text(summary_json, json.dumps(summary, indent=2))
@@ -240,6 +248,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from textseg.io import MAX_PIXELS
+
     p = sub.add_parser("segment", help="open-vocabulary semantic segmentation of images")
     p.add_argument("images", nargs="+", metavar="IMAGE",
                    help="image files and folders (searched recursively; --out mirrors a folder's tree)")
@@ -253,6 +263,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--background-classes", help="names scored as background (comma-separated or .txt)")
     p.add_argument("--bg-score", type=float, help="constant background similarity (TCL-style background score)")
     p.add_argument("--short-side", type=int, help="resize the short side to this (default 448; 0 keeps the size)")
+    p.add_argument("--max-long-side", type=int,
+                   help="shrink further so that the long side is at most this (default 2048; 0: no cap)")
     p.add_argument("--window", type=int, help="sliding window size (e.g. 448)")
     p.add_argument("--stride", type=int, help="sliding window stride (e.g. 224)")
     p.add_argument("--rle", action="store_true", help="add each class's mask as COCO RLE to the JSON summary")
@@ -261,6 +273,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="images decoded per batch and crops (whole images or windows) per model call (default 32)")
     p.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1),
                    help="DataLoader processes that decode images (default min(4, CPUs); 0 decodes in this one)")
+    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
+                   help=f"refuse image files with more pixels than this, before decoding (default {MAX_PIXELS:,})")
     p.add_argument("--overwrite", action="store_true", help="replace outputs that already exist (else an error)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_model_args(p)

@@ -3,7 +3,7 @@
 Importing this package does not import torch (writing shards does, through webdataset).
 """
 
-from textseg.data.captions import ShardReport, SkippedItem, make_shards, read_caption_file, write_shards
+from textseg.data.captions import CaptionRow, ShardReport, SkippedItem, make_shards, read_caption_file, write_shards
 from textseg.data.coco_masks import decode_segmentation
 from textseg.data.coco_object import convert_coco_object
 from textseg.data.names import BENCHMARKS, IGNORE_INDEX, get_class_names
@@ -24,6 +24,7 @@ __all__ = [
     "ADE20K",
     "BENCHMARKS",
     "COCOObject",
+    "CaptionRow",
     "COCOStuff",
     "Cityscapes",
     "IGNORE_INDEX",

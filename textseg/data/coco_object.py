@@ -34,12 +34,24 @@ def load_coco_json(path: str | Path) -> dict[str, Any]:
     """Load a COCO instances JSON, checking the keys the converters need."""
     path = Path(path)
     if not path.is_file():
-        raise DatasetError(f"COCO annotation file not found: {path}")
-    with path.open(encoding="utf-8") as f:
-        data = json.load(f)
+        raise DatasetError(f"COCO annotation file {'is a folder' if path.is_dir() else 'not found'}: {path}")
+    raw = path.read_bytes()
+    try:
+        data = json.loads(raw.decode("utf-8-sig"))
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise DatasetError(f"{path}:{line}: not UTF-8 text") from None
+    except json.JSONDecodeError as err:
+        raise DatasetError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
+    except RecursionError:
+        raise DatasetError(f"{path}: invalid JSON (nested too deeply)") from None
+    if not isinstance(data, dict):
+        raise DatasetError(f"COCO annotation file is not a JSON object: {path}")
     for key in ("images", "annotations", "categories"):
         if key not in data:
             raise DatasetError(f"COCO annotation file has no {key!r} list: {path}")
+        if not isinstance(data[key], list) or not all(isinstance(e, dict) for e in data[key]):
+            raise DatasetError(f"COCO annotation file: {key!r} must be a list of objects: {path}")
     return data
 
 
@@ -79,20 +91,31 @@ def convert_coco_object(instances_json: str | Path, out_dir: str | Path) -> list
         The written PNG paths, in the JSON's image order.
     """
     data = load_coco_json(instances_json)
-    category_to_label = {int(c["id"]): i + 1 for i, c in enumerate(data["categories"])}
+    try:
+        category_to_label = {int(c["id"]): i + 1 for i, c in enumerate(data["categories"])}
+        by_image: dict[int, list[dict[str, Any]]] = {int(im["id"]): [] for im in data["images"]}
+        image_ids = [int(ann["image_id"]) for ann in data["annotations"]]
+    except (KeyError, TypeError, ValueError) as err:
+        raise DatasetError(f"{instances_json}: a category, image or annotation lacks a numeric id ({err!r})") from None
     if len(category_to_label) > 254:
         raise DatasetError(f"too many categories for a uint8 label map: {len(category_to_label)}")
-    by_image: dict[int, list[dict[str, Any]]] = {int(im["id"]): [] for im in data["images"]}
-    for ann in data["annotations"]:
-        if int(ann["image_id"]) not in by_image:
+    for ann, image_id in zip(data["annotations"], image_ids):
+        if image_id not in by_image:
             raise DatasetError(f"annotation {ann.get('id')} refers to unknown image_id {ann['image_id']}")
-        by_image[int(ann["image_id"])].append(ann)
+        by_image[image_id].append(ann)
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"output folder is an existing file: {out}")
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for image in data["images"]:
-        label = coco_object_label(image, by_image[int(image["id"])], category_to_label)
-        path = out / f"{Path(image['file_name']).stem}{LABEL_SUFFIX}"
+        try:
+            label = coco_object_label(image, by_image[int(image["id"])], category_to_label)
+            path = out / f"{Path(str(image['file_name'])).stem}{LABEL_SUFFIX}"
+        except (KeyError, TypeError, ValueError) as err:
+            raise DatasetError(
+                f"{instances_json}: image {image.get('id')} or one of its annotations is malformed ({err!r})"
+            ) from None
         save_png(label, path)
         written.append(path)
     return written

@@ -117,9 +117,10 @@ def test_cli_bench_segment_writes_json_and_markdown_and_ignores_bf16_on_cpu(tmp_
 
 
 def test_cli_bench_rejects_bad_numbers(capsys):
-    for argv in (["--batch-sizes", "0"], ["--repeats", "0"], ["--modes", "tiles"]):
-        with pytest.raises(SystemExit):
-            main(["bench", "segment", "--model", "tiny", *argv])
+    for argv, option in ((["--batch-sizes", "0"], "--batch-sizes"), (["--repeats", "0"], "--repeats"),
+                         (["--modes", "tiles"], "--modes")):
+        assert main(["bench", "segment", "--model", "tiny", *argv]) == 2
+        assert f"textseg: error: argument {option}:" in capsys.readouterr().err
     assert main(["bench", "segment", "--model", "tiny", "--window", "32"]) == 2
     assert "--window and --stride together" in capsys.readouterr().err
 

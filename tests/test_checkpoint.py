@@ -109,3 +109,73 @@ def test_weights_checksum_sees_every_byte():
     assert ckpt.weights_checksum(a) != ckpt.weights_checksum(b)
     module = torch.nn.Linear(2, 2)
     assert ckpt.weights_checksum(module) == ckpt.weights_checksum(module.state_dict())
+
+
+def test_fallback_warning_names_both_files_and_no_usable_checkpoint_is_one_line(tmp_path, caplog):
+    (tmp_path / "checkpoints").mkdir()
+    for step in (2, 4, 6):
+        save_step(tmp_path, step, keep_last=3)
+    ckpt.step_checkpoint_path(tmp_path, 6).write_bytes(b"")
+    ckpt.step_checkpoint_path(tmp_path, 4).write_bytes(np.random.default_rng(0).bytes(2000))
+    assert ckpt.latest_resume_state(tmp_path).step == 2
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 2 and all("resuming from the previous checkpoint step-0000002.pt" in w for w in warnings)
+    assert "step-0000006.pt" in warnings[0] and "step-0000004.pt" in warnings[1]
+    ckpt.step_checkpoint_path(tmp_path, 2).write_bytes(b"PK\x03\x04")
+    with pytest.raises(UserError, match="no usable checkpoint to resume from") as err:
+        ckpt.latest_resume_state(tmp_path)
+    assert "\n" not in str(err.value) and "3 checkpoint(s) tried" in str(err.value)
+
+
+def test_a_malformed_data_position_makes_a_checkpoint_unusable(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    good = {"epoch": 1, "next": 0, "pos": [5, 3], "ended": [False, True], "readers": 2, "skipped": {"decode_error": 2}}
+    save_step(tmp_path, 2, data=[good])
+    save_step(tmp_path, 4, data=[{**good, "pos": [5]}])  # two readers, one position
+    resume = ckpt.latest_resume_state(tmp_path)
+    assert resume.step == 2 and resume.data_for(0, 1) == good
+    assert resume.data_for(1, 2) == {"epoch": 1, "readers": -1, "skipped": {}}  # another world size: next epoch
+
+
+TINY_CFG = {"name": "tiny", "description": "x", "backbone": {"type": "timm", "name": "vit_small_patch16_224",
+                                                            "kwargs": {"embed_dim": 48}},
+            "clip": {"arch": "textseg-tiny-vit16", "pretrained": None, "quick_gelu": False},
+            "grouping": {"num_groups": 4}, "region": {"masked_blocks": 1, "mode": "tokens"}}
+
+
+def test_same_architecture_and_same_model_checks():
+    pooled = {**TINY_CFG, "name": "tiny2", "description": "y", "region": {"masked_blocks": 1, "mode": "pool"}}
+    ckpt.check_same_architecture(TINY_CFG, pooled, "a.pt")  # region settings: the same weights
+    ckpt.check_same_model(TINY_CFG, {**TINY_CFG, "name": "copy", "description": ""}, "a.pt")
+    with pytest.raises(UserError, match=r"a.pt was saved by a run of model 'tiny' with region .*'pool'"):
+        ckpt.check_same_model(TINY_CFG, pooled, "a.pt")
+    wider = {**TINY_CFG, "name": "wide", "backbone": {**TINY_CFG["backbone"], "kwargs": {"embed_dim": 64}}}
+    with pytest.raises(UserError, match="a.pt holds the weights of model 'tiny', not of model 'wide' "
+                                        r"\(backbone differs"):
+        ckpt.check_same_architecture(TINY_CFG, wider, "a.pt")
+    other_clip = {**TINY_CFG, "clip": {**TINY_CFG["clip"], "quick_gelu": True}}
+    with pytest.raises(UserError, match="clip.quick_gelu differs: False vs True"):
+        ckpt.check_same_architecture(TINY_CFG, other_clip, "a.pt")
+
+
+def test_create_model_refuses_a_checkpoint_of_another_model(tiny_model, tmp_path):
+    from textseg.config import to_dict
+    from textseg.factory import create_model
+
+    path = ckpt.save_checkpoint(tmp_path / "tiny.pt", tiny_model.state_dict(), step=1,
+                                model_config=to_dict(tiny_model.config))
+    with pytest.raises(UserError, match=r"tiny.pt holds the weights of model 'tiny', not of model "
+                                        r"'dino-s16-clip-b16'"):
+        create_model("dino-s16-clip-b16", pretrained=False, checkpoint=path)
+    for name in ("tiny", None):  # the model it was trained as, or the checkpoint's own
+        model = create_model(name, pretrained=False, checkpoint=path)
+        assert model.name == "tiny" and ckpt.weights_checksum(model) == ckpt.weights_checksum(tiny_model)
+    bare = ckpt.save_checkpoint(tmp_path / "bare.pt", tiny_model.state_dict(), step=1)
+    with pytest.raises(UserError, match="does not record its model"):
+        create_model(None, checkpoint=bare)
+    state = dict(tiny_model.state_dict())
+    state["clip.logit_scale"] = torch.zeros(3)
+    wrong = ckpt.save_checkpoint(tmp_path / "wrong.pt", state, step=1, model_config=to_dict(tiny_model.config))
+    with pytest.raises(UserError, match="wrong.pt does not match model tiny: .*logit_scale") as err:
+        create_model("tiny", pretrained=False, checkpoint=wrong)
+    assert "\n" not in str(err.value)

@@ -142,3 +142,28 @@ def test_noun_keys_are_stable_and_positives_follow_them():
 def test_gather_features_is_the_identity_on_one_process():
     f = ContrastiveFeatures(image=torch.randn(2, 3), text=torch.randn(2, 3))
     assert gather_features(f) is f
+
+
+def _counts_rank_main(rank: int, init_file: str, results) -> None:
+    from textseg.train.distributed import gather_objects, sum_counts
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        mine = [{"decode_error": 3, "empty_caption": 1}, {"decode_error": 2, "read_error": 1}][rank]
+        results[rank] = (sum_counts(mine), gather_objects({"rank": rank, "pos": [rank, 7]}))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_skip_counts_are_summed_over_ranks(tmp_path):
+    from textseg.train.distributed import gather_objects, sum_counts
+
+    with mp.Manager() as manager:
+        shared = manager.dict()
+        mp.spawn(_counts_rank_main, args=(str(tmp_path / "pg"), shared), nprocs=2, join=True)
+        results = dict(shared)
+    for rank in (0, 1):
+        total, objs = results[rank]
+        assert total == {"decode_error": 5, "empty_caption": 1, "read_error": 1}
+        assert objs == [{"rank": 0, "pos": [0, 7]}, {"rank": 1, "pos": [1, 7]}]
+    assert sum_counts({"b": 2, "a": 0, "c": 1}) == {"b": 2, "c": 1} and gather_objects(5) == [5]

@@ -27,11 +27,29 @@ CAPTIONS = ["a red dog next to a blue bus", "two sheep on a striped background",
             "a horse and a cow"]
 
 
-def write_shards(folder: Path, n_shards: int, per_shard: int, size: int = 48) -> str:
-    """Shards of flat-colour images with a square of another colour, captions from CAPTIONS in turn."""
+# What write_shards(bad=True) puts at the start of every shard, and the skip reason of each.
+BAD_SAMPLES = [({"jpg": b"\xff\xd8\xff\xe0 truncated", "txt": "a dog"}, "decode_error"),
+               ({"jpg": b"GIF89a not really", "txt": "a bus"}, "decode_error"),
+               ({"jpg": b"", "txt": "a cat"}, "decode_error"),
+               ({"jpg": None, "txt": "   "}, "empty_caption"),
+               ({"jpg": None, "txt": b"\xff\xfe not utf-8"}, "decode_error"),
+               ({"jpg": None}, "missing_caption"),
+               ({"txt": "a chair without its image"}, "missing_image")]
+
+
+def write_shards(folder: Path, n_shards: int, per_shard: int, size: int = 48, bad: bool = False) -> str:
+    """Shards of flat-colour images with a square of another colour, captions from CAPTIONS in turn; with
+    ``bad``, each shard starts with the BAD_SAMPLES (``None`` stands for a good JPEG)."""
     rng = np.random.default_rng(0)
-    with ShardWriter(folder=folder, maxcount=per_shard) as sink:
+    good_jpeg = io.BytesIO()
+    Image.new("RGB", (size, size), (90, 20, 200)).save(good_jpeg, format="JPEG")
+    extra = len(BAD_SAMPLES) if bad else 0
+    with ShardWriter(folder=folder, maxcount=per_shard + extra) as sink:
         for i in range(n_shards * per_shard):
+            if bad and i % per_shard == 0:
+                for j, (members, _) in enumerate(BAD_SAMPLES):
+                    sink.write(f"bad{i}-{j}", {k: good_jpeg.getvalue() if v is None else v
+                                               for k, v in members.items()})
             img = np.zeros((size, size, 3), dtype=np.uint8)
             img[:] = rng.integers(0, 255, 3)
             y, x = rng.integers(0, size // 2, 2)
@@ -159,8 +177,31 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(tmp_path):
     assert json.loads((out / "summary_rank0.json").read_text())["weights_sha1"] == ref["weights_sha1"]
 
 
+def bad_counts(n_shards: int) -> dict[str, int]:
+    """The skips, by reason, of reading every shard of ``write_shards(bad=True)`` once."""
+    counts: dict[str, int] = {}
+    for _, reason in BAD_SAMPLES:
+        counts[reason] = counts.get(reason, 0) + n_shards
+    return dict(sorted(counts.items()))
+
+
+@pytest.mark.parametrize("workers", [0, 1, 2])
+def test_skips_counted_in_dataloader_workers_reach_the_metrics_and_the_summary(tmp_path, workers):
+    # 4 shards of 4 good samples after 7 bad ones each; batches of 4: one epoch is the 4 steps
+    urls = write_shards(tmp_path / "shards", n_shards=4, per_shard=4, bad=True)
+    cfg = load_train_config(None, tiny_overrides(urls, tmp_path / "run", **{
+        "data.batch_size": 4, "data.workers": workers, "data.shuffle_buffer": 0, "train.steps": 4}))
+    summary = train(cfg, progress=False)
+    expected = {"decode_error": 16, "empty_caption": 4, "missing_caption": 4, "missing_image": 4}
+    assert bad_counts(4) == expected
+    assert summary["skipped"] == summary["skipped_this_rank"] == expected
+    log = read_log(tmp_path / "run" / "metrics.jsonl")
+    assert log[-1]["step"] == 4 and log[-1]["skipped"] == expected
+    assert sum(log[0]["skipped"].values()) in (7, 14)  # step 1: the bad samples before its batch (per worker)
+
+
 def test_torchrun_two_processes_split_shards_agree_and_change_the_weights(tmp_path):
-    urls = write_shards(tmp_path / "shards", n_shards=4, per_shard=4)
+    urls = write_shards(tmp_path / "shards", n_shards=4, per_shard=4, bad=True)
     out = tmp_path / "ddp"
     (tmp_path / "empty.yaml").write_text("{}\n")
     overrides = tiny_overrides(urls, out, **{"data.batch_size": 4, "train.steps": 2})
@@ -172,6 +213,10 @@ def test_torchrun_two_processes_split_shards_agree_and_change_the_weights(tmp_pa
     s0 = json.loads((out / "summary_rank0.json").read_text())
     s1 = json.loads((out / "summary_rank1.json").read_text())
     assert s0["world_size"] == s1["world_size"] == 2 and s0["steps"] == s1["steps"] == 2
+    # each rank read two shards, 7 bad samples in each: the summaries total both ranks' skips
+    assert s0["skipped"] == s1["skipped"] == bad_counts(4)
+    assert s0["skipped_this_rank"] == s1["skipped_this_rank"] == bad_counts(2)
+    assert read_log(out / "metrics.jsonl")[-1]["skipped"] == bad_counts(4)
     assert set(s0["shards_read"]).isdisjoint(s1["shards_read"])
     assert len(s0["shards_read"]) == len(s1["shards_read"]) == 2
     assert s0["weights_sha1"] == s1["weights_sha1"]

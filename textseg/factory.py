@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import torch
 
 from textseg.config import (BackboneConfig, ClipConfig, ModelConfig, config_path, list_configs, load_structured,
-                            package_config_dir)
+                            package_config_dir, to_dict)
 from textseg.errors import ConfigError, MissingWeightsError, UserError
 
 _log = logging.getLogger(__name__)
@@ -98,35 +98,50 @@ def _build_clip(cfg: ClipConfig, pretrained: bool, weight_file: str | None):
     return clip, open_clip.get_tokenizer(cfg.arch)
 
 
-def create_model(name_or_config: str | Path | Mapping[str, Any] | ModelConfig = DEFAULT_MODEL, pretrained: bool = True,
+def create_model(name_or_config: str | Path | Mapping[str, Any] | ModelConfig | None = DEFAULT_MODEL,
+                 pretrained: bool = True,
                  *, clip_pretrained: str | None = None, backbone_pretrained: str | None = None,
                  checkpoint: str | Path | None = None, device: str | torch.device = "cpu"):
     """Build a :class:`~textseg.model.TextSegModel`.
 
     Args:
-        name_or_config: a name from :func:`list_models`, a JSON config file, a mapping or a :class:`ModelConfig`.
+        name_or_config: a name from :func:`list_models`, a JSON config file, a mapping or a :class:`ModelConfig`;
+            None with ``checkpoint``: the checkpoint's model.
         pretrained: load the weights the config names (a timm tag such as ``.dino`` and an open_clip tag such as
             ``openai``); ``False`` gives random weights.
         clip_pretrained: an open_clip tag or a local file overriding the config's CLIP weights.
         backbone_pretrained: a local file with the grouping backbone's timm weights.
-        checkpoint: a textseg checkpoint (from ``textseg train``) whose weights, and model config, replace the
-            whole model's.
+        checkpoint: a textseg checkpoint (from ``textseg train``) whose weights replace the whole model's. Its
+            model config (with the grouping and region settings it was trained with) replaces ``name_or_config``,
+            which must name a model of the same architecture; ``name_or_config=None`` takes the checkpoint's.
         device: where to put the model.
 
     Raises:
         MissingWeightsError: a weight is neither on disk nor downloadable; the message says what to get and where.
+        UserError: the checkpoint is unreadable or holds the weights of a model of another architecture.
     """
     from textseg.grouping import Grouper
     from textseg.model import TextSegModel
-    from textseg.train.checkpoint import load_model_weights
+    from textseg.train.checkpoint import check_same_architecture, load_model_weights
 
-    cfg = get_model_config(name_or_config)
+    if name_or_config is None and checkpoint is None:
+        name_or_config = DEFAULT_MODEL
+    cfg = get_model_config(name_or_config) if name_or_config is not None else None
     state = None
     if checkpoint is not None:
         state, saved = load_model_weights(checkpoint)
         if saved is not None:
-            cfg = get_model_config(saved)
+            try:
+                saved_cfg = get_model_config(saved)
+            except UserError as err:
+                raise UserError(f"checkpoint {checkpoint}: its model config is invalid: {err}") from None
+            if cfg is not None:
+                check_same_architecture(to_dict(saved_cfg), to_dict(cfg), f"checkpoint {checkpoint}")
+            cfg = saved_cfg
+        elif cfg is None:
+            raise UserError(f"checkpoint {checkpoint} does not record its model: name the model too (--model)")
         pretrained = False  # the checkpoint holds every weight
+    assert cfg is not None
     try:
         backbone = _build_backbone(cfg.backbone, pretrained, backbone_pretrained)
         clip, tokenizer = _build_clip(cfg.clip, pretrained, clip_pretrained)
@@ -138,7 +153,12 @@ def create_model(name_or_config: str | Path | Mapping[str, Any] | ModelConfig = 
     except ValueError as err:
         raise ConfigError(f"model config {cfg.name}: {err}") from None
     if state is not None:
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as err:  # a shape mismatch; its second line names the first parameter
+            lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+            raise UserError(f"checkpoint {checkpoint} does not match model {cfg.name}: "
+                            f"{lines[min(1, len(lines) - 1)][:300]}") from None
         if missing or unexpected:
             raise UserError(f"checkpoint {checkpoint} does not match model {cfg.name}: "
                             f"missing {missing[:3]}, unexpected {unexpected[:3]}")

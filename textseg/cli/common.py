@@ -13,8 +13,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     from textseg.factory import DEFAULT_MODEL
 
     g = parser.add_argument_group("model")
-    g.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"model name or JSON config (default {DEFAULT_MODEL}; see `textseg models`)")
+    g.add_argument("--model", default=None,
+                   help=f"model name or JSON config (default: the --checkpoint's model, else {DEFAULT_MODEL}; "
+                        "see `textseg models`)")
     g.add_argument("--no-pretrained", action="store_true", help="random weights (for testing the pipeline)")
     g.add_argument("--clip-pretrained", help="open_clip pretrained tag or local weight file for the CLIP")
     g.add_argument("--backbone-pretrained", help="local weight file for the grouping backbone (timm)")

@@ -222,7 +222,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
                 summary_json.parent.mkdir(parents=True, exist_ok=True)
                 write_label_png(res.labels, labels_png, bits)
                 save_png(overlay(arr, res.labels, names=res.classes), overlay_png)
-                summary = {"image": str(item.path), "size": list(res.labels.shape), "model": args.model,
+                summary = {"image": str(item.path), "size": list(res.labels.shape),
+                           "model": segmenter.model.config.name, "checkpoint": args.checkpoint,
                            "classes": res.classes, "pixel_share": res.pixel_share(),
                            "labels_png": labels_png.name, "labels_png_bits": bits, "overlay_png": overlay_png.name}
                 if args.rle:

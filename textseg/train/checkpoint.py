@@ -6,7 +6,8 @@ A checkpoint is a ``torch.save`` of a dict that holds tensors and plain Python v
 * ``format`` (:data:`FORMAT`), ``version``, ``step``;
 * ``model``: the model's state dict; ``model_config``: its :class:`~textseg.config.ModelConfig` as a plain dict;
 * step checkpoints (``out/checkpoints/step-0000200.pt``) also hold ``optimizer`` and ``scheduler`` state dicts,
-  ``rng`` (one :func:`rng_state` per rank) and ``config`` (the training config as a plain dict).
+  ``rng`` (one :func:`rng_state` per rank), ``data`` (one data position per rank,
+  :meth:`textseg.train.data.BatchStream.state_dict`) and ``config`` (the training config as a plain dict).
 
 Files are written atomically (temporary file + ``os.replace``): a run killed mid-write leaves the previous
 checkpoint intact and no partial file under a checkpoint's name.
@@ -76,7 +77,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist")
+        raise UserError(f"checkpoint {path} is not a file" if path.exists() else f"checkpoint {path} does not exist")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -106,6 +107,40 @@ def load_model_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[
     return dict(data["model"]), None if config is None else dict(config)
 
 
+# Model config fields that decide which weights a model has (the grouping and region settings do not).
+ARCHITECTURE_FIELDS = ("backbone", "clip.arch", "clip.quick_gelu")
+
+
+def _field(config: Mapping[str, Any], dotted: str) -> Any:
+    value: Any = config
+    for part in dotted.split("."):
+        value = value.get(part) if isinstance(value, Mapping) else None
+    return value
+
+
+def check_same_architecture(saved: Mapping[str, Any], wanted: Mapping[str, Any], source: str | Path) -> None:
+    """Raise a one-line :class:`UserError` naming ``source`` and both models when a checkpoint's model config
+    (``saved``) has other weights than the model ``wanted`` (its backbone or its CLIP architecture differ)."""
+    diff = [f for f in ARCHITECTURE_FIELDS if _field(saved, f) != _field(wanted, f)]
+    if diff:
+        raise UserError(f"{source} holds the weights of model {saved.get('name')!r}, not of model "
+                        f"{wanted.get('name')!r} ({diff[0]} differs: {_field(saved, diff[0])!r} vs "
+                        f"{_field(wanted, diff[0])!r})")
+
+
+def check_same_model(saved: Mapping[str, Any] | None, wanted: Mapping[str, Any], source: str | Path) -> None:
+    """Like :func:`check_same_architecture`, but every field counts but the name and description (a resumed run
+    must continue the very model it saved)."""
+    if saved is None:
+        return
+    check_same_architecture(saved, wanted, source)
+    for key in sorted(set(saved) | set(wanted)):
+        if key not in ("name", "description") and saved.get(key) != wanted.get(key):
+            raise UserError(f"{source} was saved by a run of model {saved.get('name')!r} with {key} "
+                            f"{saved.get(key)!r}, but this run's model {wanted.get('name')!r} has {key} "
+                            f"{wanted.get(key)!r}: use another out folder, or resume=false")
+
+
 @dataclass
 class ResumeState:
     """What a step checkpoint holds to continue a run exactly."""
@@ -117,28 +152,84 @@ class ResumeState:
     scheduler: dict[str, Any]
     rng: list[dict[str, Any]]
     config: dict[str, Any] | None
+    data: list[dict[str, Any]] | None = None
 
     def rng_for(self, rank: int) -> dict[str, Any]:
         """The RNG state saved by ``rank`` (rank 0's when the run had fewer ranks)."""
         return self.rng[rank] if rank < len(self.rng) else self.rng[0]
 
+    def data_for(self, rank: int, world: int) -> dict[str, Any] | None:
+        """The data position saved by ``rank``; None when the checkpoint has none or another world size saved it
+        (each rank's position is in its own part of the shards)."""
+        if not self.data:
+            return None
+        if len(self.data) != world:
+            if rank == 0:
+                _log.warning("%s was saved by %d rank(s), this run has %d: the data restarts at the next epoch, "
+                             "so the run does not continue exactly", self.path, len(self.data), world)
+            return {"epoch": max(int(d["epoch"]) for d in self.data), "readers": -1,
+                    "skipped": self.data[rank]["skipped"] if rank < len(self.data) else {}}
+        return self.data[rank]
 
-def latest_resume_state(out: str | Path) -> ResumeState | None:
-    """The newest readable step checkpoint of the run in ``out``, or None when there is none.
 
-    An unreadable newest checkpoint (e.g. a file damaged on disk) is skipped with a warning for the previous one.
+def _check_step_entries(path: Path, data: Mapping[str, Any]) -> None:
+    """Raise a UserError when a step checkpoint lacks what a resume needs or holds it malformed."""
+    missing = [k for k in ("optimizer", "scheduler", "rng") if k not in data]
+    if missing:
+        raise UserError(f"{path} is not a step checkpoint (no {', '.join(missing)})")
+    ok = (isinstance(data["step"], int) and data["step"] >= 0 and isinstance(data["optimizer"], Mapping)
+          and isinstance(data["scheduler"], Mapping) and isinstance(data["rng"], list) and data["rng"]
+          and all(isinstance(r, Mapping) and {"torch", "cuda", "numpy", "python"} <= set(r) for r in data["rng"]))
+    positions = data.get("data")
+    if positions is not None:
+        ok = ok and isinstance(positions, list) and all(_valid_position(d) for d in positions)
+    if not ok:
+        raise UserError(f"{path} is not a usable step checkpoint (malformed step, optimizer, rng or data entry)")
+
+
+def _valid_position(d: Any) -> bool:
+    if not isinstance(d, Mapping) or not {"epoch", "next", "pos", "ended", "readers", "skipped"} <= set(d):
+        return False
+    ints = [d["epoch"], d["next"], d["readers"], *d["pos"]] if isinstance(d["pos"], list) else None
+    return (ints is not None and all(isinstance(v, int) and v >= 0 for v in ints) and isinstance(d["ended"], list)
+            and len(d["pos"]) == len(d["ended"]) == d["readers"] and d["next"] < max(1, d["readers"])
+            and isinstance(d["skipped"], Mapping)
+            and all(isinstance(k, str) and isinstance(v, int) for k, v in d["skipped"].items()))
+
+
+def latest_resume_state(out: str | Path, model_config: Mapping[str, Any] | None = None) -> ResumeState | None:
+    """The newest usable step checkpoint of the run in ``out``, or None when there is none.
+
+    An unusable newest checkpoint (e.g. a file damaged on disk) is skipped with a warning naming the one resumed
+    from instead.
+
+    Args:
+        out: the run folder (checkpoints in ``out/checkpoints``).
+        model_config: the model the run trains, as a plain dict; a checkpoint of another model is an error.
+
+    Raises:
+        UserError: checkpoints exist but none is usable, or they were saved for another model.
     """
-    for path in reversed(step_checkpoints(out)):
+    paths = step_checkpoints(out)
+    failed: list[tuple[Path, UserError]] = []
+    for path in reversed(paths):
         try:
             data = read_checkpoint(path)
-            missing = [k for k in ("optimizer", "scheduler", "rng") if k not in data]
-            if missing:
-                raise UserError(f"{path} is not a step checkpoint (no {', '.join(missing)})")
+            _check_step_entries(path, data)
         except UserError as err:
-            _log.warning("cannot resume from %s, trying an older checkpoint: %s", path, err)
+            failed.append((path, err))
             continue
+        if model_config is not None:
+            check_same_model(data.get("model_config"), model_config, path)
+        for bad, err in failed:
+            _log.warning("cannot resume from %s (%s); resuming from the previous checkpoint %s instead", bad, err,
+                         path.name)
         return ResumeState(path=path, step=int(data["step"]), model=data["model"], optimizer=data["optimizer"],
-                           scheduler=data["scheduler"], rng=list(data["rng"]), config=data.get("config"))
+                           scheduler=data["scheduler"], rng=list(data["rng"]), config=data.get("config"),
+                           data=data.get("data"))
+    if failed:
+        raise UserError(f"no usable checkpoint to resume from in {Path(out) / 'checkpoints'}: {failed[0][1]} "
+                        f"({len(failed)} checkpoint(s) tried); delete them to start afresh, or set resume=false")
     return None
 
 

@@ -7,6 +7,7 @@ are partial training configs, in ``textseg/configs/ablations/``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
@@ -20,9 +21,24 @@ GROUP_ON = ("auto", "workers", "device")
 
 
 def _at_least(section: str, config: Any, minimums: dict[str, float]) -> None:
+    """Each named field is a finite number >= its minimum (NaN and infinities fail too)."""
     for name, low in minimums.items():
-        if getattr(config, name) < low:
-            raise ConfigError(f"field '{section}.{name}' must be >= {low}, got {getattr(config, name)}")
+        value = getattr(config, name)
+        if not (math.isfinite(value) and value >= low):
+            raise ConfigError(f"field '{section}.{name}' must be >= {low}, got {value}")
+
+
+def _in_range(section: str, name: str, value: Any, low: float, high: float, high_open: bool = False) -> None:
+    """``low <= value <= high`` (``< high`` when ``high_open``), a finite number."""
+    ok = math.isfinite(value) and low <= value and (value < high if high_open else value <= high)
+    if not ok:
+        raise ConfigError(f"field '{section}.{name}' must be in [{low}, {high}{')' if high_open else ']'}, "
+                          f"got {value}")
+
+
+def _positive(section: str, name: str, value: Any) -> None:
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"field '{section}.{name}' must be > 0, got {value}")
 
 
 @dataclass
@@ -81,6 +97,8 @@ class LossConfig:
     def __post_init__(self) -> None:
         check_choice("loss.mode", self.mode, LOSS_MODES)
         _at_least("loss", self, {"image_text": 0, "noun_region": 0, "max_nouns": 1})
+        if self.image_text == 0 and self.noun_region == 0:
+            raise ConfigError("fields 'loss.image_text' and 'loss.noun_region' are both 0: nothing to train")
 
 
 @dataclass
@@ -104,9 +122,13 @@ class OptimConfig:
     clip_grad: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.lr <= 0 or len(self.betas) != 2:
-            raise ConfigError("fields 'optim.lr' (> 0) and 'optim.betas' (two numbers) are out of range")
-        _at_least("optim", self, {"warmup": 0, "grad_accum": 1, "clip_grad": 0})
+        _positive("optim", "lr", self.lr)
+        if len(self.betas) != 2:
+            raise ConfigError(f"field 'optim.betas' must be two numbers, got {list(self.betas)}")
+        for i, beta in enumerate(self.betas):
+            _in_range("optim", f"betas[{i}]", beta, 0, 1, high_open=True)
+        _at_least("optim", self, {"weight_decay": 0, "warmup": 0, "grad_accum": 1, "clip_grad": 0})
+        _in_range("optim", "min_lr_ratio", self.min_lr_ratio, 0, 1)
 
 
 @dataclass
@@ -150,8 +172,9 @@ class TrainLoopConfig:
         check_choice("train.amp", self.amp, ("auto", True, False))
         positive = ("steps", "trainable_blocks", "log_every", "ckpt_every", "keep_last")
         _at_least("train", self, dict.fromkeys(positive, 1))
-        if self.init_temperature <= 0:
-            raise ConfigError(f"field 'train.init_temperature' must be > 0, got {self.init_temperature}")
+        _positive("train", "init_temperature", self.init_temperature)
+        if self.max_minutes is not None:
+            _positive("train", "max_minutes", self.max_minutes)
 
 
 @dataclass
@@ -179,6 +202,12 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.seed < 2**31:
+            raise ConfigError(f"field 'seed' must be in [0, 2**31), got {self.seed}")
+        if not str(self.out).strip():
+            raise ConfigError("field 'out' is empty: give the run folder")
 
 
 def load_train_config(name_or_path: str | Path | None, overrides: Sequence[str] = (),

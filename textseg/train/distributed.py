@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import Counter
 from dataclasses import dataclass, fields, replace
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
@@ -72,6 +73,23 @@ def gather_rng_states() -> list[dict[str, Any]]:
     states: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(states, rng_state())
     return states
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's picklable ``obj``, in rank order, on every rank (``[obj]`` on one process)."""
+    if not dist.is_initialized():
+        return [obj]
+    objs: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(objs, obj)
+    return objs
+
+
+def sum_counts(counts: Mapping[str, int]) -> dict[str, int]:
+    """Counts (e.g. skipped samples by reason) summed over all ranks, on every rank; keys sorted."""
+    total: Counter[str] = Counter()
+    for part in gather_objects(dict(counts)):
+        total.update(part)
+    return {k: int(total[k]) for k in sorted(total) if total[k]}
 
 
 # ------------------------------------------------------------------------------------------- global-batch features

@@ -31,7 +31,7 @@ from textseg.model import TextSegModel
 from textseg.train import checkpoint as ckpt
 from textseg.train import distributed
 from textseg.train.config import DataConfig, OptimConfig, TrainConfig, TrainLoopConfig
-from textseg.train.data import NounBatcher, TrainTransform, caption_pipeline, collate, epochs, worker_init
+from textseg.train.data import BatchStream, NounBatcher, TrainTransform, caption_batches, collate, worker_init
 from textseg.train.distributed import ContrastiveFeatures, gather_features, noun_keys
 
 _log = logging.getLogger(__name__)
@@ -65,7 +65,9 @@ def build_model(cfg: TrainConfig) -> TextSegModel:
     torch.manual_seed(cfg.seed)
     model = create_model(get_model_config(cfg.model, cfg.model_overrides), pretrained=cfg.pretrained)
     if cfg.init:
-        state, _ = ckpt.load_model_weights(cfg.init)
+        state, saved = ckpt.load_model_weights(cfg.init)
+        if saved is not None:
+            ckpt.check_same_architecture(saved, to_dict(model.config), cfg.init)
         load_weights(model, state, cfg.init)
     else:
         with torch.no_grad():
@@ -77,7 +79,7 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str |
     """``model.load_state_dict(state)``, a mismatch being a one-line :class:`UserError` naming ``source``."""
     try:
         model.load_state_dict(state)
-    except RuntimeError as err:  # its first line is generic; the second names the first mismatching keys
+    except (RuntimeError, ValueError, TypeError) as err:  # its first line is generic; the second names the first mismatching keys
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
         raise UserError(f"the weights in {source} do not fit model {getattr(model, 'name', '')!r}: "
                         f"{lines[min(1, len(lines) - 1)][:300]}") from None
@@ -177,8 +179,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
 
     Writes ``out/config.json``, ``out/metrics.jsonl`` (rank 0), step checkpoints in ``out/checkpoints`` (the
     newest ``train.keep_last``) and ``out/final.pt``. With ``resume`` it continues from the newest checkpoint in
-    ``out/checkpoints``: model, optimizer, scheduler, step and every rank's RNG states continue exactly where the
-    checkpoint left them.
+    ``out/checkpoints``: model, optimizer, scheduler, step, every rank's RNG states and data position (epoch and
+    the samples each DataLoader worker has used) continue exactly where the checkpoint left them, so the final
+    weights equal an uninterrupted run's.
 
     Raises:
         ConfigError: no training shards; UserError: an unusable checkpoint or no usable sample in the shards.
@@ -189,7 +192,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     dist_info = distributed.setup()
     rank, world, device = dist_info.rank, dist_info.world, dist_info.device
     out = Path(cfg.out)
-    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    try:
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # out (or a parent) is a file, or not writable
+        raise UserError(f"cannot use out={out} as the run folder: {err.strerror or err}") from None
     if device.type == "cuda":
         enable_cuda_speedups(t.tf32)
     model = build_model(cfg)
@@ -205,13 +211,26 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     model.grouper.eval()
     opt, sched = build_optimizer(model, cfg.optim, t.steps)
     step = 0
-    resume = ckpt.latest_resume_state(out) if cfg.resume else None
+    resume = ckpt.latest_resume_state(out, to_dict(model.config)) if cfg.resume else None
+    data_state = None
     if resume is not None:
+        if resume.step > t.steps:
+            raise UserError(f"{resume.path} is at step {resume.step}, beyond train.steps={t.steps}: raise "
+                            "train.steps, or use another out folder (or resume=false) to start afresh")
         load_weights(model, resume.model, resume.path)
-        opt.load_state_dict(resume.optimizer)
-        sched.load_state_dict(resume.scheduler)
+        try:
+            opt.load_state_dict(resume.optimizer)
+            sched.load_state_dict(resume.scheduler)
+        except (ValueError, KeyError, TypeError, RuntimeError) as err:
+            raise UserError(f"cannot resume from {resume.path}: its optimizer state does not fit this run's "
+                            f"trained parameters (train.trainable or train.train_text changed?): "
+                            f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
         step = resume.step
-        ckpt.set_rng_state(resume.rng_for(rank))
+        try:
+            ckpt.set_rng_state(resume.rng_for(rank))
+        except (ValueError, TypeError, RuntimeError, KeyError, AttributeError) as err:
+            raise UserError(f"cannot resume from {resume.path}: malformed RNG state ({type(err).__name__})") from None
+        data_state = resume.data_for(rank, world)
         if rank == 0:
             _log.info("resumed from %s at step %d", resume.path, step)
     else:
@@ -224,13 +243,22 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     if rank == 0:
         (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
 
-    pipeline = caption_pipeline(d.train, shuffle_buffer=d.shuffle_buffer, seed=cfg.seed, image_transform=transform,
-                                with_url=True)
-    loader = torch.utils.data.DataLoader(pipeline, batch_size=d.batch_size, num_workers=d.workers,
-                                         collate_fn=collate if grouping == "workers" else collate_images,
-                                         worker_init_fn=worker_init, persistent_workers=False, drop_last=True,
-                                         pin_memory=device.type == "cuda")
-    batches = epochs(loader, pipeline, epoch=step)  # a fresh shuffle after a resume
+    pipeline = caption_batches(d.train, d.batch_size, collate if grouping == "workers" else collate_images,
+                               shuffle_buffer=d.shuffle_buffer, seed=cfg.seed, image_transform=transform,
+                               with_url=True)
+    # batch_size=None: the pipeline batches (and tags each batch with its worker and position) itself; the
+    # generator keeps the workers' seeds off the global torch RNG, whose state the checkpoints carry
+    loader = torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=d.workers,
+                                         collate_fn=BatchStream.collate, worker_init_fn=worker_init,
+                                         persistent_workers=False, pin_memory=device.type == "cuda",
+                                         generator=torch.Generator())
+    batches = BatchStream(loader, pipeline, seed=cfg.seed)
+    if data_state is not None:
+        batches.load_state_dict(data_state)
+    elif resume is not None:
+        _log.warning("%s holds no data position (an older checkpoint): this run reads the data from the start of "
+                     "an epoch, so it does not continue the interrupted run exactly", resume.path)
+        batches.epoch = step
     nouns_of = NounBatcher(d.noun_template, lw.max_nouns, lw.keep_background_nouns)
     accum = cfg.optim.grad_accum
     amp = device.type == "cuda" and t.amp in ("auto", True)
@@ -284,12 +312,14 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
             model.clip.logit_scale.clamp_(max=math.log(MAX_LOGIT_SCALE))
         step += 1
         bar.update(1)
-        if rank == 0 and (step % t.log_every == 0 or step == t.steps or step == 1):
+        log_now = step % t.log_every == 0 or step == t.steps or step == 1
+        skipped = distributed.sum_counts(batches.skipped) if log_now else {}  # a collective: every rank calls it
+        if rank == 0 and log_now:
             now = time.time()
             rec = {"step": step, **{k: round(v, 5) for k, v in logs.items()}, "lr": sched.get_last_lr()[0],
                    "scale": round(float(model.clip.logit_scale.detach().exp()), 3),
                    "samples_per_s": round(seen / max(1e-9, now - last_log), 1), "elapsed_s": round(now - start, 1),
-                   "skipped": pipeline.counter.as_dict()}
+                   "skipped": skipped}
             seen, last_log = 0, now
             with open(out / "metrics.jsonl", "a") as fh:
                 fh.write(json.dumps(rec) + "\n")
@@ -297,14 +327,16 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         over_time = distributed.any_rank(t.max_minutes is not None and time.time() - start > 60 * t.max_minutes,
                                          device)
         if step % t.ckpt_every == 0 or step == t.steps or over_time:
-            _save_step(out, model, opt, sched, step, cfg, rank, t.keep_last)
+            _save_step(out, model, opt, sched, step, cfg, rank, t.keep_last, batches.state_dict())
         if over_time:
             stopped_early = True
             break
     bar.close()
+    batches.close()
     summary = {"rank": rank, "world_size": world, "steps": step, "stopped_early": stopped_early, "group_on": grouping,
                "weights_sha1": ckpt.weights_checksum(model), "shards_read": sorted(shards_read),
-               "skipped": pipeline.counter.as_dict(), "minutes": round((time.time() - start) / 60, 2)}
+               "skipped": distributed.sum_counts(batches.skipped), "skipped_this_rank": dict(batches.skipped),
+               "minutes": round((time.time() - start) / 60, 2)}
     (out / f"summary_rank{rank}.json").write_text(json.dumps(summary, indent=2))
     if rank == 0:
         ckpt.save_checkpoint(out / "final.pt", model.state_dict(), step=step, model_config=to_dict(model.config))
@@ -329,12 +361,13 @@ def _global_features(res: dict[str, torch.Tensor], image_text: bool, noun_region
 
 
 def _save_step(out: Path, model: TextSegModel, opt: torch.optim.Optimizer, sched: Any, step: int, cfg: TrainConfig,
-               rank: int, keep_last: int) -> None:
-    # Every rank's RNG state is kept, so that each rank's randomness continues exactly after a resume.
+               rank: int, keep_last: int, data_state: dict[str, Any]) -> None:
+    # Every rank's RNG state and data position are kept, so that each rank continues exactly after a resume.
     states = distributed.gather_rng_states()
+    positions = distributed.gather_objects(data_state)
     if rank == 0:
         ckpt.save_checkpoint(ckpt.step_checkpoint_path(out, step), model.state_dict(), step=step,
                              model_config=to_dict(model.config), optimizer=opt.state_dict(),
-                             scheduler=sched.state_dict(), rng=states, config=to_dict(cfg))
+                             scheduler=sched.state_dict(), rng=states, data=positions, config=to_dict(cfg))
         ckpt.prune_step_checkpoints(out, keep_last)
     distributed.barrier()

@@ -2,6 +2,7 @@
 
 import json
 import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -61,10 +62,103 @@ def test_voc_missing_files_name_the_path(tmp_path):
     shutil.copytree(VOC, root)
     with pytest.raises(DatasetError, match=r"train\.txt"):
         VOCSegmentation(root, "train")
-    (root / "VOC2012" / "SegmentationClass" / "2007_000033.png").unlink()
-    ds = VOCSegmentation(root, "val")
-    with pytest.raises(DatasetError, match=r"2007_000033\.png"):
-        ds[0]
+    # A missing label or image is found when the reader is built, before any model runs.
+    label = root / "VOC2012" / "SegmentationClass" / "2007_000033.png"
+    label.rename(label.with_suffix(".bak"))
+    with pytest.raises(DatasetError, match=r"label file of '2007_000033' listed in .*val\.txt not found: .*\.png"):
+        VOCSegmentation(root, "val")
+    label.with_suffix(".bak").rename(label)
+    (root / "VOC2012" / "ImageSets" / "Segmentation" / "val.txt").write_text("2007_000033\n2007_000099\n2007_9\n")
+    with pytest.raises(DatasetError, match=r"image of '2007_000099' listed in .*2007_000099\.jpg \(and 1 more\)"):
+        VOCSegmentation(root, "val")
+
+
+def _voc_copy(tmp_path: Path) -> Path:
+    root = tmp_path / "VOCdevkit"
+    shutil.copytree(VOC, root)
+    return root
+
+
+def _save_label(path: Path, array: np.ndarray, palette_from: Path | None = None) -> None:
+    img = Image.fromarray(array)
+    if palette_from is not None:
+        img.putpalette(Image.open(palette_from).getpalette())
+    img.save(path)
+
+
+def test_label_values_outside_the_class_range_are_a_one_line_error(tmp_path):
+    root = _voc_copy(tmp_path)
+    path = root / "VOC2012" / "SegmentationClass" / "2007_000033.png"
+    label = np.asarray(Image.open(path)).copy()
+    label[5, 7] = 50
+    label[6, 7] = 50
+    _save_label(path, label, palette_from=VOC / "VOC2012" / "SegmentationClass" / "2007_000033.png")
+    with pytest.raises(DatasetError) as info:
+        VOCSegmentation(root, "val")[0]
+    message = str(info.value)
+    assert "\n" not in message and "2007_000033.png" in message, message
+    assert "value 50 at x=7, y=5 (2 such pixels)" in message and "0..20 (classes), 255 (ignored)" in message
+    # VOC-20 stores the same file: 0 and 255 are ignored, 1..20 are classes.
+    with pytest.raises(DatasetError, match=r"value 50 .*voc20: 1\.\.20 \(classes\), 0, 255 \(ignored\)"):
+        build_semseg_dataset("voc20", root)[0]
+    # 21 is out of range for both (VOC-20's 1..20 and VOC-21's 0..20).
+    label[5, 7] = label[6, 7] = 21
+    _save_label(path, label)
+    with pytest.raises(DatasetError, match="value 21"):
+        build_semseg_dataset("voc20", root)[0]
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("rgb", "colour (RGB) image"),
+    ("jpeg", "JPEG (lossy)"),
+    ("corrupt", "cannot read label file"),
+    ("truncated", "cannot read label file"),
+    ("two-channel", "not a single-channel image"),
+    ("16-bit", "outside 0..255"),
+    ("small", "is 20x10 but image"),
+])
+def test_bad_label_files_are_one_line_errors(tmp_path, case, expected):
+    root = _voc_copy(tmp_path)
+    path = root / "VOC2012" / "SegmentationClass" / "2007_000033.png"
+    good = np.asarray(Image.open(path))
+    if case == "rgb":
+        Image.open(path).convert("RGB").save(path)
+    elif case == "jpeg":
+        Image.fromarray(good).save(path, format="JPEG")
+    elif case == "corrupt":
+        path.write_bytes(b"not a png at all")
+    elif case == "truncated":
+        path.write_bytes(path.read_bytes()[:200])
+    elif case == "two-channel":
+        Image.fromarray(good).convert("LA").save(path)
+    elif case == "16-bit":
+        Image.fromarray(np.full(good.shape, 300, np.uint16)).save(path)
+    elif case == "small":
+        _save_label(path, good[:10, :20])
+    with pytest.raises(DatasetError) as info:
+        VOCSegmentation(root, "val")[0]
+    message = str(info.value)
+    assert expected in message and str(path) in message and "\n" not in message, message
+    if case == "small":
+        assert "2007_000033.jpg is 500x366" in message
+
+
+def test_bad_images_and_split_files_are_one_line_errors(tmp_path):
+    root = _voc_copy(tmp_path)
+    image = root / "VOC2012" / "JPEGImages" / "2007_000033.jpg"
+    image.write_bytes(image.read_bytes()[:300])
+    with pytest.raises(DatasetError, match=r"cannot read image .*2007_000033\.jpg"):
+        VOCSegmentation(root, "val")[0]
+    split = root / "VOC2012" / "ImageSets" / "Segmentation" / "val.txt"
+    for text, expected in ((b"\n  \n", "split file is empty"), (b"\xff\xfe2007\n", "not UTF-8"),
+                           (b"2007_000033\n\n2007_000033 1\n", "lists '2007_000033' twice (lines 1 and 3)")):
+        split.write_bytes(text)
+        with pytest.raises(DatasetError, match=re.escape(expected)):
+            VOCSegmentation(root, "val")
+    with pytest.raises(DatasetError, match=r"split 'nope' not found: .*nope\.txt \(splits present: val\)"):
+        VOCSegmentation(root, "nope")
+    with pytest.raises(DatasetError, match="not a folder"):
+        VOCSegmentation(split)
 
 
 def test_unknown_dataset_name():
@@ -331,3 +425,25 @@ def test_refer_dataset_errors(tmp_path):
         RefDataset(tmp_path, "refcoco", "unc", "val", image_root=tmp_path / "nope")
     # Another dataset name: any split present in its file.
     assert len(RefDataset(tmp_path, "mydata", "unc", "testA")) == 1
+
+
+def test_compressed_rle_reader_matches_pycocotools_on_random_masks():
+    from pycocotools import mask as mask_utils
+
+    from textseg.data.coco_masks import compressed_rle_counts
+
+    rng = np.random.default_rng(0)
+    for trial in range(50):
+        h, w = rng.integers(1, 60, size=2)
+        mask = rng.random((h, w)) < rng.random()
+        if trial % 5 == 0:
+            mask[:] = trial % 2  # all off / all on: one or two runs
+        flat = mask.T.ravel()  # column-major, as RLE counts run
+        change = np.flatnonzero(np.diff(flat.astype(np.int8))) + 1
+        edges = np.concatenate([[0], change, [flat.size]])
+        runs = np.diff(edges).tolist()
+        if flat[0]:
+            runs = [0] + runs  # counts start with a run of zeros
+        counts = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"]
+        assert compressed_rle_counts(counts) == runs
+        assert np.array_equal(decode_segmentation({"size": [int(h), int(w)], "counts": counts.decode()}, h, w), mask)

@@ -235,7 +235,7 @@ def test_adapters_drive_the_real_segmenter(tiny_model):
     names = ["background", "cat", "dog"]
     with_bg = SegmenterSemsegPredictor(seg, protocol, has_background=True)(image, names)
     assert with_bg.shape == (40, 56) and with_bg.min() >= 0 and with_bg.max() <= 2
-    no_bg = SegmenterSemsegPredictor(seg, protocol, has_background=False)(image, names)
+    no_bg = SegmenterSemsegPredictor(seg, protocol, has_background=False)(image, ["cat", "dog", "bird"])
     assert no_bg.shape == (40, 56) and no_bg.min() >= 0 and no_bg.max() <= 2  # 3 classes, no background label
     res = SegmenterRISPredictor(seg, protocol)(image, "the cat on the left")
     assert res.mask.shape == (40, 56) and res.mask.dtype == bool and res.mask.any()
@@ -344,3 +344,81 @@ def test_calibrate_bg_score_picks_the_best_constant():
     no_bg.has_background = False
     with pytest.raises(ConfigError, match="background"):
         calibrate_bg_score(FakeSegmenter(), no_bg, protocol, progress=False)
+
+
+def _lines(path):
+    text = path.read_text()
+    assert text.endswith("\n")
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_resume_drops_partial_malformed_and_duplicate_lines(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="interrupted"):
+        evaluate_semseg(_CountingPredictor(fail_at=4), _ToyDataset(), out, progress=False)
+    samples = out / "samples.jsonl"
+    good = samples.read_text().splitlines()
+    assert len(good) == 1 + 3
+    samples.write_text("\n".join([
+        good[0], good[1],
+        good[1],  # the same sample twice
+        '{"i": 2, "id": "s2", "conf": [[0, 0, 4], [7, 0, 1]]}',  # a ground-truth class the toy set lacks
+        '{"i": 9, "id": "s9", "conf": []}',  # no such sample
+        '[1, 2]', '{"i": true, "conf": []}', '{"id": "x"}', "\x00\x00\x00",
+        good[3],
+        '{"i": 3, "id": "s3", "co',  # cut short by a kill mid-append, no newline
+    ]))
+    second = _CountingPredictor()
+    res = evaluate_semseg(second, _ToyDataset(), out, progress=False)
+    assert second.calls == 3  # kept: sample 0 and the valid row of sample 2; recomputed: 1, 3, 4
+    rows = _lines(samples)
+    assert rows[0] == {"header": json.loads(good[0])["header"]}
+    assert sorted(r["i"] for r in rows[1:]) == [0, 1, 2, 3, 4]  # each sample exactly once, no garbage left
+    assert res["metrics"]["mIoU"] == pytest.approx(40 / 3)
+
+
+def test_samples_file_that_is_no_header_or_another_evaluation(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "samples.jsonl").write_text("")  # an empty file (e.g. a copy cut short) is started over
+    evaluate_semseg(_CountingPredictor(), _ToyDataset(), out, progress=False, limit=2)
+    assert len(_lines(out / "samples.jsonl")) == 3
+    for text in ('{"i": 0}\n', "garbage", "\xff"):
+        (out / "samples.jsonl").write_text(text, encoding="latin-1")
+        with pytest.raises(ConfigError, match="not a samples file"):
+            evaluate_semseg(_CountingPredictor(), _ToyDataset(), out, progress=False)
+    # Samples scored with another model (key) are not mixed in.
+    evaluate_semseg(_CountingPredictor(), _ToyDataset(), out, progress=False, key={"model": "a"}, resume=False)
+    with pytest.raises(ConfigError, match="different evaluation"):
+        evaluate_semseg(_CountingPredictor(), _ToyDataset(), out, progress=False, key={"model": "b"})
+    again = _CountingPredictor()
+    evaluate_semseg(again, _ToyDataset(), out, progress=False, key={"model": "a"})
+    assert again.calls == 0
+
+
+def test_overlay_is_written_before_the_row(tmp_path, monkeypatch):
+    import textseg.eval.runner as runner
+
+    def failing_save(image, path):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(runner, "save_png", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        evaluate_semseg(_CountingPredictor(), _ToyDataset(), tmp_path, progress=False, overlays=2)
+    assert len(_lines(tmp_path / "samples.jsonl")) == 1  # the sample whose overlay failed is not stored
+    monkeypatch.undo()
+    calls = _CountingPredictor()
+    evaluate_semseg(calls, _ToyDataset(), tmp_path, progress=False, overlays=2)
+    assert calls.calls == 5
+    assert sorted(p.name for p in (tmp_path / "overlays").iterdir()) == ["00000_s0.png", "00001_s1.png"]
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]  # no temporary file left
+
+
+def test_out_dir_that_is_a_file_or_negative_overlays(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="is an existing file, not a folder"):
+        evaluate_semseg(_CountingPredictor(), _ToyDataset(), tmp_path / "file", progress=False)
+    with pytest.raises(ConfigError, match="cannot be created"):
+        evaluate_semseg(_CountingPredictor(), _ToyDataset(), tmp_path / "file" / "sub", progress=False)
+    with pytest.raises(ConfigError, match="overlays"):
+        evaluate_semseg(_CountingPredictor(), _ToyDataset(), tmp_path / "o", progress=False, overlays=-1)

@@ -253,8 +253,59 @@ def test_malformed_segmentation_is_one_line_error_on_read(tmp_path):
     instances["annotations"][1]["segmentation"] = "garbage"
     path.write_text(json.dumps(instances))
     ds = RefDataset(tmp_path, "refcoco", "unc", "val")
-    for index, expected in ((0, "annotation 10 has a malformed segmentation"), (2, "annotation 11: unsupported")):
+    for index, expected in ((0, "annotation 10: a polygon holds the coordinate 'a'"), (2, "annotation 11: unsupported")):
         with pytest.raises(DatasetError) as info:
             ds[index]
         message = str(info.value)
         assert "instances.json" in message and expected in message and "\n" not in message, message
+
+
+# Segmentations pycocotools would mis-decode (reading past the counts: garbage masks) or never finish (a polygon
+# edge is walked pixel by pixel). Annotation 11 belongs to the 5x4 image 2.
+BAD_SEGMENTATIONS = {
+    "rle-short": ({"size": [4, 5], "counts": [5, 3]}, "cover 8 pixels, not the image's 4x5 = 20"),
+    "rle-long": ({"size": [4, 5], "counts": [5, 300, 12]}, "cover 317 pixels"),
+    "rle-negative": ({"size": [4, 5], "counts": [-5, 25]}, "counts hold -5"),
+    "rle-float": ({"size": [4, 5], "counts": [5.5, 14.5]}, "counts hold 5.5"),
+    "rle-empty-string": ({"size": [4, 5], "counts": ""}, "cover 0 pixels"),
+    "rle-bad-char": ({"size": [4, 5], "counts": "!!zz"}, "invalid character '!'"),
+    "rle-cut": ({"size": [4, 5], "counts": "5P"}, "end in the middle of a run"),
+    "rle-null": ({"size": [4, 5], "counts": None}, "of type NoneType"),
+    "rle-size-text": ({"size": ["4", 5], "counts": [20]}, "not a [height, width] pair"),
+    "rle-size-other": ({"size": [5, 4], "counts": [20]}, "does not match the image size [4, 5]"),
+    "polygon-nan": ([[1, 1, 3, 1, float("nan"), 3]], "coordinate nan"),
+    "polygon-huge": ([[1, 1, 3, 1, 1e12, 3]], "reaches far outside the 5x4 image"),
+    "polygon-odd": ([[1, 1, 3, 1, 3, 3, 1]], "odd number (7)"),
+    "polygon-int": ([5], "a polygon is of type int"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SEGMENTATIONS))
+def test_bad_segmentation_is_one_line_error_in_bounded_time(tmp_path, case):
+    segmentation, expected = BAD_SEGMENTATIONS[case]
+    _fixture(tmp_path)
+    path = tmp_path / "refcoco" / "instances.json"
+    instances = json.loads(path.read_text())
+    instances["annotations"][1]["segmentation"] = segmentation
+    path.write_text(json.dumps(instances))
+    with pytest.raises(DatasetError) as info:
+        RefDataset(tmp_path, "refcoco", "unc", "val")[2]
+    message = str(info.value)
+    assert "instances.json: annotation 11" in message and expected in message and "\n" not in message, message
+
+
+def test_image_size_is_checked_before_the_mask_is_drawn(tmp_path):
+    # A record claiming a huge image would make the mask huge: the size is compared with the image file first.
+    _fixture(tmp_path)
+    path = tmp_path / "refcoco" / "instances.json"
+    instances = json.loads(path.read_text())
+    instances["images"][1].update(height=200_000, width=300_000)
+    instances["annotations"][1]["segmentation"] = [[1, 1, 3, 1, 3, 3]]
+    path.write_text(json.dumps(instances))
+    with pytest.raises(DatasetError, match=r"images/COCO_train2014_000000000002\.jpg is 5x4 but .*instances\.json "
+                                           r"says 300000x200000 \(image id 2\)"):
+        RefDataset(tmp_path, "refcoco", "unc", "val")[2]
+    instances["images"][1].update(height=0)
+    path.write_text(json.dumps(instances))
+    with pytest.raises(DatasetError, match=r"image #1 has height=0, not a positive size"):
+        RefDataset(tmp_path, "refcoco", "unc", "val")

@@ -7,39 +7,83 @@ from pathlib import Path
 from typing import Any
 
 from textseg.cli.common import add_model_args, model_from_args
+from textseg.errors import UserError
 
 
 def _args_config(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in vars(args).items() if k != "func"}
 
 
+def _model_key(args: argparse.Namespace) -> dict[str, Any]:
+    """What names the model and its weights: a resume with other ones is refused (the device is left out)."""
+    checkpoint = None if args.checkpoint is None else str(Path(args.checkpoint).resolve())
+    return {"model": args.model, "pretrained": not args.no_pretrained, "clip_pretrained": args.clip_pretrained,
+            "backbone_pretrained": args.backbone_pretrained, "checkpoint": checkpoint}
+
+
+def _check_common(args: argparse.Namespace) -> None:
+    """Check the options every eval command shares, before any model or dataset is loaded.
+
+    Raises:
+        UserError: naming the option whose value is wrong.
+    """
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit must be a positive number of samples, got {args.limit} (leave it out for all)")
+    if args.overlays < 0:
+        raise UserError(f"--overlays must be 0 or more, got {args.overlays}")
+    root = Path(args.root)
+    if not root.exists():
+        raise UserError(f"--root {root} does not exist")
+    if not root.is_dir():
+        raise UserError(f"--root {root} is a file, not a dataset folder")
+    from textseg.eval.runner import check_out_dir
+
+    check_out_dir(args.out, "--out")
+
+
 def cmd_semseg(args: argparse.Namespace) -> int:
     from textseg.config import load_protocol
+    from textseg.data.semseg import SEMSEG_DATASETS, build_semseg_dataset
     from textseg.eval import run_semseg_benchmark, summary_line
     from textseg.segmenter import Segmenter
 
+    if args.dataset not in SEMSEG_DATASETS:
+        raise UserError(f"--dataset {args.dataset!r} is not a benchmark; choose one of: {', '.join(SEMSEG_DATASETS)}")
+    if args.bg_score is not None and not -1.0 <= args.bg_score <= 1.0:
+        raise UserError(f"--bg-score is a cosine similarity in [-1, 1], got {args.bg_score}")
+    _check_common(args)
     protocol = load_protocol(args.protocol)
     if args.bg_score is not None:
         protocol = protocol.replace(bg_score=args.bg_score)
+    dataset = build_semseg_dataset(args.dataset, args.root, args.split)  # a bad dataset fails before the model loads
     segmenter = Segmenter(model_from_args(args), protocol, text_cache_dir=args.text_cache_dir)
     results = run_semseg_benchmark(segmenter, args.dataset, args.root, args.split, protocol, args.out,
                                    overlays=args.overlays, limit=args.limit, resume=not args.no_resume,
-                                   progress=not args.no_progress, meta={"config": {"args": _args_config(args)}})
+                                   progress=not args.no_progress, meta={"config": {"args": _args_config(args)}},
+                                   dataset=dataset, key=_model_key(args))
     print(f"{summary_line(results)}  -> {Path(args.out) / 'results.json'}")
     return 0
 
 
 def cmd_ris(args: argparse.Namespace) -> int:
     from textseg.config import Protocol
+    from textseg.data.refer import RefDataset
     from textseg.eval import run_ris_benchmark, summary_line
     from textseg.segmenter import Segmenter
 
+    if args.short_side < 0:
+        raise UserError(f"--short-side must be positive (or 0 to keep the image size), got {args.short_side}")
+    _check_common(args)
+    if args.image_root is not None and not Path(args.image_root).is_dir():
+        raise UserError(f"--image-root {args.image_root} is not a folder")
     protocol = Protocol(name="ris", short_side=args.short_side or None, templates="single")
+    dataset = RefDataset(args.root, args.dataset, args.split_by, args.split, image_root=args.image_root)
     segmenter = Segmenter(model_from_args(args), protocol, text_cache_dir=args.text_cache_dir)
     results = run_ris_benchmark(segmenter, args.root, args.dataset, args.split_by, args.split, protocol, args.out,
                                 image_root=args.image_root, overlays=args.overlays, limit=args.limit,
                                 resume=not args.no_resume, progress=not args.no_progress,
-                                meta={"config": {"args": _args_config(args)}})
+                                meta={"config": {"args": _args_config(args)}}, dataset=dataset,
+                                key=_model_key(args))
     print(f"{summary_line(results)}  -> {Path(args.out) / 'results.json'}")
     return 0
 
@@ -62,7 +106,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     esub = parser.add_subparsers(dest="eval_task", metavar="TASK", required=True)
 
     sem = esub.add_parser("semseg", help="semantic segmentation benchmark (mIoU)")
-    sem.add_argument("--dataset", required=True, choices=SEMSEG_DATASETS)
+    sem.add_argument("--dataset", required=True, help=f"benchmark: {', '.join(SEMSEG_DATASETS)}")
     sem.add_argument("--root", required=True, help="dataset folder in its original on-disk layout")
     sem.add_argument("--split", default="val")
     sem.add_argument("--protocol", default="groupvit",
@@ -77,6 +121,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ris.add_argument("--split-by", default="unc", help="unc (RefCOCO/+), umd or google (RefCOCOg)")
     ris.add_argument("--split", default="val")
     ris.add_argument("--image-root", default=None, help="image folder (default: <root>/images)")
-    ris.add_argument("--short-side", type=int, default=448, help="resize images to this short side (default 448)")
+    ris.add_argument("--short-side", type=int, default=448,
+                     help="resize images to this short side (default 448; 0 keeps the size)")
     _add_common(ris)
     ris.set_defaults(func=cmd_ris)

@@ -188,6 +188,9 @@ def load_instances(path: str | Path) -> tuple[dict[int, dict[str, Any]], dict[in
         _check_record(path, f"image #{i}", im, ("id", "file_name", "height", "width"), _IMAGE_INT_KEYS)
         if not isinstance(im["file_name"], str):
             raise DatasetError(f"{path}: image #{i} has a file_name of type {type(im['file_name']).__name__}")
+        for key in ("height", "width"):
+            if _as_int(im[key]) <= 0:  # type: ignore[operator]
+                raise DatasetError(f"{path}: image #{i} has {key}={_short(im[key])}, not a positive size")
         images[_as_int(im["id"])] = im  # type: ignore[index]
     annotations: dict[int, dict[str, Any]] = {}
     for i, ann in enumerate(instances["annotations"]):
@@ -272,13 +275,14 @@ class RefDataset:
     def __getitem__(self, index: int) -> dict[str, Any]:
         ref, sent = self.samples[index]
         record = self.images[int(ref["image_id"])]
-        image = read_image(self.image_root / record["file_name"])
-        mask = self.mask(int(ref["ann_id"]))
-        if mask.shape != image.shape[:2]:
+        image_path = self.image_root / record["file_name"]
+        image = read_image(image_path)
+        if (int(record["height"]), int(record["width"])) != image.shape[:2]:  # checked first: it bounds the mask
             raise DatasetError(
-                f"image {record['file_name']} is {image.shape[1]}x{image.shape[0]} but instances.json says "
-                f"{record['width']}x{record['height']}"
+                f"image {image_path} is {image.shape[1]}x{image.shape[0]} but {self.instances_path} says "
+                f"{int(record['width'])}x{int(record['height'])} (image id {ref['image_id']})"
             )
+        mask = self.mask(int(ref["ann_id"]))
         return {
             "image": image,
             "mask": mask,

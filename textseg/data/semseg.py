@@ -36,27 +36,65 @@ def _shift_down_lut() -> np.ndarray:
     return lut
 
 
+def _open_error(path: Path, what: str, err: BaseException) -> DatasetError:
+    detail = " ".join(str(err).split())[:120] or type(err).__name__
+    return DatasetError(f"cannot read {what} {path}: {type(err).__name__}: {detail}")
+
+
 def read_image(path: Path) -> np.ndarray:
-    """Read an image file as HxWx3 uint8 RGB."""
+    """Read an image file as HxWx3 uint8 RGB.
+
+    Raises:
+        DatasetError: the file is missing, not an image, truncated or too large for PIL's pixel limit.
+    """
     _require(path, "image")
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise _open_error(path, "image", err) from None
 
 
 def read_label(path: Path) -> np.ndarray:
-    """Read a label PNG as its stored index values (HxW uint8); palette PNGs keep their indices."""
+    """Read a label PNG as its stored index values (HxW uint8); palette PNGs keep their indices.
+
+    Raises:
+        DatasetError: the file is missing, unreadable, lossy (JPEG), a colour or multi-channel image, or holds
+            values that are not integers in 0..255.
+    """
     _require(path, "label file")
-    with Image.open(path) as img:
-        if img.mode in ("RGB", "RGBA"):
-            raise DatasetError(f"label file is a colour image, expected palette or grey-scale indices: {path}")
-        arr = np.asarray(img)
+    try:
+        with Image.open(path) as img:
+            if img.format == "JPEG":
+                raise DatasetError(f"label file is a JPEG (lossy), expected a PNG of class indices: {path}")
+            if img.mode in ("RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"):
+                raise DatasetError(
+                    f"label file is a colour ({img.mode}) image, expected palette or grey-scale indices: {path}")
+            arr = np.asarray(img)
+    except DatasetError:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise _open_error(path, "label file", err) from None
     if arr.ndim != 2:
         raise DatasetError(f"label file is not a single-channel image: {path}")
     if arr.dtype != np.uint8:
+        if arr.dtype.kind == "f" and arr.size and not np.all(np.mod(arr, 1) == 0):
+            raise DatasetError(f"label file holds non-integer values: {path}")
         if arr.size and (arr.min() < 0 or arr.max() > 255):
-            raise DatasetError(f"label values outside 0..255 in {path}")
+            raise DatasetError(f"label values outside 0..255 in {path} (found {arr.min()}..{arr.max()})")
         arr = arr.astype(np.uint8)
     return arr.copy()
+
+
+def _ranges(values: Sequence[int]) -> str:
+    """``[0, 1, 2, 5, 255]`` as ``"0..2, 5, 255"``."""
+    parts: list[list[int]] = []
+    for v in sorted(int(v) for v in values):
+        if parts and parts[-1][1] == v - 1:
+            parts[-1][1] = v
+        else:
+            parts.append([v, v])
+    return ", ".join(str(a) if a == b else f"{a}..{b}" for a, b in parts)
 
 
 class SemsegDataset:
@@ -90,14 +128,29 @@ class SemsegDataset:
     def __len__(self) -> int:
         return len(self.samples)
 
+    def allowed_values(self) -> str:
+        """The stored label values this reader accepts, e.g. ``"0..20 (classes), 255 (ignored)"``."""
+        n = len(self.class_names)
+        classes = [v for v in range(256) if self._lut[v] < n]
+        ignored = [v for v in range(256) if self._lut[v] == self.ignore_index]
+        return f"{_ranges(classes)} (classes), {_ranges(ignored)} (ignored)"
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample_id, image_path, label_path = self.samples[index]
         image = read_image(image_path)
-        label = self._lut[read_label(label_path)]
-        if label.shape != image.shape[:2]:
+        raw = read_label(label_path)
+        if raw.shape != image.shape[:2]:
             raise DatasetError(
-                f"label {label_path} is {label.shape[1]}x{label.shape[0]} but image {image_path} is "
+                f"label {label_path} is {raw.shape[1]}x{raw.shape[0]} but image {image_path} is "
                 f"{image.shape[1]}x{image.shape[0]}"
+            )
+        label = self._lut[raw]
+        bad = (label >= len(self.class_names)) & (label != self.ignore_index)
+        if bad.any():
+            y, x = (int(v) for v in np.argwhere(bad)[0])
+            raise DatasetError(
+                f"label {label_path} holds the value {int(raw[y, x])} at x={x}, y={y} ({int(bad.sum())} such "
+                f"pixels); allowed values for {self.name}: {self.allowed_values()}"
             )
         return {"image": image, "label": label, "id": sample_id}
 
@@ -106,16 +159,54 @@ class SemsegDataset:
 
 
 def _read_split_file(path: Path) -> list[str]:
-    _require(path, "split file")
-    ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    """The ids of a split list file (first word of each non-blank line).
+
+    Raises:
+        DatasetError: the file is missing (naming the splits present), unreadable, not UTF-8, empty, or lists an
+            id twice.
+    """
+    if not path.is_file():
+        present = sorted(p.stem for p in path.parent.glob("*.txt")) if path.parent.is_dir() else []
+        raise DatasetError(
+            f"split {path.stem!r} not found: no file {path} (splits present: {', '.join(present) or 'none'})")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"split file {path} is not UTF-8 (byte {e.start})") from None
+    except OSError as e:
+        raise DatasetError(f"cannot read split file {path}: {e.strerror or e}") from None
+    ids: list[str] = []
+    seen: dict[str, int] = {}
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        sample_id = line.split()[0]
+        if sample_id in seen:
+            raise DatasetError(f"split file {path} lists {sample_id!r} twice (lines {seen[sample_id]} and {lineno})")
+        seen[sample_id] = lineno
+        ids.append(sample_id)
     if not ids:
         raise DatasetError(f"split file is empty: {path}")
     return ids
 
 
+def _listed_samples(ids: Sequence[str], split_file: Path, images: Path, labels: Path) -> list[tuple[str, Path, Path]]:
+    """(id, image, label) of every id of a split list, checking up front that each image and label exists."""
+    samples = [(i, images / f"{i}.jpg", labels / f"{i}.png") for i in ids]
+    for k, what in ((1, "image"), (2, "label file")):
+        missing = [s for s in samples if not s[k].is_file()]
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise DatasetError(
+                f"{what} of {missing[0][0]!r} listed in {split_file} not found: {missing[0][k]}{more}")
+    return samples
+
+
 def _find_year_dir(root: Path, year_dir: str) -> Path:
     """Accept either the VOCdevkit folder or the VOC20xx folder itself."""
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise DatasetError(f"dataset root is not a folder: {root}")
     if (root / year_dir).is_dir():
         return root / year_dir
     if root.name == year_dir or (root / "JPEGImages").is_dir():
@@ -135,11 +226,12 @@ class VOCSegmentation(SemsegDataset):
 
     def __init__(self, root: str | Path, split: str = "val", background: bool = True) -> None:
         base = _find_year_dir(Path(root), "VOC2012")
-        ids = _read_split_file(base / "ImageSets" / "Segmentation" / f"{split}.txt")
+        split_file = base / "ImageSets" / "Segmentation" / f"{split}.txt"
+        ids = _read_split_file(split_file)
         images, labels = _require(base / "JPEGImages", "image folder"), _require(
             base / "SegmentationClass", "label folder"
         )
-        samples = [(i, images / f"{i}.jpg", labels / f"{i}.png") for i in ids]
+        samples = _listed_samples(ids, split_file, images, labels)
         if background:
             super().__init__(samples, "voc21", _identity_lut(), has_background=True, split=split)
         else:
@@ -161,10 +253,11 @@ class PascalContext(SemsegDataset):
 
     def __init__(self, root: str | Path, split: str = "val", background: bool = True) -> None:
         base = _find_year_dir(Path(root), "VOC2010")
-        ids = _read_split_file(base / "ImageSets" / "SegmentationContext" / f"{split}.txt")
+        split_file = base / "ImageSets" / "SegmentationContext" / f"{split}.txt"
+        ids = _read_split_file(split_file)
         images = _require(base / "JPEGImages", "image folder")
         labels = _require(base / "SegmentationClassContext", "label folder")
-        samples = [(i, images / f"{i}.jpg", labels / f"{i}.png") for i in ids]
+        samples = _listed_samples(ids, split_file, images, labels)
         if background:
             super().__init__(samples, "context60", _identity_lut(), has_background=True, split=split)
         else:

@@ -19,9 +19,15 @@ def _with_protocol(meta: Mapping[str, Any] | None, protocol: Protocol | None) ->
     return meta
 
 
+def _resume_key(key: Mapping[str, Any] | None, protocol: Protocol | None) -> dict[str, Any]:
+    """``key`` with the protocol: samples scored under another protocol are not resumed."""
+    return {**(key or {}), "protocol": None if protocol is None else to_dict(protocol)}
+
+
 def run_semseg_benchmark(segmenter: Any, dataset_name: str, root: str | Path, split: str, protocol: Protocol,
                          out: str | Path, *, overlays: int = 0, limit: int | None = None, resume: bool = True,
-                         progress: bool = True, meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                         progress: bool = True, meta: Mapping[str, Any] | None = None,
+                         dataset: Any = None, key: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Evaluate ``segmenter`` on a semantic segmentation benchmark under ``protocol``.
 
     Args:
@@ -33,23 +39,29 @@ def run_semseg_benchmark(segmenter: Any, dataset_name: str, root: str | Path, sp
         out: Output folder (results.json, results.md, samples.jsonl, overlays/).
         overlays, limit, resume, progress: As in :func:`textseg.eval.evaluate_semseg`.
         meta: Extra metadata for results.json; the resolved protocol is added as ``meta["config"]["protocol"]``.
+        dataset: The reader of ``dataset_name`` at ``root``/``split`` if already built (the CLI builds it before
+            the model, so that a bad dataset fails fast); None builds it here.
+        key: What identifies the model and its weights (see :func:`textseg.eval.runner.run_evaluation`); the
+            resolved protocol is added to it, so a resume under another model or protocol is refused.
 
     Returns:
         The results dict written to ``out/results.json``.
     """
     from textseg.data.semseg import build_semseg_dataset
 
-    dataset = build_semseg_dataset(dataset_name, root, split)
+    if dataset is None:
+        dataset = build_semseg_dataset(dataset_name, root, split)
     protocol = protocol.for_benchmark(dataset_name)
     predictor = SegmenterSemsegPredictor(segmenter, protocol, dataset.has_background)
     return evaluate_semseg(predictor, dataset, out, resume=resume, overlays=overlays, limit=limit, progress=progress,
-                           meta=_with_protocol(meta, protocol))
+                           meta=_with_protocol(meta, protocol), key=_resume_key(key, protocol))
 
 
 def run_ris_benchmark(segmenter: Any, root: str | Path, dataset_name: str, split_by: str, split: str,
                       protocol: Protocol | None, out: str | Path, *, image_root: str | Path | None = None,
                       overlays: int = 0, limit: int | None = None, resume: bool = True, progress: bool = True,
-                      meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                      meta: Mapping[str, Any] | None = None, dataset: Any = None,
+                      key: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Evaluate ``segmenter.predict_referring`` on a referring segmentation benchmark (RefCOCO format).
 
     Args:
@@ -61,12 +73,17 @@ def run_ris_benchmark(segmenter: Any, root: str | Path, dataset_name: str, split
         image_root: Image folder (default: ``<root>/images``).
         overlays, limit, resume, progress: As in :func:`textseg.eval.evaluate_ris`.
         meta: Extra metadata for results.json; the protocol is added as ``meta["config"]["protocol"]``.
+        dataset: The :class:`~textseg.data.refer.RefDataset` these arguments describe if already built; None builds
+            it here.
+        key: As in :func:`run_semseg_benchmark`.
 
     Returns:
         The results dict written to ``out/results.json``.
     """
     from textseg.data.refer import RefDataset
 
-    dataset = RefDataset(root, dataset_name, split_by, split, image_root=image_root)
+    if dataset is None:
+        dataset = RefDataset(root, dataset_name, split_by, split, image_root=image_root)
+    key = {**_resume_key(key, protocol), "image_root": str(Path(dataset.image_root).resolve())}
     return evaluate_ris(SegmenterRISPredictor(segmenter, protocol), dataset, out, resume=resume, overlays=overlays,
-                        limit=limit, progress=progress, meta=_with_protocol(meta, protocol))
+                        limit=limit, progress=progress, meta=_with_protocol(meta, protocol), key=key)

@@ -1,9 +1,12 @@
 """One resumable runner for semantic and referring segmentation benchmarks.
 
 The runner stores one JSON line per finished sample in ``<out_dir>/samples.jsonl`` (flushed each sample), so a
-rerun after an interruption recomputes no finished sample; it then writes ``results.json`` and ``results.md``
-(atomically) and, for the first N samples, overlay pictures. What differs between the two tasks (what a sample row
-holds, how rows become metrics, which panel is drawn, the markdown) is a small :class:`EvalTask`.
+rerun after an interruption (even kill -9) recomputes no finished sample: a line cut short mid-append is dropped
+and its sample recomputed, and a header names the evaluation (and the model, weights and protocol, see ``key``) so
+that two evaluations' samples are never mixed. A sample's overlay is written before its line. ``results.json``,
+``results.md`` and overlays are written atomically (temporary file + rename); temporaries a killed run left are
+removed. What differs between the two tasks (what a sample row holds, how rows become metrics, which panel is
+drawn, the markdown) is a small :class:`EvalTask`.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 import abc
 import json
 import logging
+import os
+import re
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -33,44 +38,84 @@ class SampleStore:
     """Append-only JSON-lines file of finished samples (``rows`` by sample index), headed by a line describing
     the evaluation.
 
+    The header is written atomically; rows are appended one line each and flushed. On a resume, every line that
+    is not a complete, valid row (a line cut short by a kill mid-append, a row ``check`` refuses, a second row
+    for the same sample) is dropped, its sample recomputed, and the file is rewritten atomically without it.
+
     Args:
         path: The file.
         header: What identifies the evaluation; resuming from a file with another header is an error.
         resume: Load the rows of an existing file; otherwise start a new one.
+        check: Whether a parsed row (a dict holding an int ``i``) is well formed; rows it refuses are dropped.
 
     Raises:
-        ConfigError: resuming from a file written by a different evaluation.
+        ConfigError: resuming from a file written by a different evaluation, or from one that is not a samples file.
     """
 
-    def __init__(self, path: Path, header: Mapping[str, Any], resume: bool) -> None:
+    def __init__(self, path: Path, header: Mapping[str, Any], resume: bool,
+                 check: Callable[[Row], bool] | None = None) -> None:
         self.path = Path(path)
+        self.header = dict(header)
         self.rows: dict[int, Row] = {}
-        if resume and self.path.is_file():
-            self._load(dict(header))
+        self.dropped = 0
+        self._check = check or (lambda row: True)
+        if resume and self.path.is_file() and self.path.stat().st_size > 0:
+            self._load()
         else:
-            self.path.write_text(json.dumps({"header": dict(header)}) + "\n", encoding="utf-8")
+            self._rewrite()
         self._file = self.path.open("a", encoding="utf-8")
 
-    def _load(self, header: dict[str, Any]) -> None:
-        text = self.path.read_text(encoding="utf-8")
-        lines = text.splitlines()
+    def _rewrite(self) -> None:
+        lines = [json.dumps({"header": self.header})] + [json.dumps(row) for _, row in sorted(self.rows.items())]
+        atomic_write_text(self.path, "\n".join(lines) + "\n")
+
+    def _parse(self, line: str) -> Row | None:
         try:
-            found = json.loads(lines[0])["header"] if lines else None
-        except (json.JSONDecodeError, KeyError, TypeError):
-            found = None
-        if found != header:
+            row = json.loads(line)
+        except (json.JSONDecodeError, RecursionError, ValueError):
+            return None  # a line cut short by an interruption
+        if not isinstance(row, dict) or not isinstance(row.get("i"), int) or isinstance(row["i"], bool):
+            return None
+        if row["i"] < 0 or row["i"] >= int(self.header.get("n", 1 << 62)):
+            return None
+        try:
+            return row if self._check(row) else None
+        except (KeyError, TypeError, ValueError, IndexError):
+            return None
+
+    def _load(self) -> None:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(f"{self.path} is not a samples file (not UTF-8); use another output folder or "
+                              "--no-resume") from None
+        lines = text.split("\n")
+        try:
+            found = json.loads(lines[0])["header"]
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, RecursionError):
+            raise ConfigError(f"{self.path} is not a samples file (its first line is no header); use another output "
+                              "folder or --no-resume") from None
+        if found != self.header:
             raise ConfigError(
-                f"{self.path} belongs to a different evaluation ({found}); use another output folder or no resume"
+                f"{self.path} belongs to a different evaluation ({_short(found)}); use another output folder or "
+                "--no-resume"
             )
-        for line in lines[1:]:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by an interruption; that sample is recomputed
-            self.rows[int(row["i"])] = row
-        if text and not text.endswith("\n"):
-            with self.path.open("a", encoding="utf-8") as f:
-                f.write("\n")
+        body = lines[1:]
+        if body and body[-1] == "":
+            body.pop()  # the empty string after the final newline
+        clean = text.endswith("\n")
+        for line in body:
+            row = self._parse(line)
+            if row is None or row["i"] in self.rows:
+                self.dropped += 1
+                clean = False
+                continue
+            self.rows[row["i"]] = row
+        if self.dropped:
+            log.warning("%s: dropped %d incomplete or malformed line(s); those samples are recomputed",
+                        self.path, self.dropped)
+        if not clean:
+            self._rewrite()
 
     def append(self, row: Row) -> None:
         """Write a finished sample's row (it holds its index ``i``) and flush it."""
@@ -80,6 +125,76 @@ class SampleStore:
 
     def close(self) -> None:
         self._file.close()
+
+
+def _short(value: Any, limit: int = 200) -> str:
+    text = " ".join(json.dumps(value, default=str).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_out_dir(out_dir: str | Path, option: str = "output folder") -> Path:
+    """Check, without creating anything, that ``out_dir`` is or can become a writable folder.
+
+    Args:
+        out_dir: The folder.
+        option: How the error names it (the CLI passes ``--out``).
+
+    Raises:
+        ConfigError: it is an existing file, lies below a file, or its nearest existing folder is not writable.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{option} {out} is an existing file, not a folder")
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{option} {out} cannot be created: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} {out} is not writable ({existing} is read-only for this user)")
+    return out
+
+
+def prepare_out_dir(out_dir: str | Path, option: str = "output folder") -> Path:
+    """:func:`check_out_dir`, then create the folder (and its parents).
+
+    Raises:
+        ConfigError: as :func:`check_out_dir`, or the folder cannot be created.
+    """
+    out = check_out_dir(out_dir, option)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{option} {out} cannot be created: {e.strerror or e}") from None
+    return out
+
+
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-[0-9a-f]{8}\.tmp$")  # textseg.io's atomic write files
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files that atomic writes of a killed process left in ``folder`` (those of a process
+    still running are kept); returns the deleted paths."""
+    removed = []
+    for path in folder.glob(".*.tmp") if folder.is_dir() else ():
+        match = _TEMPORARY.match(path.name)
+        if match is None or int(match["pid"]) == os.getpid() or _pid_alive(int(match["pid"])):
+            continue
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    if removed:
+        log.info("removed %d temporary file(s) an interrupted run left in %s", len(removed), folder)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
 
 
 def sample_count(n: int, limit: int | None) -> int:
@@ -132,6 +247,10 @@ class EvalTask(abc.ABC):
         """The overlay file name after the sample index."""
 
     @abc.abstractmethod
+    def check_row(self, row: Row) -> bool:
+        """Whether a row read back from samples.jsonl is well formed (others are dropped and recomputed)."""
+
+    @abc.abstractmethod
     def summarize(self, rows: Sequence[Row]) -> dict[str, Any]:
         """The results entries computed from the rows of the evaluated samples (metrics, ...)."""
 
@@ -142,16 +261,26 @@ class EvalTask(abc.ABC):
 
 def run_evaluation(task: EvalTask, dataset: Any, out_dir: str | Path, *, resume: bool = True, overlays: int = 0,
                    meta: Mapping[str, Any] | None = None, progress: bool = True,
-                   limit: int | None = None) -> dict[str, Any]:
+                   limit: int | None = None, key: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Score the first ``limit`` samples of ``dataset`` with ``task``, resuming from ``out_dir/samples.jsonl``.
+
+    Args:
+        key: What else decides the scores (model, weights, protocol): stored in the samples header, so that a
+            resume with another model or protocol is refused instead of mixing two evaluations' samples.
 
     Returns:
         The results dict written to ``out_dir/results.json`` (``results.md`` beside it).
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_out_dir(out_dir)
     total = sample_count(len(dataset), limit)
-    store = SampleStore(out / SAMPLES_FILE, {**task.identity, "n": len(dataset), **task.header_extra}, resume)
+    if overlays < 0:
+        raise ConfigError(f"overlays must be non-negative, got {overlays}")
+    for folder in (out, out / "overlays"):
+        remove_stale_temporaries(folder)
+    header = {**task.identity, "n": len(dataset), **task.header_extra}
+    if key is not None:
+        header["key"] = jsonable(key)
+    store = SampleStore(out / SAMPLES_FILE, header, resume, check=task.check_row)
     done = sum(1 for i in store.rows if i < total)
     if done:
         log.info("resuming: %d of %d samples already evaluated in %s", done, total, store.path)
@@ -162,10 +291,10 @@ def run_evaluation(task: EvalTask, dataset: Any, out_dir: str | Path, *, resume:
                 continue
             sample = dataset[i]
             row, panel = task.score(sample)
-            store.append({"i": i, **row})
-            if i < overlays:
+            if i < overlays:  # before the row: a sample whose row is stored always has its overlay
                 (out / "overlays").mkdir(exist_ok=True)
                 save_png(panel(), out / "overlays" / f"{i:05d}_{task.overlay_name(sample)}.png")
+            store.append({"i": i, **row})
             bar.update(1)
     finally:
         bar.close()
@@ -210,6 +339,13 @@ class _SemsegTask(EvalTask):
     def overlay_name(self, sample: Mapping[str, Any]) -> str:
         return _safe_name(sample["id"])
 
+    def check_row(self, row: Row) -> bool:
+        n = len(self.standard_names)
+        conf = row.get("conf")
+        return isinstance(row.get("id"), str) and isinstance(conf, list) and all(
+            isinstance(t, list) and len(t) == 3 and all(isinstance(v, int) and not isinstance(v, bool) for v in t)
+            and 0 <= t[0] < n and 0 <= t[1] <= n and t[2] >= 0 for t in conf)
+
     def summarize(self, rows: Sequence[Row]) -> dict[str, Any]:
         metric = SemsegMetric(len(self.standard_names), self.ignore_index)
         for row in rows:
@@ -246,6 +382,13 @@ class _RISTask(EvalTask):
     def overlay_name(self, sample: Mapping[str, Any]) -> str:
         return f"ref{sample.get('ref_id')}_sent{sample.get('sent_id')}"
 
+    def check_row(self, row: Row) -> bool:
+        def count(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+        return (count(row.get("I")) and count(row.get("U")) and row["I"] <= row["U"]
+                and (row.get("hit") is None or isinstance(row.get("hit"), bool)) and isinstance(row.get("no_mask"), bool))
+
     def summarize(self, rows: Sequence[Row]) -> dict[str, Any]:
         metric = RISMetric()
         for row in rows:
@@ -255,7 +398,8 @@ class _RISTask(EvalTask):
 
 def evaluate_semseg(predictor: SemsegPredictor, dataset: Any, out_dir: str | Path, *, resume: bool = True,
                     overlays: int = 0, meta: Mapping[str, Any] | None = None, progress: bool = True,
-                    limit: int | None = None, class_names: Sequence[str] | None = None) -> dict[str, Any]:
+                    limit: int | None = None, class_names: Sequence[str] | None = None,
+                    key: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Evaluate a semantic predictor on a dataset; write samples.jsonl, results.json, results.md, overlays.
 
     Args:
@@ -269,6 +413,8 @@ def evaluate_semseg(predictor: SemsegPredictor, dataset: Any, out_dir: str | Pat
         progress: Show a tqdm progress bar.
         limit: Evaluate only the first N samples.
         class_names: Names given to the predictor; defaults to the benchmark's prompt-friendly names.
+        key: What else decides the scores (model, weights, protocol); a resume must find the same (see
+            :func:`run_evaluation`).
 
     Returns:
         The results dict written to results.json.
@@ -277,12 +423,12 @@ def evaluate_semseg(predictor: SemsegPredictor, dataset: Any, out_dir: str | Pat
     if len(names) != len(dataset.class_names):
         raise ConfigError(f"{len(names)} class names given for {len(dataset.class_names)} classes")
     return run_evaluation(_SemsegTask(predictor, dataset, names), dataset, out_dir, resume=resume,
-                          overlays=overlays, meta=meta, progress=progress, limit=limit)
+                          overlays=overlays, meta=meta, progress=progress, limit=limit, key=key)
 
 
 def evaluate_ris(predictor: RISPredictor, dataset: Any, out_dir: str | Path, *, resume: bool = True,
                  overlays: int = 0, meta: Mapping[str, Any] | None = None, progress: bool = True,
-                 limit: int | None = None) -> dict[str, Any]:
+                 limit: int | None = None, key: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Evaluate a referring predictor; write samples.jsonl, results.json, results.md, overlays.
 
     Samples for which the predictor returns no mask count as IoU 0 (never skipped); their number is reported.
@@ -292,10 +438,10 @@ def evaluate_ris(predictor: RISPredictor, dataset: Any, out_dir: str | Path, *, 
         dataset: A :class:`textseg.data.refer.RefDataset` (items with image, mask, sentence, ref_id, sent_id).
         out_dir: Output folder (created).
         overlays: Write overlays (image | prediction red | ground truth green) of the first N samples.
-        resume, meta, progress, limit: As in :func:`evaluate_semseg`.
+        resume, meta, progress, limit, key: As in :func:`evaluate_semseg`.
 
     Returns:
         The results dict written to results.json.
     """
     return run_evaluation(_RISTask(predictor, dataset), dataset, out_dir, resume=resume, overlays=overlays,
-                          meta=meta, progress=progress, limit=limit)
+                          meta=meta, progress=progress, limit=limit, key=key)

@@ -162,3 +162,14 @@ def test_cuda_reports_device_memory_and_bf16_and_synchronised_stages():
     train_report = bench_train("tiny", steps=1, warmup=1, batch_size=2, device="cuda")
     assert train_report["dtype"] == "bfloat16 autocast" and train_report["image_size"] == 224  # the CLIP's own size
     assert all(v["peak_device_mb"] > 0 for v in train_report["variants"].values())
+
+
+def test_memory_bench_reports_each_fresh_process_peak(tmp_path):
+    from textseg.bench import bench_segment_memory, memory_markdown, parse_memory_case
+
+    assert parse_memory_case("640x48:3") == (640, 48, 3)
+    report = bench_segment_memory([(640, 48, 3)], model="tiny", templates="single")
+    (run,) = report["runs"]
+    assert (run["width"], run["height"], run["classes"]) == (640, 48, 3)
+    assert 100 < run["peak_rss_mb"] < 20_000  # the child's own peak: torch alone is over 100 MB
+    assert "| 640x48 | 0.03 | 3 |" in memory_markdown(report)

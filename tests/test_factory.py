@@ -101,3 +101,17 @@ def test_real_size_architectures_run_at_448():
     out = model(images, groups.region_masks)
     assert out.regions.shape[-1] == 512 and out.valid.all()
     assert torch.isfinite(out.regions).all()
+
+
+def test_seeded_random_weights_are_reproducible_and_leave_the_global_rng_alone():
+    import torch
+
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    a = textseg.create_model("tiny", pretrained=False, seed=0)
+    assert torch.equal(torch.random.get_rng_state(), before)  # the caller's RNG did not move
+    b = textseg.create_model("tiny", pretrained=False, seed=0)
+    c = textseg.create_model("tiny", pretrained=False, seed=1)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)

@@ -847,8 +847,9 @@ def bench_segment_memory(cases: Sequence[tuple[int, int, int]], *, model: str = 
     Every case writes a JPEG of the given size and a class list of that many names to a temporary folder and
     runs the real command on them (random weights at real size), so the figure includes decoding, the model,
     labelling at the input size and writing the label PNG, overlay and JSON. With ``num_workers=0`` everything
-    runs in the one process whose peak (``ru_maxrss`` from ``wait4``) is reported; DataLoader workers would hold
-    decoded images in processes of their own.
+    runs in the one process whose peak the child reports itself (:func:`peak_rss_mb` at its exit: ``ru_maxrss``
+    seen from here would include this parent's memory, which a child started by fork or vfork inherits in its
+    high-water mark); DataLoader workers would hold decoded images in processes of their own.
 
     Args:
         cases: (width, height, classes) triples.
@@ -869,24 +870,34 @@ def bench_segment_memory(cases: Sequence[tuple[int, int, int]], *, model: str = 
             Image.fromarray(synthetic_photo(w, h)).save(image, quality=90)
             classes = folder / "classes.txt"
             classes.write_text("\n".join(f"object kind {i}" for i in range(n)) + "\n")
-            cmd = [sys.executable, "-m", "textseg.cli", "segment", str(image), "--classes", str(classes),
+            cmd = [sys.executable, "-c", _PEAK_REPORTING_MAIN, str(folder / "peak.json"), "segment", str(image), "--classes", str(classes),
                    "--out", str(folder / "out"), "--model", model, "--no-pretrained", "--no-text-cache",
                    "--templates", templates, "--num-workers", str(num_workers), "--device", device,
                    "--no-progress", *extra_args]
             start = time.perf_counter()
             with open(folder / "stderr.txt", "wb") as err:
-                proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
-                _, status, usage = os.wait4(proc.pid, 0)  # the rusage of this one child
+                rc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=err).returncode
             wall = time.perf_counter() - start
-            if os.waitstatus_to_exitcode(status) != 0:
+            if rc != 0:
                 tail = (folder / "stderr.txt").read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
                 raise UserError(f"textseg segment failed on the {w}x{h}, {n}-class case: {tail[0]}")
-            peak_mb = usage.ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)  # bytes on macOS, else KiB
+            peak_mb = json.loads((folder / "peak.json").read_text())["peak_rss_mb"]
             runs.append({"width": w, "height": h, "megapixels": round(w * h / 1e6, 2), "classes": n,
                          "image_mb": round(w * h * 3 / 2**20, 1), "wall_s": round(wall, 1),
                          "peak_rss_mb": round(peak_mb, 1)})
     return {**_header(torch.device(device), model=model, templates=templates, num_workers=num_workers,
                       dtype="float32"), "benchmark": "segment_memory", "runs": runs}
+
+
+# Runs the CLI on argv[2:], then writes this process's own peak RSS to the JSON file argv[1].
+_PEAK_REPORTING_MAIN = (
+    "import json, sys\n"
+    "from textseg.cli import main\n"
+    "rc = main(sys.argv[2:])\n"
+    "from textseg.bench import peak_rss_mb\n"
+    "open(sys.argv[1], 'w').write(json.dumps({'peak_rss_mb': peak_rss_mb()}))\n"
+    "sys.exit(rc)\n"
+)
 
 
 def memory_markdown(report: dict[str, Any]) -> str:

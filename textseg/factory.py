@@ -101,7 +101,8 @@ def _build_clip(cfg: ClipConfig, pretrained: bool, weight_file: str | None):
 def create_model(name_or_config: str | Path | Mapping[str, Any] | ModelConfig | None = DEFAULT_MODEL,
                  pretrained: bool = True,
                  *, clip_pretrained: str | None = None, backbone_pretrained: str | None = None,
-                 checkpoint: str | Path | None = None, device: str | torch.device = "cpu"):
+                 checkpoint: str | Path | None = None, device: str | torch.device = "cpu",
+                 seed: int | None = None):
     """Build a :class:`~textseg.model.TextSegModel`.
 
     Args:
@@ -115,6 +116,9 @@ def create_model(name_or_config: str | Path | Mapping[str, Any] | ModelConfig | 
             model config (with the grouping and region settings it was trained with) replaces ``name_or_config``,
             which must name a model of the same architecture; ``name_or_config=None`` takes the checkpoint's.
         device: where to put the model.
+        seed: seed of the random initialisation of the weights no file provides, drawn from a private generator
+            (the caller's torch RNG is left as it was); None draws from the global torch RNG. With a seed, two
+            processes build the same "random weights" model.
 
     Raises:
         MissingWeightsError: a weight is neither on disk nor downloadable; the message says what to get and where.
@@ -142,16 +146,19 @@ def create_model(name_or_config: str | Path | Mapping[str, Any] | ModelConfig | 
             raise UserError(f"checkpoint {checkpoint} does not record its model: name the model too (--model)")
         pretrained = False  # the checkpoint holds every weight
     assert cfg is not None
-    try:
-        backbone = _build_backbone(cfg.backbone, pretrained, backbone_pretrained)
-        clip, tokenizer = _build_clip(cfg.clip, pretrained, clip_pretrained)
-    except MissingWeightsError as err:
-        raise MissingWeightsError(f"model {cfg.name}: {err}") from None
-    grouper = Grouper(backbone, cfg.grouping, region_patch_size=int(clip.visual.conv1.kernel_size[0]))
-    try:
-        model = TextSegModel(grouper, clip, tokenizer, cfg)
-    except ValueError as err:
-        raise ConfigError(f"model config {cfg.name}: {err}") from None
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        try:
+            backbone = _build_backbone(cfg.backbone, pretrained, backbone_pretrained)
+            clip, tokenizer = _build_clip(cfg.clip, pretrained, clip_pretrained)
+        except MissingWeightsError as err:
+            raise MissingWeightsError(f"model {cfg.name}: {err}") from None
+        grouper = Grouper(backbone, cfg.grouping, region_patch_size=int(clip.visual.conv1.kernel_size[0]))
+        try:
+            model = TextSegModel(grouper, clip, tokenizer, cfg)
+        except ValueError as err:
+            raise ConfigError(f"model config {cfg.name}: {err}") from None
     if state is not None:
         try:
             missing, unexpected = model.load_state_dict(state, strict=False)

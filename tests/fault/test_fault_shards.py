@@ -445,3 +445,16 @@ def test_out_dir_with_a_percent_sign_is_taken_literally(fault, images, tmp_path)
     fault.ok(["make-shards", images, csv, tmp_path / "100%d"])
     assert [p.name for p in (tmp_path / "100%d").glob("*.tar")] == ["shard-000000.tar"]
     assert not (tmp_path / "100%%d").exists() and not (tmp_path / "1000").exists()
+
+
+def test_convert_coco_object_names_the_file_and_annotation_of_a_broken_segmentation(fault, tmp_path):
+    import json
+
+    bad = {"images": [{"id": 7, "file_name": "a.jpg", "height": 4, "width": 5}],
+           "categories": [{"id": 1, "name": "person"}],
+           "annotations": [{"id": 99, "image_id": 7, "category_id": 1, "iscrowd": 0,
+                            "segmentation": {"size": [4, 5], "counts": "0"}}]}  # RLE that covers 0 of 20 pixels
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps(bad))
+    fault.error(["convert-coco-object", path, tmp_path / "out"], "instances.json", "annotation 99", "image 7")
+    assert not list((tmp_path / "out").glob("*.png")) if (tmp_path / "out").exists() else True

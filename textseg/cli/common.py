@@ -16,7 +16,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--model", default=None,
                    help=f"model name or JSON config (default: the --checkpoint's model, else {DEFAULT_MODEL}; "
                         "see `textseg models`)")
-    g.add_argument("--no-pretrained", action="store_true", help="random weights (for testing the pipeline)")
+    g.add_argument("--no-pretrained", action="store_true",
+                   help="random weights, the same in every run (for testing the pipeline)")
     g.add_argument("--clip-pretrained", help="open_clip pretrained tag or local weight file for the CLIP")
     g.add_argument("--backbone-pretrained", help="local weight file for the grouping backbone (timm)")
     g.add_argument("--checkpoint", help="a textseg training checkpoint")
@@ -44,7 +45,8 @@ def model_from_args(args: argparse.Namespace):
         except (RuntimeError, AssertionError, NotImplementedError) as err:
             raise UserError(f"--device {device} is not available here ({str(err).splitlines()[0]})") from None
     return create_model(args.model, pretrained=not args.no_pretrained, clip_pretrained=args.clip_pretrained,
-                        backbone_pretrained=args.backbone_pretrained, checkpoint=args.checkpoint, device=device)
+                        backbone_pretrained=args.backbone_pretrained, checkpoint=args.checkpoint, device=device,
+                        seed=0)  # --no-pretrained gives the same random weights in every run and process
 
 
 def parse_names(text: str, option: str) -> list[str]:

@@ -15,9 +15,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_positive(args: argparse.Namespace, *names: str) -> None:
+    """A one-line error for the first option among ``names`` that is set and not positive."""
+    from textseg.errors import UserError
+
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and not value > 0:  # also refuses NaN
+            raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
+
+
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from textseg.workbench.quickstart import quickstart
 
+    _check_positive(args, "minutes", "stage1_steps", "stage2_steps", "eval_limit")
     quickstart(args.out, args.data, minutes=args.minutes, stage1_steps=args.stage1_steps,
                stage2_steps=args.stage2_steps, seed=args.seed, progress=not args.no_progress,
                eval_limit=args.eval_limit)
@@ -27,6 +38,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 def cmd_ablate(args: argparse.Namespace) -> int:
     from textseg.workbench.ablate import ablate
 
+    _check_positive(args, "steps", "eval_limit")
     ablate(args.variants, args.init, args.data, args.out, args.steps, args.overrides or [],
            progress=not args.no_progress, eval_limit=args.eval_limit)
     return 0

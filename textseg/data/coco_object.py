@@ -64,7 +64,11 @@ def coco_object_label(
     objects: list[tuple[int, int, np.ndarray, int]] = []
     crowd = np.zeros((height, width), dtype=bool)
     for order, ann in enumerate(annotations):
-        mask = decode_segmentation(ann["segmentation"], height, width)
+        try:
+            mask = decode_segmentation(ann["segmentation"], height, width)
+        except (DatasetError, KeyError) as err:
+            raise DatasetError(f"annotation {ann.get('id', order)!r} of image {image.get('id')!r}: "
+                               f"{err if isinstance(err, DatasetError) else 'no segmentation'}") from None
         if ann.get("iscrowd", 0):
             crowd |= mask
             continue
@@ -116,6 +120,8 @@ def convert_coco_object(instances_json: str | Path, out_dir: str | Path) -> list
             raise DatasetError(
                 f"{instances_json}: image {image.get('id')} or one of its annotations is malformed ({err!r})"
             ) from None
+        except DatasetError as err:
+            raise DatasetError(f"{instances_json}: {err}") from None
         save_png(label, path)
         written.append(path)
     return written

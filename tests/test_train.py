@@ -326,3 +326,18 @@ def test_noun_keys_give_the_noun_batchers_positives():
     keys = noun_keys([prompts[i] for i in noun_ids.tolist()])
     assert torch.equal(same_noun_positives(keys, noun_image, len(CAPTIONS)), positives)
     assert positives.sum() > len(noun_ids)  # some nouns are shared between captions
+
+
+def test_trim_metrics_keeps_each_step_once_after_a_kill(tmp_path):
+    """A run killed after its checkpoint at step 3 logged steps 4-5 and half of step 6: resuming at 3 keeps 1-3."""
+    from textseg.train.loop import trim_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    lines = [json.dumps({"step": s, "loss": 1.0 / s}) for s in (1, 2, 3, 4, 5)]
+    path.write_text("\n".join(lines) + '\n{"step": 6, "lo')
+    trim_metrics(path, 3)
+    assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [1, 2, 3]
+    trim_metrics(path, 0)  # a fresh run in the same folder starts an empty log
+    assert path.read_text() == ""
+    trim_metrics(tmp_path / "absent.jsonl", 5)
+    assert not (tmp_path / "absent.jsonl").exists()

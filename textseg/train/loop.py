@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from textseg.config import to_dict
 from textseg.errors import ConfigError, UserError
+from textseg.io import atomic_write_text
 from textseg.losses import image_text_loss, noun_region_loss
 from textseg.model import TextSegModel
 from textseg.train import checkpoint as ckpt
@@ -55,6 +56,23 @@ class TrainStep(nn.Module):
         if noun_tokens is not None and len(noun_tokens):
             res["nouns"] = F.normalize(clip.encode_text(noun_tokens), dim=-1)
         return res
+
+
+def trim_metrics(path: Path, step: int) -> None:
+    """Keep the records of ``metrics.jsonl`` up to ``step`` (the step a run starts or resumes at), so that the log
+    of a resumed run has each step once: a run killed after its last checkpoint logged steps it will log again,
+    and may have left half a line."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step:
+            kept.append(line + "\n")
+    atomic_write_text(path, "".join(kept))
 
 
 def build_model(cfg: TrainConfig) -> TextSegModel:
@@ -241,7 +259,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     if t.compile:  # DDP first, then compile: dynamo's DDP optimizer splits the graph at DDP's gradient buckets
         net = torch.compile(net)
     if rank == 0:
-        (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+        atomic_write_text(out / "config.json", json.dumps(to_dict(cfg), indent=2))
+        trim_metrics(out / "metrics.jsonl", step)
 
     pipeline = caption_batches(d.train, d.batch_size, collate if grouping == "workers" else collate_images,
                                shuffle_buffer=d.shuffle_buffer, seed=cfg.seed, image_transform=transform,
@@ -337,7 +356,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
                "weights_sha1": ckpt.weights_checksum(model), "shards_read": sorted(shards_read),
                "skipped": distributed.sum_counts(batches.skipped), "skipped_this_rank": dict(batches.skipped),
                "minutes": round((time.time() - start) / 60, 2)}
-    (out / f"summary_rank{rank}.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(out / f"summary_rank{rank}.json", json.dumps(summary, indent=2))
     if rank == 0:
         ckpt.save_checkpoint(out / "final.pt", model.state_dict(), step=step, model_config=to_dict(model.config))
     distributed.teardown()

@@ -44,4 +44,5 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         cases = sum(totals.values()) + failed
         terminalreporter.write_line(
             f"fault suite: {cases} cases: {totals.get('error', 0)} clean errors, {totals.get('skip', 0)} counted "
-            f"skips, {totals.get('ok', 0)} correct outputs, {totals.get('unclassified', 0)} unclassified, {failed} failed")
+            f"skips, {totals.get('ok', 0)} correct outputs, {totals.get('unclassified', 0)} unclassified, "
+            f"{failed} failed")

@@ -130,16 +130,21 @@ def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_weights(t
     while kills < 5:
         with open(tmp_path / "stderr.txt", "w") as err:
             proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, cwd=REPO)
-        deadline = time.time() + 120
-        # wait for a checkpoint newer than the one this attempt resumed from, then kill at a random moment
+        deadline = time.time() + 300
+        # wait for a checkpoint newer than the one this attempt resumed from, then for 0 or 1 more logged step,
+        # then kill at a random moment within the next step: progress per attempt is bounded in steps, not in
+        # seconds, so a fast machine cannot finish the run before the fifth kill
+        target = None
         while True:
             found = ckpt.step_checkpoints(out)
-            if found and int(found[-1].stem.split("-")[1]) > newest:
+            if target is None and found and int(found[-1].stem.split("-")[1]) > newest:
+                target = int(found[-1].stem.split("-")[1]) + rng.randint(0, 1)
+            if target is not None and any(r["step"] >= target for r in read_log(out / "metrics.jsonl")):
                 break
             assert proc.poll() is None, (tmp_path / "stderr.txt").read_text()[-3000:]
             assert time.time() < deadline, "no new checkpoint in time"
             time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 1.0))
+        time.sleep(rng.uniform(0.0, 0.2))
         if proc.poll() is not None:  # finished before the kill: too fast a machine; start over with more steps
             pytest.fail(f"the run finished before kill {kills + 1}; raise train.steps")
         proc.send_signal(signal.SIGKILL)

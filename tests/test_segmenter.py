@@ -232,8 +232,8 @@ def test_bilinear_taps_match_torch_interpolate():
     torch.manual_seed(1)
     for (h, w), (H, W) in [((7, 5), (20, 13)), ((9, 12), (9, 12)), ((30, 17), (11, 40))]:
         src = torch.rand(3, h, w)
-        y0, y1, wy = bilinear_taps(h, H, src.device)
-        x0, x1, wx = bilinear_taps(w, W, src.device)
+        y0, y1, wy = bilinear_taps(h, H)
+        x0, x1, wx = bilinear_taps(w, W)
         rows = src[:, y0] * (1 - wy[:, None]) + src[:, y1] * wy[:, None]
         ours = rows[..., x0] * (1 - wx) + rows[..., x1] * wx
         want = torch.nn.functional.interpolate(src[None], size=(H, W), mode="bilinear", align_corners=False)[0]
@@ -260,7 +260,8 @@ def test_labels_do_not_depend_on_the_band_size(color_model, monkeypatch):
         np.testing.assert_allclose(banded.probs, full.probs, atol=1e-6)
 
 
-def test_long_side_is_capped_and_resizing_shrinks_on_the_host(color_model):
+def test_long_side_is_capped_and_resizing_shrinks_on_the_host(color_model, monkeypatch):
+    import textseg.segmenter as segmenter_module
     from textseg.segmenter import resized_size
 
     assert resized_size((20000, 50), 448, 2048) == (2048, 5)  # not 179200 x 448
@@ -274,20 +275,28 @@ def test_long_side_is_capped_and_resizing_shrinks_on_the_host(color_model):
     x = seg._to_device(img, seg.protocol)
     assert tuple(x.shape) == (1, 3, 5, 256) and x.dtype == torch.float32
     assert x[0, :, :, :120].max() < 0.01 and x[0, :, :, 136:].min() > 0.99  # the two halves survive the shrink
+    monkeypatch.setattr(segmenter_module, "HOST_SHRINK_PIXELS", 1000)  # the same through the uint8 host path
+    y = seg._to_device(img, seg.protocol)
+    assert tuple(y.shape) == (1, 3, 5, 256) and (y - x).abs().max() < 0.05
+    assert y[0, :, :, :120].max() < 0.01 and y[0, :, :, 136:].min() > 0.99
     res = seg.predict(img, ["a", "b"], background=None)
     assert res.labels.shape == (40, 2000)
 
 
-def test_class_names_are_checked(color_model, caplog):
+def test_class_names_are_checked(color_model, monkeypatch):
     seg = Segmenter(color_model, templates="single", text_cache_dir=False)
     for classes, message in [(["cat", "Cat "], "listed twice"), (["background", "cat"], "name of label 0"),
                              (["cat", " "], "empty name")]:
         with pytest.raises(UserError, match=message):
             seg.predict(two_halves(), classes)
-    # a class that a protocol also lists as background is scored as the class asked for
-    res = seg.predict(two_halves(), ["sky", "tree"], background="classes", background_classes=["sky", "wall"])
-    assert res.classes == ["background", "sky", "tree"]
-    assert "scoring 'sky' as class(es)" in caplog.text
+    # a class that a protocol also lists as background ties with it, and the class wins
+    groups = fix_text_to_regions(seg, monkeypatch, two_halves())
+    text = seg.text.encode_classes(["right", "left"])
+    monkeypatch.setattr(seg.text, "encode_classes", lambda names, templates=None: text[[0, 1, 1][: len(names)]])
+    res = seg.predict(two_halves(), ["right", "left"], background="classes", background_classes=["left"],
+                      short_side=None)
+    assert res.classes == ["background", "right", "left"] and (groups[:, :64] == groups[0, 0]).all()
+    assert (res.labels[:, :64] == 2).all() and (res.labels[:, 64:] == 1).all()
 
 
 def test_more_than_255_classes_give_uint16_labels(color_model, monkeypatch):

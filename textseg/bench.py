@@ -870,10 +870,10 @@ def bench_segment_memory(cases: Sequence[tuple[int, int, int]], *, model: str = 
             Image.fromarray(synthetic_photo(w, h)).save(image, quality=90)
             classes = folder / "classes.txt"
             classes.write_text("\n".join(f"object kind {i}" for i in range(n)) + "\n")
-            cmd = [sys.executable, "-c", _PEAK_REPORTING_MAIN, str(folder / "peak.json"), "segment", str(image), "--classes", str(classes),
-                   "--out", str(folder / "out"), "--model", model, "--no-pretrained", "--no-text-cache",
-                   "--templates", templates, "--num-workers", str(num_workers), "--device", device,
-                   "--no-progress", *extra_args]
+            cmd = [sys.executable, "-c", _PEAK_REPORTING_MAIN, str(folder / "peak.json"), "segment", str(image),
+                   "--classes", str(classes), "--out", str(folder / "out"), "--model", model, "--no-pretrained",
+                   "--no-text-cache", "--templates", templates, "--num-workers", str(num_workers),
+                   "--device", device, "--no-progress", *extra_args]
             start = time.perf_counter()
             with open(folder / "stderr.txt", "wb") as err:
                 rc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=err).returncode
@@ -901,6 +901,7 @@ _PEAK_REPORTING_MAIN = (
 
 
 def memory_markdown(report: dict[str, Any]) -> str:
+    """The Markdown table of a :func:`bench_segment_memory` report, under the machine and versions."""
     lines = _header_markdown(report)
     lines += ["| image | megapixels | classes | decoded image (MB) | peak RSS (MB) | wall (s) |",
               "|---|---:|---:|---:|---:|---:|"]

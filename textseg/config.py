@@ -279,7 +279,8 @@ class Protocol:
             raise ConfigError(f"field 'short_side' must be positive or null, got {self.short_side}")
         if self.max_long_side is not None and self.max_long_side <= 0:
             raise ConfigError(f"field 'max_long_side' must be positive or null, got {self.max_long_side}")
-        if (self.window is None) != (self.stride is None) or (self.window is not None and min(self.window, self.stride) <= 0):
+        if (self.window is None) != (self.stride is None) or (
+                self.window is not None and min(self.window, self.stride) <= 0):
             raise ConfigError("fields 'window' and 'stride' must both be positive or both be null")
         if self.window is not None and self.stride > self.window:
             raise ConfigError(f"field 'stride' ({self.stride}) must not exceed 'window' ({self.window}): "

@@ -126,7 +126,7 @@ def create_model(name_or_config: str | Path | Mapping[str, Any] | ModelConfig | 
     """
     from textseg.grouping import Grouper
     from textseg.model import TextSegModel
-    from textseg.train.checkpoint import check_same_architecture, load_model_weights
+    from textseg.train.checkpoint import check_same_architecture, load_model_weights, mismatch_detail
 
     if name_or_config is None and checkpoint is None:
         name_or_config = DEFAULT_MODEL
@@ -162,10 +162,9 @@ def create_model(name_or_config: str | Path | Mapping[str, Any] | ModelConfig | 
     if state is not None:
         try:
             missing, unexpected = model.load_state_dict(state, strict=False)
-        except RuntimeError as err:  # a shape mismatch; its second line names the first parameter
-            lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-            raise UserError(f"checkpoint {checkpoint} does not match model {cfg.name}: "
-                            f"{lines[min(1, len(lines) - 1)][:300]}") from None
+        except RuntimeError as err:  # a shape mismatch
+            raise UserError(f"checkpoint {checkpoint} does not match model {cfg.name}: {mismatch_detail(err)}"
+                            ) from None
         if missing or unexpected:
             raise UserError(f"checkpoint {checkpoint} does not match model {cfg.name}: "
                             f"missing {missing[:3]}, unexpected {unexpected[:3]}")

@@ -72,6 +72,37 @@ def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> N
     atomic_write_bytes(path, text.encode(encoding))
 
 
+def check_writable_folder(path: str | Path, what: str = "output folder") -> Path:
+    """Check, before any work and without creating anything, that ``path`` is or can become a folder this
+    process can write in (by creating and removing a probe file in its nearest existing folder, which holds for
+    root and for file systems whose permission bits say little).
+
+    Args:
+        path: the folder.
+        what: how the error names it (the CLI passes ``--out``).
+
+    Raises:
+        ConfigError: it is an existing file, lies below a file, or cannot be written in.
+    """
+    from textseg.errors import ConfigError
+
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{what} {out} is an existing file, not a folder")
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{what} {out} cannot be created: {existing} is a file")
+    probe = existing / f".textseg-write-test-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as err:
+        raise ConfigError(f"{what} {out} is not writable ({existing}: {err.strerror or err})") from None
+    probe.unlink()
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Images
 
@@ -82,14 +113,13 @@ MAX_PIXELS = 256_000_000
 _PIL_LIMIT = threading.Lock()
 
 
-@contextlib.contextmanager
-def _own_pixel_limit() -> Iterator[None]:
-    """Pillow's decompression-bomb check switched off: :func:`load_image` applies its own limit from the header."""
-    with _PIL_LIMIT, warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+def _open_without_pil_limit(path: str | Path) -> Image.Image:
+    """``Image.open`` with Pillow's decompression-bomb check (made in ``open``) switched off for this call only:
+    :func:`load_image` applies its own limit from the header."""
+    with _PIL_LIMIT:
         saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
         try:
-            yield
+            return Image.open(path)
         finally:
             Image.MAX_IMAGE_PIXELS = saved
 
@@ -97,7 +127,7 @@ def _own_pixel_limit() -> Iterator[None]:
 def _pil_to_rgb(im: Image.Image) -> np.ndarray:
     """An (H, W, 3) uint8 array of a PIL image, high bit depths scaled down (not clipped)."""
     if im.mode.startswith("I;16") or im.mode == "I":  # 16-bit grey (PNG, TIFF): 65535 is white
-        grey = (np.asarray(im).astype(np.float32).clip(0, 65535) / 257.0).round().astype(np.uint8)
+        grey = ((np.asarray(im).clip(0, 65535).astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
         return np.repeat(grey[..., None], 3, axis=2)
     if im.mode == "F":  # float TIFF
         return _array_to_rgb(np.asarray(im))
@@ -121,7 +151,7 @@ def _array_to_rgb(arr: np.ndarray) -> np.ndarray:
     if arr.dtype == np.uint8:
         return np.ascontiguousarray(arr)
     if arr.dtype == np.uint16:
-        return (arr.astype(np.float32) / 257.0).round().astype(np.uint8)
+        return ((arr.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
     if arr.dtype == bool:
         return arr.astype(np.uint8) * 255
     if np.issubdtype(arr.dtype, np.floating):
@@ -150,16 +180,16 @@ def load_image(image: ImageLike, max_pixels: int | None = MAX_PIXELS) -> np.ndar
     if isinstance(image, (str, Path)):
         path = image
         try:
-            with _own_pixel_limit():
-                with Image.open(path) as im:
-                    w, h = im.size
-                    if max_pixels is not None and w * h > max_pixels:
-                        raise UserError(f"image {path} is {w}x{h} ({w * h / 1e6:.0f} MP), above the limit of "
-                                        f"{max_pixels / 1e6:.0f} MP (raise it with --max-pixels if you trust the "
-                                        "file)")
-                    im.load()
-                    ImageOps.exif_transpose(im, in_place=True)
-                    return _pil_to_rgb(im)
+            with _open_without_pil_limit(path) as im, warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Pillow warns, over several lines, of corrupt EXIF and the like
+                w, h = im.size
+                if max_pixels is not None and w * h > max_pixels:
+                    raise UserError(f"image {path} is {w}x{h} ({w * h / 1e6:.0f} MP), above the limit of "
+                                    f"{max_pixels / 1e6:.0f} MP (raise it with --max-pixels, or max_pixels=, if "
+                                    "you trust the file)")
+                im.load()
+                ImageOps.exif_transpose(im, in_place=True)
+                return _pil_to_rgb(im)
         except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
             raise UserError(f"cannot read image {path}: {err.__class__.__name__}") from None
     if isinstance(image, Image.Image):
@@ -223,10 +253,21 @@ def save_png(image: Image.Image | np.ndarray, path: str | Path, **options: Any) 
 # Label maps and masks
 
 
+def label_dtype(num_names: int) -> np.dtype:
+    """The label map dtype for ``num_names`` names (background included): uint8 up to 256, else uint16.
+
+    Raises:
+        UserError: more than 65536 names.
+    """
+    if num_names > 65536:
+        raise UserError(f"{num_names - 1} classes: a label map holds at most 65535 classes")
+    return np.dtype(np.uint8 if num_names <= 256 else np.uint16)
+
+
 def label_png_bits(num_names: int) -> int:
     """Bits per pixel of the label PNG for ``num_names`` label names (background included): 8 (palette PNG with
-    the VOC colours) up to 256 names, else 16 (grey PNG holding the label values)."""
-    return 8 if num_names <= 256 else 16
+    the VOC colours) up to 256 names, else 16 (grey PNG holding the label values); see :func:`label_dtype`."""
+    return 8 * label_dtype(num_names).itemsize
 
 
 def _label_image(labels: np.ndarray, bits: int | None) -> Image.Image:

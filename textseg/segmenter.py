@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -14,12 +13,12 @@ from PIL import Image
 
 from textseg.config import Protocol, load_protocol
 from textseg.errors import UserError
-from textseg.io import ImageLike, load_image
+from textseg.io import ImageLike, label_dtype, load_image
 from textseg.model import TextSegModel
 from textseg.text import TextEncoder
 
-_log = logging.getLogger(__name__)
-_WARNED: set[tuple[str, ...]] = set()  # background classes already reported as dropped
+# Images with more pixels than this are shrunk on the host (uint8) rather than as a float tensor on the device.
+HOST_SHRINK_PIXELS = 16_000_000
 
 
 def window_starts(length: int, window: int, stride: int) -> list[int]:
@@ -44,23 +43,9 @@ def resized_size(size: tuple[int, int], short_side: int | None, max_long_side: i
     return max(1, round(h * s)), max(1, round(w * s))
 
 
-def label_dtype(num_names: int) -> np.dtype:
-    """The label map dtype for ``num_names`` names (background included): uint8 up to 256, else uint16.
-
-    Raises:
-        UserError: more than 65536 names.
-    """
-    if num_names > 65536:
-        raise UserError(f"{num_names - 1} classes: a label map holds at most 65535 classes")
-    return np.dtype(np.uint8 if num_names <= 256 else np.uint16)
-
-
-def check_class_names(classes: Sequence[str], background_classes: Sequence[str] = ()) -> tuple[list[str], list[str]]:
-    """The class names and background class names to score, checked.
-
-    No class may be empty, repeated (ignoring case and surrounding spaces) or called "background" (label 0's
-    name). A background class that is also one of the classes is dropped, with a warning: the class asked for
-    wins over a protocol's background list.
+def check_class_names(classes: Sequence[str]) -> list[str]:
+    """The class names as strings, checked: none empty, none repeated (ignoring case and surrounding spaces), none
+    called "background" (label 0's name).
 
     Raises:
         UserError: the first problem found, naming the class.
@@ -80,20 +65,15 @@ def check_class_names(classes: Sequence[str], background_classes: Sequence[str] 
         if key in seen:
             raise UserError(f"class {name!r} is listed twice (as {seen[key]!r} too): each class needs its own name")
         seen[key] = name
-    background = [str(b) for b in background_classes if str(b).strip().casefold() not in seen]
-    if len(background) < len(background_classes):
-        dropped = tuple(sorted(set(map(str, background_classes)) - set(background)))
-        if dropped not in _WARNED:
-            _WARNED.add(dropped)
-            _log.warning("scoring %s as class(es), not as background class(es)", ", ".join(map(repr, dropped)))
-    return names, background
+    return names
 
 
-def bilinear_taps(n_in: int, n_out: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def bilinear_taps(n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Source indices i0, i1 and weights of i1 for each of ``n_out`` outputs of 1-D bilinear resampling from
-    ``n_in`` samples, as ``F.interpolate(mode="bilinear", align_corners=False)`` computes them (no antialias)."""
+    ``n_in`` samples, as ``F.interpolate(mode="bilinear", align_corners=False)`` computes them (no antialias).
+    Computed on the CPU in float64 (not every device has it); the weights are float32."""
     scale = n_in / n_out
-    src = ((torch.arange(n_out, device=device, dtype=torch.float64) + 0.5) * scale - 0.5).clamp_(min=0)
+    src = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * scale - 0.5).clamp_(min=0)
     i0 = src.floor().long().clamp_(max=n_in - 1)
     i1 = (i0 + 1).clamp_(max=n_in - 1)
     return i0, i1, (src - i0).float()
@@ -227,15 +207,17 @@ class Segmenter:
         """An (H, W, 3) uint8 array as a (1, 3, h, w) float tensor in [0, 1] on the model's device, at the size
         :func:`resized_size` gives for the protocol.
 
-        An image is shrunk on the host, in uint8 (antialiased bilinear, as PIL does it), before it goes to the
-        device: a 12000x12000 photo never exists as a float tensor, and only the small image crosses the bus.
+        An image over :data:`HOST_SHRINK_PIXELS` that is to be shrunk is shrunk on the host first, in uint8
+        (antialiased bilinear, as PIL does it): a 12000x12000 photo never exists as a float tensor, and only the
+        small image crosses the bus. Smaller images are resized on the device (antialiased when shrinking).
         """
         h, w = resized_size(arr.shape[:2], p.short_side, p.max_long_side)
-        if h * w < arr.shape[0] * arr.shape[1]:
+        if h * w < arr.shape[0] * arr.shape[1] and arr.shape[0] * arr.shape[1] > HOST_SHRINK_PIXELS:
             arr = np.array(Image.fromarray(arr).resize((w, h), Image.BILINEAR))
-        x = torch.from_numpy(np.ascontiguousarray(arr)).to(self.device).permute(2, 0, 1)[None].float().div(255)
+        x = torch.from_numpy(arr).to(self.device).permute(2, 0, 1)[None].float().div(255)
         if (h, w) != tuple(x.shape[-2:]):
-            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False,
+                              antialias=h * w < x.shape[-2] * x.shape[-1])
         return x
 
     @torch.no_grad()
@@ -286,10 +268,11 @@ class Segmenter:
 
         Each image is resized per the protocol and cut into its sliding windows (or kept whole). Crops of the same
         size, from one image or several, go through the model together, ``batch_size`` at a time: one grouping
-        and one region pass per chunk. The class text is encoded once per call, probabilities are accumulated on
-        the model's device, and an image's device tensors are freed as soon as its last crop is done, so device
-        memory is bounded by ``batch_size`` crops whatever the number of images. The decoded images and the
-        results of the call stay on the host: feed a large collection in slices (as ``textseg segment`` does).
+        and one region pass per chunk. The class text is encoded once per call; each window's group map and region
+        probabilities stay on the model's device until the image's last crop is done and it is labelled (see
+        :meth:`_finish`), so device memory is bounded by ``batch_size`` crops whatever the number of images.
+        The decoded images and the results of the call stay on the host: feed a large collection in slices (as
+        ``textseg segment`` does).
 
         Args:
             images: paths, PIL images or (H, W, 3) arrays; sizes may differ.
@@ -302,9 +285,10 @@ class Segmenter:
         if batch_size < 1:
             raise UserError(f"batch_size must be at least 1, got {batch_size}")
         p = self._protocol(protocol, overrides)
-        classes, background = check_class_names(classes, p.background_classes)
-        names = classes + background
-        label_dtype(len(classes) + 1)
+        classes = check_class_names(classes)
+        # a background class that is also a class ties with it, and the class (listed first) wins the argmax
+        names = classes + list(p.background_classes)
+        label_dtype(len(classes) + 1)  # refuses more classes than a label map holds, before any work
         text = self.text.encode_classes(names, p.templates).to(self.device)
         arrays = [load_image(im) for im in images]
         plans = [_CropPlan.make(i, a.shape[:2], p) for i, a in enumerate(arrays)]
@@ -343,18 +327,20 @@ class Segmenter:
         (h, w), (H, W) = plan.size, size
         device = plan.count.device
         channels = plan.parts[0][3].shape[0]
-        y0s, y1s, wy = bilinear_taps(h, H, device)
-        x0s, x1s, wx = bilinear_taps(w, W, device)
+        y0s, y1s, wy = bilinear_taps(h, H)  # on the CPU: the band limits below are read without a device sync
+        x0s, x1s, wx = (t.to(device) for t in bilinear_taps(w, W))
         dtype = label_dtype(len(names))
         labels = torch.empty(H, W, dtype=torch.uint8 if dtype == np.uint8 else torch.int32, device=device)
         probs_out = torch.empty(channels, H, W) if return_probs else None
-        rows = max(1, tile_elements // (channels * W))
+        # rows per band: its (C, T, W) output and its (C, ~T * h / H + 2, w) source band each within tile_elements
+        rows = max(1, min(tile_elements // (channels * W), int((tile_elements // (channels * w) - 2) * H / h)))
         for t0 in range(0, H, rows):
             t1 = min(H, t0 + rows)
             r0, r1 = int(y0s[t0]), int(y1s[t1 - 1]) + 1  # the source rows this band of output rows reads
             band = plan.band(r0, r1)
-            ly = wy[t0:t1, None]
-            mixed = band[:, y0s[t0:t1] - r0] * (1 - ly) + band[:, y1s[t0:t1] - r0] * ly  # (C, T, w)
+            ly = wy[t0:t1, None].to(device)
+            i0, i1 = (y0s[t0:t1] - r0).to(device), (y1s[t0:t1] - r0).to(device)
+            mixed = band[:, i0] * (1 - ly) + band[:, i1] * ly  # (C, T, w)
             probs = mixed[..., x0s] * (1 - wx) + mixed[..., x1s] * wx  # (C, T, W)
             if p.background is None:
                 tile = probs[:c].argmax(0) + 1

@@ -56,9 +56,9 @@ def overlay(image: np.ndarray, labels: np.ndarray, *, names: list[str] | None = 
     """Blend palette colours of a label map over an (H, W, 3) uint8 image.
 
     Background (0) and ``ignore_index`` stay unpainted (``ignore_index`` is a class like any other when more than
-    256 names are given); so do labels outside 0..255 (or outside ``names``, when more are given). If ``names`` is given, a legend of the painted
-    classes (those with a name) is drawn in the top-left corner. Works a band of rows at a time, so memory stays
-    a small multiple of the image's own.
+    256 names are given); so do labels outside 0..255 (or outside ``names``, when more are given). If ``names``
+    is given, a legend of the painted classes (those with a name) is drawn in the top-left corner. Works a band
+    of rows at a time, so memory stays a small multiple of the image's own.
     """
     pal = voc_palette(max(256, len(names or ())))
     if len(pal) > 256:

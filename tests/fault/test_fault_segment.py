@@ -111,12 +111,12 @@ def test_more_than_255_classes_write_a_16_bit_label_png(fault, tmp_path):
 # ------------------------------------------------------------------------------------------ outputs
 def test_out_is_an_existing_file(fault, tmp_path):
     (tmp_path / "o").write_text("not a folder")
-    fault.error([*seg(VOC_IMAGE, out=tmp_path / "o"), "--classes", "cat"], "--out", "is a file")
+    fault.error([*seg(VOC_IMAGE, out=tmp_path / "o"), "--classes", "cat"], "--out", "is an existing file")
 
 
 def test_out_below_a_file(fault, tmp_path):
     (tmp_path / "f").write_text("x")
-    fault.error([*seg(VOC_IMAGE, out=tmp_path / "f" / "sub"), "--classes", "cat"], "--out", "not writable")
+    fault.error([*seg(VOC_IMAGE, out=tmp_path / "f" / "sub"), "--classes", "cat"], "--out", "cannot be created")
 
 
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="permissions do not bind root")

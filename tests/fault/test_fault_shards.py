@@ -402,7 +402,7 @@ def test_out_dir_that_is_a_file_is_an_error(fault, images, tmp_path):
 def test_out_dir_under_a_file_is_an_error(fault, images, tmp_path):
     csv = write(tmp_path / "c.csv", HEADER + "a.jpg,red\n")
     write(tmp_path / "f", "x")
-    fault.error(["make-shards", images, csv, tmp_path / "f" / "o"], "cannot write shards", str(tmp_path / "f" / "o"))
+    fault.error(["make-shards", images, csv, tmp_path / "f" / "o"], "cannot be created", str(tmp_path / "f" / "o"))
 
 
 def test_out_dir_with_old_shards_needs_overwrite_and_loses_stale_ones(fault, images, tmp_path):
@@ -458,3 +458,15 @@ def test_convert_coco_object_names_the_file_and_annotation_of_a_broken_segmentat
     path.write_text(json.dumps(bad))
     fault.error(["convert-coco-object", path, tmp_path / "out"], "instances.json", "annotation 99", "image 7")
     assert not list((tmp_path / "out").glob("*.png")) if (tmp_path / "out").exists() else True
+
+
+@pytest.mark.parametrize("row", ["a.jpg,hello\rworld", "a.jpg," + "x" * 200_000],
+                         ids=["bare-carriage-return", "caption-over-the-csv-field-limit"])
+def test_rows_the_csv_module_refuses_are_counted_skips(fault, images, tmp_path, row):
+    csv = write(tmp_path / "c.csv", HEADER + row + "\nb.jpg,green\n")
+    run = fault.run(["make-shards", images, csv, tmp_path / "o"])
+    assert run.rc == 0, run.err
+    skipped = [json.loads(x) for x in (tmp_path / "o" / "skipped.jsonl").read_text().splitlines()]
+    assert [s["line"] for s in skipped] == [2] and "bad row" in skipped[0]["reason"]
+    assert "wrote 1 samples" in run.out  # rows in = written + skipped
+    fault.skip(run)

@@ -73,23 +73,3 @@ def parse_names(text: str, option: str) -> list[str]:
     if not names:
         raise UserError(f"{option} is empty: give names separated by commas or a .txt file with one name per line")
     return names
-
-
-def check_output_folder(out: Path, option: str = "--out") -> None:
-    """Make sure ``out`` is (or can be made) a folder this process can write in, before any work starts.
-
-    Raises:
-        UserError: naming the option: ``out`` is a file, cannot be created, or is not writable.
-    """
-    import os
-    import tempfile
-
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{option} {out} is a file, not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=out, prefix=".textseg-write-test-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as err:
-        raise UserError(f"{option} {out} is not writable: {err.strerror or err}") from None

@@ -36,9 +36,9 @@ def _check_common(args: argparse.Namespace) -> None:
         raise UserError(f"--root {root} does not exist")
     if not root.is_dir():
         raise UserError(f"--root {root} is a file, not a dataset folder")
-    from textseg.eval.runner import check_out_dir
+    from textseg.io import check_writable_folder
 
-    check_out_dir(args.out, "--out")
+    check_writable_folder(args.out, "--out")
 
 
 def cmd_semseg(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping, Sequence, TypeVar
 
-from textseg.cli.common import add_model_args, check_output_folder, model_from_args, parse_names
+from textseg.cli.common import add_model_args, model_from_args, parse_names
 from textseg.errors import UserError
 
 # --option -> Protocol field; an option left out keeps the value of --protocol (or the defaults).
@@ -184,7 +184,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from textseg.io import atomic_write_text, label_png_bits, labels_to_rles, save_png, write_label_png
+    from textseg.io import (atomic_write_text, check_writable_folder, label_png_bits, labels_to_rles, save_png,
+                            write_label_png)
     from textseg.segmenter import Segmenter, check_class_names
     from textseg.visualize import overlay
 
@@ -194,7 +195,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         raise UserError(f"--max-pixels must be positive, got {args.max_pixels}")
     protocol = _protocol(args)
     classes = parse_names(args.classes, "--classes")
-    check_class_names(classes, protocol.background_classes)
+    check_class_names(classes)
     bits = label_png_bits(len(classes) + 1)
     out = Path(args.out)
     rank, world = rank_and_world()
@@ -203,13 +204,15 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if existing and not args.overwrite:
         raise UserError(f"{existing[0]} exists ({len(existing)} output file(s) would be replaced); "
                         "pass --overwrite to replace them, or choose another --out")
-    check_output_folder(out)
+    check_writable_folder(out, "--out")
     if world > 1 and args.device is None and torch.cuda.is_available():
         args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"  # torchrun: one GPU per process
     segmenter = Segmenter(model_from_args(args), protocol, text_cache_dir=False if args.no_text_cache else None)
     workers = min(args.num_workers, -(-len(inputs) // args.batch_size))  # no more workers than batches
-    loader = torch.utils.data.DataLoader(ImageFiles(inputs, args.max_pixels), batch_size=args.batch_size, num_workers=workers,
-                                         collate_fn=as_list)
+    # one batch ahead per worker: decoded full-size images are what fills host memory
+    loader = torch.utils.data.DataLoader(ImageFiles(inputs, args.max_pixels), batch_size=args.batch_size,
+                                         num_workers=workers, collate_fn=as_list,
+                                         prefetch_factor=1 if workers else None)
     failed: list[str] = []
     desc = "segment" if world == 1 else f"segment rank {rank}/{world}"
     with tqdm(total=len(inputs), desc=desc, unit="img", disable=args.no_progress or len(inputs) < 2) as bar:
@@ -222,15 +225,16 @@ def cmd_segment(args: argparse.Namespace) -> int:
                 summary_json.parent.mkdir(parents=True, exist_ok=True)
                 write_label_png(res.labels, labels_png, bits)
                 save_png(overlay(arr, res.labels, names=res.classes), overlay_png)
+                shares = res.pixel_share()
                 summary = {"image": str(item.path), "size": list(res.labels.shape),
                            "model": segmenter.model.config.name, "checkpoint": args.checkpoint,
-                           "classes": res.classes, "pixel_share": res.pixel_share(),
+                           "classes": res.classes, "pixel_share": shares,
                            "labels_png": labels_png.name, "labels_png_bits": bits, "overlay_png": overlay_png.name}
                 if args.rle:
                     summary["rle"] = labels_to_rles(res.labels, res.classes)
                 atomic_write_text(summary_json, json.dumps(summary, indent=2))
-                shares = sorted(res.pixel_share().items(), key=lambda kv: -kv[1])
-                bar.write(f"{item.path}: " + ", ".join(f"{k} {v:.1%}" for k, v in shares))
+                bar.write(f"{item.path}: " + ", ".join(f"{k} {v:.1%}" for k, v in sorted(shares.items(),
+                                                                                      key=lambda kv: -kv[1])))
             bar.update(len(batch))
     done = len(inputs) - len(failed)
     if failed:

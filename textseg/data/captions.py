@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence, Union
 
 from textseg.errors import DatasetError, UserError
-from textseg.io import ShardWriter, atomic_write_text, image_file_to_jpeg
+from textseg.io import ShardWriter, atomic_write_text, check_writable_folder, image_file_to_jpeg
 
 logger = logging.getLogger(__name__)
 
@@ -238,9 +238,8 @@ def write_shards(
 
 
 def _check_out_dir(out: Path, overwrite: bool) -> None:
-    """Refuse an output folder that is a file or holds shards (unless ``overwrite``)."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output folder is an existing file: {out}")
+    """Refuse an output folder that is a file, cannot be written, or holds shards (unless ``overwrite``)."""
+    check_writable_folder(out)
     if out.is_dir() and not overwrite:
         try:
             old = sorted(p.name for p in out.iterdir() if _SHARD_NAME.fullmatch(p.name) or p.name == SKIPPED_FILE)
@@ -288,12 +287,12 @@ def make_shards(
     rows = read_caption_file(captions_file, images)
     try:
         out.mkdir(parents=True, exist_ok=True)
+        if overwrite:  # first: an interrupted run must not leave old shards mixed with new ones
+            for stale in out.iterdir():
+                if _SHARD_NAME.fullmatch(stale.name) or stale.name == SKIPPED_FILE:
+                    stale.unlink()
         pattern = str(out).replace("%", "%%") + "/" + SHARD_PATTERN  # a '%' in the folder name is a character
         report = write_shards(rows, pattern, max_count=max_count, max_size=max_size_mb * 1e6)
-        if overwrite:
-            for stale in out.iterdir():
-                if _SHARD_NAME.fullmatch(stale.name) and str(stale) not in report.shards:
-                    stale.unlink()
     except OSError as err:
         raise UserError(f"cannot write shards to {out}: {err.strerror or err}") from err
     if report.written == 0:
@@ -381,7 +380,10 @@ def _read_csv(cpath: Path, text: str, root: str) -> list[CaptionRow]:
         try:
             fields = next(csv.reader([line], strict=True))
         except csv.Error as err:
-            loose = next(csv.reader([line]), [])  # for the file name in the skip record
+            try:  # for the file name in the skip record
+                loose = next(csv.reader([line]), [])
+            except csv.Error:  # a field over the csv module's size limit, a bare carriage return
+                loose = line.split(",")
             name = loose[fi] if len(loose) > fi else ""
             reason = "unterminated quote" if "end of data" in str(err) else f"bad row: {err}"
             rows.append(CaptionRow(name, None, None, lineno, reason))

@@ -24,7 +24,7 @@ import numpy as np
 from textseg.errors import ConfigError
 from textseg.eval.predictors import RISPredictor, SemsegPredictor, as_ris_output
 from textseg.eval.report import jsonable, metadata, ris_markdown, semseg_markdown
-from textseg.io import atomic_write_text, save_png
+from textseg.io import atomic_write_text, check_writable_folder, save_png
 from textseg.metrics import RISMetric, SemsegMetric, ris_sample_stats
 from textseg.visualize import ris_panel, semseg_panel
 
@@ -132,36 +132,13 @@ def _short(value: Any, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def check_out_dir(out_dir: str | Path, option: str = "output folder") -> Path:
-    """Check, without creating anything, that ``out_dir`` is or can become a writable folder.
-
-    Args:
-        out_dir: The folder.
-        option: How the error names it (the CLI passes ``--out``).
-
-    Raises:
-        ConfigError: it is an existing file, lies below a file, or its nearest existing folder is not writable.
-    """
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{option} {out} is an existing file, not a folder")
-    existing = out
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ConfigError(f"{option} {out} cannot be created: {existing} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"{option} {out} is not writable ({existing} is read-only for this user)")
-    return out
-
-
 def prepare_out_dir(out_dir: str | Path, option: str = "output folder") -> Path:
-    """:func:`check_out_dir`, then create the folder (and its parents).
+    """:func:`~textseg.io.check_writable_folder`, then create the folder (and its parents).
 
     Raises:
-        ConfigError: as :func:`check_out_dir`, or the folder cannot be created.
+        ConfigError: as :func:`~textseg.io.check_writable_folder`, or the folder cannot be created.
     """
-    out = check_out_dir(out_dir, option)
+    out = check_writable_folder(out_dir, option)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -387,7 +364,8 @@ class _RISTask(EvalTask):
             return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
         return (count(row.get("I")) and count(row.get("U")) and row["I"] <= row["U"]
-                and (row.get("hit") is None or isinstance(row.get("hit"), bool)) and isinstance(row.get("no_mask"), bool))
+                and (row.get("hit") is None or isinstance(row.get("hit"), bool))
+                and isinstance(row.get("no_mask"), bool))
 
     def summarize(self, rows: Sequence[Row]) -> dict[str, Any]:
         metric = RISMetric()

@@ -100,6 +100,13 @@ def _first_line(err: Exception) -> str:
     return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
 
 
+def mismatch_detail(err: Exception) -> str:
+    """The informative line of a ``load_state_dict`` error (its first line is generic; the second names the first
+    mismatching keys), at most 300 characters."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[min(1, len(lines) - 1)][:300] if lines else type(err).__name__
+
+
 def load_model_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """The model state dict of a checkpoint and the model config it was trained with (None if not recorded)."""
     data = read_checkpoint(path)
@@ -174,7 +181,7 @@ class ResumeState:
 
 def _check_step_entries(path: Path, data: Mapping[str, Any]) -> None:
     """Raise a UserError when a step checkpoint lacks what a resume needs or holds it malformed."""
-    missing = [k for k in ("optimizer", "scheduler", "rng") if k not in data]
+    missing = [k for k in ("step", "optimizer", "scheduler", "rng") if k not in data]
     if missing:
         raise UserError(f"{path} is not a step checkpoint (no {', '.join(missing)})")
     ok = (isinstance(data["step"], int) and data["step"] >= 0 and isinstance(data["optimizer"], Mapping)

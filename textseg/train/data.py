@@ -313,9 +313,9 @@ def caption_pipeline(
 
     Stages: shard list (brace notation expanded) -> seeded shard shuffle -> ``wds.split_by_node`` ->
     ``wds.split_by_worker`` -> tar reading (webdataset's tar iterator) -> seeded buffered shuffle of the raw
-    samples -> decode (PIL RGB; then ``image_transform`` if given) [-> batches, see :func:`caption_batches`]. webdataset 1.0.2 takes the rank from the ``RANK``/``WORLD_SIZE``
-    environment variables when both are set, else from an initialised ``torch.distributed``; the worker from the
-    DataLoader.
+    samples -> decode (PIL RGB; then ``image_transform`` if given) [-> batches, see :func:`caption_batches`].
+    webdataset 1.0.2 takes the rank from the ``RANK``/``WORLD_SIZE`` environment variables when both are set,
+    else from an initialised ``torch.distributed``; the worker from the DataLoader.
 
     Corrupt images, empty or missing captions, and unreadable shards are skipped, counted in ``counter`` (also
     available as ``pipeline.counter``) and logged at WARNING with the sample key and shard URL.
@@ -352,18 +352,15 @@ def caption_pipeline(
     if shuffle_buffer > 0:
         stages.append(_SampleShuffle(shuffle_buffer, seed))
     decoder = _Decode(counter, image_transform, with_url)
-    stages.append(decoder if batch_size is None else _Batches(decoder, batch_size, collate_fn or _as_list))
+    stages.append(decoder if batch_size is None else _Batches(decoder, batch_size, collate_fn or _as_is))
     pipeline = CaptionPipeline(stages)
     pipeline.counter, pipeline.num_shards = counter, len(shard_urls)
     return pipeline
 
 
-def _as_list(samples: list) -> list:
-    return samples
-
-
 def _as_is(item: Any) -> Any:
-    """The DataLoader's ``collate_fn`` for :func:`caption_batches` items (batched in the pipeline already)."""
+    """The identity: the DataLoader's ``collate_fn`` for :func:`caption_batches` items (batched in the pipeline
+    already), and the default batch collation of :func:`caption_pipeline` (a list of samples)."""
     return item
 
 

@@ -97,10 +97,9 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str |
     """``model.load_state_dict(state)``, a mismatch being a one-line :class:`UserError` naming ``source``."""
     try:
         model.load_state_dict(state)
-    except (RuntimeError, ValueError, TypeError) as err:  # its first line is generic; the second names the first mismatching keys
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    except (RuntimeError, ValueError, TypeError) as err:
         raise UserError(f"the weights in {source} do not fit model {getattr(model, 'name', '')!r}: "
-                        f"{lines[min(1, len(lines) - 1)][:300]}") from None
+                        f"{ckpt.mismatch_detail(err)}") from None
 
 
 def select_trainable(model: TextSegModel, t: TrainLoopConfig) -> list[nn.Parameter]:

@@ -173,3 +173,14 @@ def test_memory_bench_reports_each_fresh_process_peak(tmp_path):
     assert (run["width"], run["height"], run["classes"]) == (640, 48, 3)
     assert 100 < run["peak_rss_mb"] < 20_000  # the child's own peak: torch alone is over 100 MB
     assert "| 640x48 | 0.03 | 3 |" in memory_markdown(report)
+
+
+def test_refer_bench_times_each_method_and_count():
+    from textseg.bench import bench_refer, refer_markdown
+
+    report = bench_refer("tiny", counts=(2, 5), short_side=64)
+    assert [(r["method"], r["proposals"]) for r in report["runs"]] == [
+        ("global-local", 2), ("global-local", 5), ("region", 2), ("region", 5)]
+    assert all(r["seconds"] > 0 for r in report["runs"])
+    md = refer_markdown(report)
+    assert "| proposals | global-local (s) | region (s) |" in md and "\n| 5 | " in md

@@ -186,3 +186,32 @@ def test_real_spacy_if_installed():
     ext = NounExtractor("spacy")
     assert ext.extract_nouns("a dog next to a red bus") == ["dog", "bus"]
     assert "bus" in ext.head_noun_phrase("the bigger bus on the left")
+
+
+HEAD_PHRASES = [  # the referent's noun phrase (what Global-Local CLIP pairs with the sentence), rule-based path
+    ("the man in the red shirt on the left", "man"),
+    ("left girl", "left girl"),
+    ("a woman holding an umbrella", "woman"),
+    ("the bigger bus on the left", "bigger bus"),
+    ("Man in red shirt", "man"),
+    ("the dog that is sleeping", "dog"),
+    ("giraffe on the right", "giraffe"),
+    ("second cake from the left", "cake"),
+    ("the white car behind the truck", "white car"),
+    ("person wearing a hat", "person"),
+    ("red apple next to the banana", "red apple"),
+    ("the smiling face in the middle", "smiling face"),
+    ("two bananas", "bananas"),
+    ("the tallest tree", "tallest tree"),
+    ("a small blue bird above the cat", "small blue bird"),
+    ("guy with glasses", "guy"),
+    ("the pizza slice closest to us", "pizza slice"),
+    ("black umbrella", "black umbrella"),
+    ("on the left", "on the left"),  # no noun: the whole sentence
+    ("the one on the right", "the one on the right"),  # a pronoun is no referent noun: the whole sentence
+]
+
+
+@pytest.mark.parametrize("sentence,expected", HEAD_PHRASES)
+def test_head_noun_phrase_table(rule, sentence, expected):
+    assert rule.head_noun_phrase(sentence) == expected

@@ -336,8 +336,17 @@ def groups_to_region_masks(groups: torch.Tensor, grid: tuple[int, int]) -> torch
     regions past an image's own count are all False (padding).
     """
     k = int(groups.max()) + 1
-    onehot = _one_hot(groups, k)
-    shrink = grid[0] <= groups.shape[1] and grid[1] <= groups.shape[2]
+    return masks_to_region_masks(_one_hot(groups, k), grid)
+
+
+def masks_to_region_masks(masks: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, K, H, W) masks (bool or {0, 1}) → (B, K, gh, gw) bool region masks on a patch grid.
+
+    A patch belongs to a mask that covers at least half of it; a non-empty mask that covers no patch that much
+    keeps the patch where its share is largest, so it has at least one patch. Empty masks stay empty.
+    """
+    onehot = masks.float()
+    shrink = grid[0] <= onehot.shape[2] and grid[1] <= onehot.shape[3]
     share = F.interpolate(onehot, size=grid, mode="area") if shrink else \
         F.interpolate(onehot, size=grid, mode="bilinear", align_corners=False)
     masks = share >= 0.5

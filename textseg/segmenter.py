@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
@@ -16,6 +16,9 @@ from textseg.errors import UserError
 from textseg.io import ImageLike, label_dtype, load_image
 from textseg.model import TextSegModel
 from textseg.text import TextEncoder
+
+if TYPE_CHECKING:
+    from textseg.ris.refer import ReferResult
 
 # Images with more pixels than this are shrunk on the host (uint8) rather than as a float tensor on the device.
 HOST_SHRINK_PIXELS = 16_000_000
@@ -194,6 +197,7 @@ class Segmenter:
         self.protocol = protocol.replace(**overrides) if overrides else protocol
         self.text = TextEncoder(model.clip, model.tokenizer, cache_dir=text_cache_dir)
         self.device = next(model.parameters()).device
+        self._referrers: dict[tuple, Any] = {}
 
     def _protocol(self, protocol: Protocol | None, overrides: dict[str, Any]) -> Protocol:
         p = protocol or self.protocol
@@ -227,12 +231,27 @@ class Segmenter:
         maps at ``pixel_size`` (default (h, w)) and (B, K, E) normalised region embeddings, K the most groups of
         any crop (a crop's padding regions are never named by its group map)."""
         h, w = crops.shape[-2:]
-        p = self.model.patch_size
-        sized = F.interpolate(crops, size=(max(p, round(h / p) * p), max(p, round(w / p) * p)), mode="bilinear",
-                              align_corners=False) if (h % p or w % p) else crops
+        sized = self._patch_sized(crops)
         groups = self.model.group(sized, pixel_size=pixel_size or (h, w))
         out = self.model(sized, groups.region_masks)
         return groups.pixels, F.normalize(out.regions.float(), dim=-1)
+
+    def _patch_sized(self, x: torch.Tensor) -> torch.Tensor:
+        """A (B, 3, h, w) batch resized so that both sides are multiples of the model's patch size."""
+        h, w = x.shape[-2:]
+        p = self.model.patch_size
+        if not (h % p or w % p):
+            return x
+        return F.interpolate(x, size=(max(p, round(h / p) * p), max(p, round(w / p) * p)), mode="bilinear",
+                             align_corners=False)
+
+    @torch.no_grad()
+    def group_map(self, image: ImageLike, protocol: Protocol | None = None, **overrides: Any) -> np.ndarray:
+        """Group the whole image once (no sliding window), resized per the protocol: its (H, W) int64 group map at
+        the input size."""
+        p = self._protocol(protocol, overrides)
+        arr, x = self._prepare(image, p)
+        return self.model.group(self._patch_sized(x), pixel_size=arr.shape[:2]).pixels[0].cpu().numpy()
 
     def _regions(self, crop: torch.Tensor, pixel_size: tuple[int, int] | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -375,6 +394,32 @@ class Segmenter:
         """
         p = self._protocol(protocol, overrides)
         return self._similarities(image, names, p.templates, p)
+
+    def refer(self, image: ImageLike, sentence: str, *, proposals: Any = None, method: str = "global-local",
+              **options: Any) -> "ReferResult":
+        """The mask proposal a referring sentence refers to (zero-shot Global-Local CLIP; see
+        :class:`textseg.ris.Referrer`).
+
+        Args:
+            image: path, PIL image or (H, W, 3) array.
+            sentence: the referring expression.
+            proposals: this image's proposals (a :class:`~textseg.ris.Proposals`, an (N, H, W) bool array or a mask
+                file); None: textseg's grouping made instance-like (or ``options["proposer"]``'s).
+            method: ``"global-local"`` (masked crops) or ``"region"`` (region tokens, one forward).
+            **options: :class:`~textseg.ris.Referrer` options (``proposer``, ``no_target_threshold``, ``alpha``,
+                ``beta``, ``masked_blocks``, ``mode``, ...). The referrer of each set of options is kept, with its
+                per-image cache of proposals and visual features.
+
+        Returns:
+            A :class:`~textseg.ris.ReferResult`: the mask (empty for no target), its score, the chosen proposal's
+            index and every proposal's score.
+        """
+        from textseg.ris.refer import Referrer
+
+        key = (method, tuple(sorted((k, repr(v)) for k, v in options.items())))
+        if key not in self._referrers:
+            self._referrers[key] = Referrer(self, method=method, **options)
+        return self._referrers[key](image, sentence, proposals)
 
     @torch.no_grad()
     def predict_referring(self, image: ImageLike, sentence: str, protocol: Protocol | None = None,

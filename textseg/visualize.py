@@ -119,3 +119,17 @@ def ris_panel(image: np.ndarray, pred: np.ndarray | None, gt: np.ndarray) -> np.
     red = image if pred is None else blend(image, (255, 0, 0), where=np.asarray(pred).astype(bool))
     green = blend(image, (0, 255, 0), where=np.asarray(gt).astype(bool))
     return np.concatenate([image, red, green], axis=1)
+
+
+def referring_overlay(image: np.ndarray, mask: np.ndarray | None, sentence: str, *, score: float | None = None,
+                      colour: tuple[int, int, int] = (255, 0, 0), alpha: float = 0.5) -> Image.Image:
+    """The chosen mask tinted over an (H, W, 3) uint8 image, with the sentence (and score) written at the top; no
+    mask (no target) is said in the caption."""
+    where = None if mask is None else np.asarray(mask).astype(bool)
+    tinted = image if where is None or not where.any() else blend(image, colour, alpha, where=where)
+    im = Image.fromarray(np.ascontiguousarray(tinted))
+    text = sentence if where is not None and where.any() else f"{sentence} (no target)"
+    if score is not None and np.isfinite(score):
+        text += f"  [{score:.2f}]"
+    ImageDraw.Draw(im).text((3, 2), text, fill=WHITE, stroke_width=1, stroke_fill=(0, 0, 0))
+    return im

@@ -87,6 +87,15 @@ def cmd_memory(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_refer(args: argparse.Namespace) -> int:
+    from textseg.bench import bench_refer, refer_markdown
+
+    report = bench_refer(args.model, image=args.image, counts=args.proposals, methods=args.methods,
+                         device=args.device, repeats=args.repeats, short_side=args.short_side or None)
+    _emit(report, refer_markdown(report), args.out, "bench_refer")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("bench", help="speed and memory benchmarks (JSON + Markdown)")
     bsub = parser.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
@@ -128,6 +137,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--device", default="cpu")
     m.add_argument("--out", metavar="DIR", help="write bench_memory.json and bench_memory.md here")
     m.set_defaults(func=cmd_memory)
+
+    r = bsub.add_parser("refer", help="referring segmentation per image for N proposals: Global-Local CLIP crops "
+                                      "against region tokens")
+    r.add_argument("--model", default="dino-s16-clip-b16", help="model (random weights at real size)")
+    r.add_argument("--image", help="image (default: the bundled VOC 2012 image 2007_000033)")
+    r.add_argument("--proposals", type=_ints, default=[10, 50, 100], metavar="N,N", help="proposal counts")
+    r.add_argument("--methods", type=lambda t: [m.strip() for m in t.split(",") if m.strip()],
+                   default=["global-local", "region"], metavar="M,M", help="global-local and/or region")
+    r.add_argument("--repeats", type=_count(1), default=1, help="timed calls per figure (the best is kept)")
+    r.add_argument("--short-side", type=int, default=448, help="resize for the region tokens (0 keeps the size)")
+    r.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda when available)")
+    r.add_argument("--out", metavar="DIR", help="write bench_refer.json and bench_refer.md here")
+    r.set_defaults(func=cmd_refer)
 
     t = bsub.add_parser("train", help="training samples/s: textseg step (grouping + region tokens) against a plain "
                                       "open_clip image-text step on the same synthetic batch")

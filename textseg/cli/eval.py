@@ -65,6 +65,16 @@ def cmd_semseg(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refer_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The Segmenter.refer options the RIS options set (left out: the defaults)."""
+    for name in ("alpha", "beta"):
+        value = getattr(args, name)
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise UserError(f"--{name} must be in [0, 1], got {value}")
+    names = {"alpha": "alpha", "beta": "beta", "mode": "mode", "no_target_threshold": "no_target_threshold"}
+    return {key: getattr(args, name) for name, key in names.items() if getattr(args, name) is not None}
+
+
 def cmd_ris(args: argparse.Namespace) -> int:
     from textseg.config import Protocol
     from textseg.data.refer import RefDataset
@@ -73,6 +83,8 @@ def cmd_ris(args: argparse.Namespace) -> int:
 
     if args.short_side < 0:
         raise UserError(f"--short-side must be positive (or 0 to keep the image size), got {args.short_side}")
+    if args.method == "best-group" and _refer_options(args):
+        raise UserError("--alpha, --beta, --mode and --no-target-threshold need --method global-local or region")
     _check_common(args)
     if args.image_root is not None and not Path(args.image_root).is_dir():
         raise UserError(f"--image-root {args.image_root} is not a folder")
@@ -83,7 +95,7 @@ def cmd_ris(args: argparse.Namespace) -> int:
                                 image_root=args.image_root, overlays=args.overlays, limit=args.limit,
                                 resume=not args.no_resume, progress=not args.no_progress,
                                 meta={"config": {"args": _args_config(args)}}, dataset=dataset,
-                                key=_model_key(args))
+                                key=_model_key(args), method=args.method, refer_options=_refer_options(args))
     print(f"{summary_line(results)}  -> {Path(args.out) / 'results.json'}")
     return 0
 
@@ -123,5 +135,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     ris.add_argument("--image-root", default=None, help="image folder (default: <root>/images)")
     ris.add_argument("--short-side", type=int, default=448,
                      help="resize images to this short side (default 448; 0 keeps the size)")
+    ris.add_argument("--method", default="best-group", choices=["best-group", "global-local", "region"],
+                     help="best-group: the k-means group nearest the sentence; global-local: Global-Local CLIP over "
+                          "instance proposals from the grouping; region: the same with region-token local features "
+                          "(default best-group)")
+    ris.add_argument("--alpha", type=float, help="global-branch weight (default 0.95)")
+    ris.add_argument("--beta", type=float, help="sentence weight against the noun phrase (default 0.5)")
+    ris.add_argument("--mode", choices=["clean", "reference"], help="Global-Local CLIP preprocessing (default clean)")
+    ris.add_argument("--no-target-threshold", type=float,
+                     help="a best score below this is 'no target' (an empty mask); choose it on a development split")
     _add_common(ris)
     ris.set_defaults(func=cmd_ris)

@@ -61,8 +61,9 @@ def run_ris_benchmark(segmenter: Any, root: str | Path, dataset_name: str, split
                       protocol: Protocol | None, out: str | Path, *, image_root: str | Path | None = None,
                       overlays: int = 0, limit: int | None = None, resume: bool = True, progress: bool = True,
                       meta: Mapping[str, Any] | None = None, dataset: Any = None,
-                      key: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Evaluate ``segmenter.predict_referring`` on a referring segmentation benchmark (RefCOCO format).
+                      key: Mapping[str, Any] | None = None, method: str = "best-group",
+                      refer_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Evaluate ``segmenter`` on a referring segmentation benchmark (RefCOCO format).
 
     Args:
         segmenter: A :class:`textseg.segmenter.Segmenter`.
@@ -76,6 +77,8 @@ def run_ris_benchmark(segmenter: Any, root: str | Path, dataset_name: str, split
         dataset: The :class:`~textseg.data.refer.RefDataset` these arguments describe if already built; None builds
             it here.
         key: As in :func:`run_semseg_benchmark`.
+        method, refer_options: As in :class:`~textseg.eval.predictors.SegmenterRISPredictor`; both are part of
+            the resume key.
 
     Returns:
         The results dict written to ``out/results.json``.
@@ -84,6 +87,9 @@ def run_ris_benchmark(segmenter: Any, root: str | Path, dataset_name: str, split
 
     if dataset is None:
         dataset = RefDataset(root, dataset_name, split_by, split, image_root=image_root)
-    key = {**_resume_key(key, protocol), "image_root": str(Path(dataset.image_root).resolve())}
-    return evaluate_ris(SegmenterRISPredictor(segmenter, protocol), dataset, out, resume=resume, overlays=overlays,
+    options = dict(refer_options or {})
+    key = {**_resume_key(key, protocol), "image_root": str(Path(dataset.image_root).resolve()), "method": method,
+           "refer_options": {k: repr(v) for k, v in sorted(options.items())}}
+    predictor = SegmenterRISPredictor(segmenter, protocol, method, options)
+    return evaluate_ris(predictor, dataset, out, resume=resume, overlays=overlays,
                         limit=limit, progress=progress, meta=_with_protocol(meta, protocol), key=key)

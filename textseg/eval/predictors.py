@@ -62,13 +62,34 @@ class SegmenterSemsegPredictor:
         return labels if self.has_background else labels - 1
 
 
-class SegmenterRISPredictor:
-    """Adapts :class:`textseg.segmenter.Segmenter` to a referring predictor (``predict_referring`` under
-    ``protocol``; the segmenter's defaults without one)."""
+RIS_METHODS = ("best-group", "global-local", "region")
 
-    def __init__(self, segmenter: Any, protocol: Protocol | None = None) -> None:
+
+class SegmenterRISPredictor:
+    """Adapts :class:`textseg.segmenter.Segmenter` to a referring predictor.
+
+    Args:
+        segmenter: A ``Segmenter``.
+        protocol: What ``predict_referring`` receives (the segmenter's defaults without one).
+        method: ``"best-group"`` (``predict_referring``: the k-means group that best matches the sentence),
+            ``"global-local"`` or ``"region"`` (``Segmenter.refer`` over instance mask proposals; an image's
+            proposals and visual features are computed once for all its sentences).
+        refer_options: ``Segmenter.refer`` options (``alpha``, ``beta``, ``mode``, ``no_target_threshold``, ...).
+    """
+
+    def __init__(self, segmenter: Any, protocol: Protocol | None = None, method: str = "best-group",
+                 refer_options: dict[str, Any] | None = None) -> None:
+        if method not in RIS_METHODS:
+            from textseg.errors import UserError
+
+            raise UserError(f"RIS method must be one of {', '.join(RIS_METHODS)}, got {method!r}")
         self.segmenter = segmenter
         self.protocol = protocol
+        self.method = method
+        self.refer_options = dict(refer_options or {})
 
     def __call__(self, image: np.ndarray, sentence: str) -> RISOutput:
-        return as_ris_output(self.segmenter.predict_referring(image, sentence, self.protocol))
+        if self.method == "best-group":
+            return as_ris_output(self.segmenter.predict_referring(image, sentence, self.protocol))
+        res = self.segmenter.refer(image, sentence, method=self.method, **self.refer_options)
+        return RISOutput(mask=None if res.no_target else res.mask)

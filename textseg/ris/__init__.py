@@ -1,0 +1,9 @@
+"""Referring image segmentation: mask proposals, Global-Local CLIP scoring, and point prompting."""
+
+from textseg.ris.global_local import GlobalLocalCLIP, GlobalLocalScores, freesolo_boxes
+from textseg.ris.proposals import (GroupingProposer, Proposals, SamProposer, deduplicate, grouping_proposals,
+                                   load_mask_proposals)
+from textseg.ris.refer import METHODS, Referrer, ReferResult
+
+__all__ = ["GlobalLocalCLIP", "GlobalLocalScores", "GroupingProposer", "METHODS", "Proposals", "ReferResult",
+           "Referrer", "SamProposer", "deduplicate", "freesolo_boxes", "grouping_proposals", "load_mask_proposals"]

@@ -1,0 +1,201 @@
+"""Zero-shot referring segmentation over mask proposals: the proposal a sentence refers to, or none.
+
+:class:`Referrer` ties the pieces together: proposals of an image (textseg's grouping made instance-like by
+default, SAM, or masks given by the user), a visual feature per proposal, and a sentence + noun-phrase text feature
+(:class:`~textseg.ris.global_local.GlobalLocalCLIP`). Two ways to get the visual feature:
+
+* ``method="global-local"``: Global-Local CLIP, α·global (masked last blocks) + (1 − α)·local (the masked crop
+  through CLIP), one batched forward per branch.
+* ``method="region"``: the fast mode: the local term comes from textseg's region tokens, every proposal embedded
+  in ONE forward of the whole image (contextual masking in the last CLIP block) instead of one crop each.
+
+The visual features of an image's proposals do not depend on the sentence: they are cached for the last few
+images, so that the sentences of one image (a refer-format dataset has several) cost one text pass each.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from textseg.errors import UserError
+from textseg.grouping import masks_to_region_masks
+from textseg.io import ImageLike, load_image
+from textseg.ris.global_local import GlobalLocalCLIP
+from textseg.ris.proposals import GroupingProposer, Proposals, load_mask_proposals
+
+if TYPE_CHECKING:
+    from textseg.segmenter import Segmenter
+
+METHODS = ("global-local", "region")
+ProposalSource = Callable[[np.ndarray], Proposals]
+
+
+@dataclass
+class ReferResult:
+    """What :meth:`Referrer.__call__` (and :meth:`Segmenter.refer <textseg.segmenter.Segmenter.refer>`) returns.
+
+    Attributes:
+        mask: (H, W) bool mask of the chosen proposal; all False when there is no target.
+        score: the best proposal's score (``-inf`` without proposals).
+        index: the chosen proposal's index in ``proposals``; None: no target (no proposal, or the best score is
+            below the no-target threshold).
+        scores: (N,) every proposal's score (logit scale × cosine).
+        proposals: the proposals scored.
+    """
+
+    mask: np.ndarray
+    score: float
+    index: int | None
+    scores: np.ndarray
+    proposals: Proposals
+
+    @property
+    def no_target(self) -> bool:
+        return self.index is None
+
+
+class Referrer:
+    """Picks the mask proposal a sentence refers to (module docstring).
+
+    Args:
+        segmenter: a :class:`~textseg.segmenter.Segmenter`: its model's CLIP scores, its grouping and protocol
+            (short side) make the default proposals and the region tokens' input.
+        method: ``"global-local"`` or ``"region"``.
+        proposer: image array → :class:`~textseg.ris.proposals.Proposals`; None: textseg's grouping
+            (:class:`~textseg.ris.proposals.GroupingProposer` at the segmenter's short side).
+        no_target_threshold: a best score below it means "no target" (an empty mask); None: always a mask when
+            there is a proposal. Choose it on a development split, never on the evaluation split.
+        cache_size: images whose proposals and visual features are kept.
+        **scorer_options: :class:`~textseg.ris.global_local.GlobalLocalCLIP` options (``alpha``, ``beta``,
+            ``masked_blocks`` (default 3, or the CLIP's depth if smaller), ``mode``, ``chunk_size``, ``fill``).
+    """
+
+    def __init__(self, segmenter: "Segmenter", *, method: str = "global-local",
+                 proposer: ProposalSource | None = None, no_target_threshold: float | None = None,
+                 cache_size: int = 4, **scorer_options: Any) -> None:
+        if method not in METHODS:
+            raise UserError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        self.segmenter = segmenter
+        self.method = method
+        depth = len(segmenter.model.clip.visual.transformer.resblocks)
+        scorer_options.setdefault("masked_blocks", min(3, depth))  # the paper's 3, or all blocks of a shallower CLIP
+        self.scorer = GlobalLocalCLIP.from_model(segmenter.model, **scorer_options)
+        if method == "region" and self.scorer.mode != "clean":
+            raise UserError("method 'region' has no reference mode (the public code has no region tokens)")
+        p = segmenter.protocol
+        self.proposer = proposer or GroupingProposer(segmenter, short_side=p.short_side,
+                                                     max_long_side=p.max_long_side)
+        self.no_target_threshold = no_target_threshold
+        self.cache_size = cache_size
+        self._cache: OrderedDict[bytes, tuple[Proposals, torch.Tensor]] = OrderedDict()
+
+    # -- visual side ------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def region_features(self, image: np.ndarray, masks: np.ndarray) -> torch.Tensor:
+        """(N, D) un-normalised region-token embeddings of N (H, W) masks, all from one forward of the image at the
+        segmenter's resize (the masks brought to the CLIP patch grid as the grouper's regions are)."""
+        seg = self.segmenter
+        x = seg._patch_sized(seg._to_device(image, seg.protocol))
+        patch = seg.model.region.patch_size
+        grid = (x.shape[-2] // patch, x.shape[-1] // patch)
+        region_masks = masks_to_region_masks(torch.from_numpy(masks).to(x.device)[None], grid)
+        return seg.model(x, region_masks).regions[0].float()
+
+    @torch.no_grad()
+    def visual_features(self, image: np.ndarray, proposals: Proposals) -> torch.Tensor:
+        """(N, D) un-normalised visual features, α·global + (1 − α)·(crop or region-token) feature."""
+        if len(proposals) == 0:
+            return torch.zeros(0, self.scorer.embed_dim, device=self.scorer.device)
+        prep = self.scorer.prepare(image)
+        masks = proposals.masks
+        g = self.scorer.global_features(prep, masks)
+        if self.method == "global-local":
+            local = self.scorer.local_features(prep, masks)
+        else:
+            local = self.region_features(image, masks)
+        return self.scorer.alpha * g + (1 - self.scorer.alpha) * local
+
+    def proposals_and_features(self, image: np.ndarray) -> tuple[Proposals, torch.Tensor]:
+        """An image's proposals from :attr:`proposer` and their visual features, cached per image content."""
+        key = hashlib.sha1(np.ascontiguousarray(image).data).digest() + str(image.shape).encode()
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        proposals = self.proposer(image)
+        entry = (proposals, self.visual_features(image, proposals))
+        self._cache[key] = entry
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return entry
+
+    # -- text and scores --------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def text_features(self, sentences: list[str]) -> torch.Tensor:
+        """(S, D) un-normalised β·sentence + (1 − β)·noun-phrase features."""
+        nps = self.scorer.noun_phrases(sentences)
+        text = self.scorer.encode_text(sentences + nps)
+        return self.scorer.beta * text[: len(sentences)] + (1 - self.scorer.beta) * text[len(sentences):]
+
+    def scores(self, visual: torch.Tensor, sentences: list[str]) -> torch.Tensor:
+        """(S, N) logit scale × cosine of each sentence's text feature with each proposal's visual feature."""
+        text = self.text_features(sentences)
+        scale = self.scorer.clip.logit_scale.exp().float()
+        return scale * F.normalize(text, dim=-1) @ F.normalize(visual, dim=-1).T
+
+    @torch.no_grad()
+    def __call__(self, image: ImageLike, sentence: str,
+                 proposals: Proposals | np.ndarray | str | Path | None = None) -> ReferResult:
+        """The proposal ``sentence`` refers to.
+
+        Args:
+            image: path, PIL image or (H, W, 3) array.
+            sentence: the referring expression.
+            proposals: this image's proposals (a :class:`Proposals`, an (N, H, W) bool array, or a mask file as
+                :func:`~textseg.ris.proposals.load_mask_proposals` reads); None: :attr:`proposer`'s.
+
+        Raises:
+            UserError: an empty sentence, unreadable image or proposals of another size.
+        """
+        if not sentence or not sentence.strip():
+            raise UserError("the referring sentence is empty")
+        arr = load_image(image)
+        if proposals is None:
+            props, visual = self.proposals_and_features(arr)
+        else:
+            if isinstance(proposals, (str, Path)):
+                props = load_mask_proposals(proposals, arr.shape[:2])
+            elif isinstance(proposals, Proposals):
+                props = proposals
+            else:  # an array: empty masks are dropped, the records keep each mask's index in it
+                masks = np.asarray(proposals)
+                if masks.ndim != 3:
+                    raise UserError(f"proposals are an (N, H, W) array of masks, got shape {masks.shape}")
+                masks = masks.astype(bool)
+                keep = np.flatnonzero(masks.any((1, 2)))
+                props = Proposals(masks[keep], [{"source": "given", "index": int(i)} for i in keep])
+            if len(props) and props.image_size != arr.shape[:2]:
+                raise UserError(f"proposals are {props.image_size[0]}x{props.image_size[1]}, the image "
+                                f"{arr.shape[0]}x{arr.shape[1]}")
+            visual = self.visual_features(arr, props)
+        scores = self.scores(visual, [sentence])[0].cpu().numpy()
+        empty = np.zeros(arr.shape[:2], dtype=bool)
+        if len(scores) == 0:
+            return ReferResult(empty, float("-inf"), None, scores, props)
+        best = int(scores.argmax())
+        score = float(scores[best])
+        if self.no_target_threshold is not None and score < self.no_target_threshold:
+            return ReferResult(empty, score, None, scores, props)
+        return ReferResult(props.masks[best].copy(), score, best, scores, props)
+
+
+__all__ = ["METHODS", "ReferResult", "Referrer"]

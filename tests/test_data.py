@@ -447,3 +447,17 @@ def test_compressed_rle_reader_matches_pycocotools_on_random_masks():
         counts = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"]
         assert compressed_rle_counts(counts) == runs
         assert np.array_equal(decode_segmentation({"size": [int(h), int(w)], "counts": counts.decode()}, h, w), mask)
+
+
+def test_refer_no_target_pairs_each_sentence_with_an_image_lacking_its_category(tmp_path):
+    _refer_fixture(tmp_path)
+    nt = RefDataset(tmp_path, "refcoco", "unc", "val", no_target=True)
+    assert len(nt) == 3 and nt.no_target
+    # ref 0 (a person, image 1) goes to image 2 (a dog and a car); ref 1 (the dog, image 2) to image 1 (a person)
+    first, last = nt[0], nt[2]
+    assert (first["image_id"], first["sentence"], first["ann_id"]) == (2, "man on the left", -1)
+    assert first["image"].shape[:2] == first["mask"].shape == (4, 5) and not first["mask"].any()
+    assert (last["image_id"], last["sentence"], last["no_target"]) == (1, "the dog", True)
+    assert RefDataset(tmp_path, "refcoco", "unc", "val")[0]["no_target"] is False
+    with pytest.raises(DatasetError, match="no image of split 'testA' lacks category 3"):
+        RefDataset(tmp_path, "refcoco", "unc", "testA", no_target=True)

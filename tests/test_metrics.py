@@ -112,14 +112,41 @@ def test_ris_toy_case():
 
 def test_ris_pointm_absent_and_empty_union():
     metric = RISMetric()
-    # Empty GT and empty prediction: U = 0 -> IoU 0 by convention.
+    # A target whose prediction and ground truth do not meet: IoU 0; U > 0
+    metric.add(0, 5, None)
+    # Empty GT: a no-target sample; an empty prediction is the right answer, and it is kept out of the IoUs
     metric.update(np.zeros((2, 3), bool), np.zeros((2, 3), bool))
     r = metric.compute()
-    assert r["mIoU"] == 0.0 and r["Prec@0.5"] == 0.0 and r["n"] == 1
-    assert r["PointM"] is None
-    assert math.isnan(r["oIoU"])
+    assert r["mIoU"] == 0.0 and r["Prec@0.5"] == 0.0 and r["n"] == 1 and r["oIoU"] == 0.0
+    assert r["PointM"] is None and r["N-acc"] == 100.0 and r["n_no_target"] == 1
+    empty = RISMetric().compute()
+    assert math.isnan(empty["oIoU"]) and math.isnan(empty["mIoU"]) and empty["n"] == 0
 
 
 def test_ris_shape_mismatch():
     with pytest.raises(ValueError, match="shape"):
         ris_sample_stats(np.zeros((3, 2), bool), G)
+
+
+def test_ris_metric_scores_no_target_samples_by_n_acc_only():
+    m = RISMetric()
+    m.update(np.array([[True, False]]), np.array([[True, False]]))  # a target, IoU 1
+    m.update(None, np.zeros((1, 2), bool))  # no target, no mask: right
+    m.update(np.zeros((1, 2), bool), np.zeros((1, 2), bool))  # no target, an empty mask: right
+    m.update(np.array([[False, True]]), np.zeros((1, 2), bool))  # no target, a mask: wrong
+    for inter, union, target in [(0, 0, False), (0, 1, False)]:  # as resumed rows
+        m.add(inter, union, None, target)
+    out = m.compute()
+    assert out["n"] == 1 and out["mIoU"] == 100.0 and out["oIoU"] == 100.0
+    assert out["n_no_target"] == 5 and out["N-acc"] == pytest.approx(60.0)
+
+
+def test_no_target_threshold_by_balanced_accuracy():
+    from textseg.eval.calibration import choose_no_target_threshold
+
+    # targets 3, 4, 5 and one without proposals (-inf, never answered); no-target sentences 1, 2, 3.5.
+    # At 2.5: 3/4 targets answered, 2/3 no-targets refused (70.8 %); at 3.75: 2/4 and 3/3 (75 %, the best)
+    t, balanced = choose_no_target_threshold([3.0, 4.0, 5.0, float("-inf")], [1.0, 2.0, 3.5])
+    assert t == pytest.approx(3.75) and balanced == pytest.approx(75.0)
+    with pytest.raises(Exception, match="with and without a target"):
+        choose_no_target_threshold([], [1.0])

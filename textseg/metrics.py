@@ -118,23 +118,31 @@ def ris_sample_stats(
 
 
 class RISMetric:
-    """Referring segmentation metrics over a split: oIoU, mIoU, Prec@0.5..0.9, PointM (percent) and n."""
+    """Referring segmentation metrics over a split: oIoU, mIoU, Prec@0.5..0.9, PointM (percent) and n over the
+    samples with a target; over no-target samples (an empty ground truth), no-target accuracy ``N-acc``: the percent
+    answered with no mask (an empty or missing prediction), and their count ``n_no_target``."""
 
     def __init__(self) -> None:
         self.inter: list[int] = []
         self.union: list[int] = []
         self.hits: list[bool | None] = []
+        self.no_target_answers: list[bool] = []  # per no-target sample: answered with no mask
 
     def update(
         self, pred_mask: np.ndarray | None, gt_mask: np.ndarray, response: np.ndarray | None = None
     ) -> tuple[int, int, bool | None]:
-        """Add one sample; a missing mask (None) counts as IoU 0, never skipped. Returns (I, U, hit)."""
+        """Add one sample; a missing mask (None) counts as IoU 0, never skipped; an empty ground truth makes it a
+        no-target sample. Returns (I, U, hit)."""
         stats = ris_sample_stats(pred_mask, gt_mask, response)
-        self.add(*stats)
+        self.add(*stats, target=bool(np.asarray(gt_mask).any()))
         return stats
 
-    def add(self, inter: int, union: int, hit: bool | None = None) -> None:
-        """Add a sample's precomputed (I, U, hit) (used when resuming an evaluation)."""
+    def add(self, inter: int, union: int, hit: bool | None = None, target: bool = True) -> None:
+        """Add a sample's precomputed (I, U, hit) (used when resuming an evaluation). A no-target sample
+        (``target=False``: empty ground truth, so U is the predicted area) only counts for ``N-acc``."""
+        if not target:
+            self.no_target_answers.append(int(union) == 0)
+            return
         self.inter.append(int(inter))
         self.union.append(int(union))
         self.hits.append(None if hit is None else bool(hit))
@@ -155,4 +163,7 @@ class RISMetric:
         responded = [h for h in self.hits if h is not None]
         out["PointM"] = float(np.mean(responded) * 100) if responded else None
         out["n"] = n
+        if self.no_target_answers:
+            out["N-acc"] = float(np.mean(self.no_target_answers) * 100)
+            out["n_no_target"] = len(self.no_target_answers)
         return out

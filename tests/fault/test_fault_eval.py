@@ -398,3 +398,26 @@ def test_bad_dataset_leaves_no_output_folder(fault, tmp_path):
     (tmp_path / "empty").mkdir()
     fault.error(semseg(tmp_path / "empty", tmp_path / "a" / "o"), "VOC2012 folder not found")
     assert not (tmp_path / "a").exists()
+
+
+# ------------------------------------------------------------------------------------------ referring: no target
+@pytest.mark.parametrize("extra,fragment", [
+    (["--method", "global-local", "--no-target-threshold-from", "val"], "never on the split evaluated"),
+    (["--no-target-threshold-from", "testA"], "needs --method global-local or region"),
+    (["--method", "region", "--no-target-threshold-from", "testA", "--no-target-threshold", "1"], "not both"),
+    (["--alpha", "0.5"], "need --method global-local or region"),
+    (["--method", "global-local", "--alpha", "2"], "--alpha must be in [0, 1]"),
+    (["--method", "global-local", "--no-target-threshold-from", "train", "--split", "testA"],
+     "no image of split 'train' lacks category"),
+], ids=["threshold-on-the-evaluated-split", "threshold-with-best-group", "threshold-twice", "alpha-with-best-group",
+        "alpha-out-of-range", "no-target-pair-missing"])
+def test_ris_method_option_mistakes(fault, refer, tmp_path, extra, fragment):
+    fault.error(ris(refer, tmp_path / "o", *extra), fragment)
+
+
+def test_ris_no_target_evaluation_reports_n_acc(fault, refer, tmp_path):
+    """No-target counterparts of the val sentences: a threshold above every score answers each with no mask."""
+    fault.ok(ris(refer, tmp_path / "o", "--method", "region", "--no-target", "--no-target-threshold", "1e9"))
+    results = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert results["metrics"]["N-acc"] == 100.0 and results["metrics"]["n_no_target"] == 3
+    assert results["metrics"]["n"] == 0 and results["n_no_mask"] == 3

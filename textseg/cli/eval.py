@@ -88,14 +88,40 @@ def cmd_ris(args: argparse.Namespace) -> int:
     _check_common(args)
     if args.image_root is not None and not Path(args.image_root).is_dir():
         raise UserError(f"--image-root {args.image_root} is not a folder")
+    if args.no_target_threshold_from is not None:
+        if args.method == "best-group":
+            raise UserError("--no-target-threshold-from needs --method global-local or region")
+        if args.no_target_threshold is not None:
+            raise UserError("give --no-target-threshold or --no-target-threshold-from, not both")
+        if args.no_target_threshold_from == args.split:
+            raise UserError(f"--no-target-threshold-from {args.split}: choose the threshold on a development split, "
+                            "never on the split evaluated")
     protocol = Protocol(name="ris", short_side=args.short_side or None, templates="single")
-    dataset = RefDataset(args.root, args.dataset, args.split_by, args.split, image_root=args.image_root)
+    dataset = RefDataset(args.root, args.dataset, args.split_by, args.split, image_root=args.image_root,
+                         no_target=args.no_target)
+    dev = None
+    if args.no_target_threshold_from is not None:
+        dev = [RefDataset(args.root, args.dataset, args.split_by, args.no_target_threshold_from,
+                          image_root=args.image_root, no_target=nt) for nt in (False, True)]
     segmenter = Segmenter(model_from_args(args), protocol, text_cache_dir=args.text_cache_dir)
+    options = _refer_options(args)
+    meta: dict[str, Any] = {"config": {"args": _args_config(args)}}
+    if dev is not None:
+        from textseg.eval.calibration import choose_no_target_threshold, referring_best_scores
+
+        scores = [referring_best_scores(segmenter, d, method=args.method, options=options, limit=args.limit,
+                                        progress=not args.no_progress) for d in dev]
+        threshold, balanced = choose_no_target_threshold(*scores)
+        options["no_target_threshold"] = threshold
+        meta["no_target_threshold"] = {"split": args.no_target_threshold_from, "threshold": threshold,
+                                       "balanced_accuracy": balanced, "n": [len(s) for s in scores]}
+        print(f"no-target threshold {threshold:.4f} (balanced accuracy {balanced:.1f}% on "
+              f"{args.no_target_threshold_from}, {len(scores[0])} + {len(scores[1])} sentences)")
     results = run_ris_benchmark(segmenter, args.root, args.dataset, args.split_by, args.split, protocol, args.out,
                                 image_root=args.image_root, overlays=args.overlays, limit=args.limit,
                                 resume=not args.no_resume, progress=not args.no_progress,
-                                meta={"config": {"args": _args_config(args)}}, dataset=dataset,
-                                key=_model_key(args), method=args.method, refer_options=_refer_options(args))
+                                meta=meta, dataset=dataset, key=_model_key(args), method=args.method,
+                                refer_options=options)
     print(f"{summary_line(results)}  -> {Path(args.out) / 'results.json'}")
     return 0
 
@@ -144,5 +170,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     ris.add_argument("--mode", choices=["clean", "reference"], help="Global-Local CLIP preprocessing (default clean)")
     ris.add_argument("--no-target-threshold", type=float,
                      help="a best score below this is 'no target' (an empty mask); choose it on a development split")
+    ris.add_argument("--no-target-threshold-from", metavar="SPLIT",
+                     help="choose --no-target-threshold on this development split (its sentences with their target "
+                          "and their no-target counterparts, by balanced accuracy) before evaluating")
+    ris.add_argument("--no-target", action="store_true",
+                     help="evaluate the no-target counterpart of each sentence (paired with an image that holds no "
+                          "object of its category; scored by N-acc, the percent answered with no mask)")
     _add_common(ris)
     ris.set_defaults(func=cmd_ris)

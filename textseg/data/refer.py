@@ -208,9 +208,12 @@ class RefDataset:
         split_by: ``unc`` (RefCOCO, RefCOCO+), ``umd`` or ``google`` (RefCOCOg), or another refs file suffix.
         split: A split of the refs file (validated for the standard datasets, see :data:`KNOWN_SPLITS`).
         image_root: Image folder; defaults to ``<root>/images``.
+        no_target: Give each sentence's no-target counterpart instead: the sentence paired with another image of
+            the split that holds no object of the referred category (the first such image after the sentence's
+            own, in file order, cyclically), with an empty ground-truth mask and ``ann_id`` -1.
 
     Items are ``dict(image=HxWx3 uint8, mask=HxW bool, sentence=str, ref_id, sent_id, image_id, ann_id,
-    category_id)``.
+    category_id, no_target)``.
     """
 
     def __init__(
@@ -220,6 +223,7 @@ class RefDataset:
         split_by: str = "unc",
         split: str = "val",
         image_root: str | Path | None = None,
+        no_target: bool = False,
     ) -> None:
         root = Path(root)
         data_dir = root / dataset
@@ -253,6 +257,27 @@ class RefDataset:
                 raise DatasetError(f"ref {ref['ref_id']} names image_id {ref['image_id']} absent from {instances_path}")
             for sent in ref["sentences"]:
                 self.samples.append((ref, sent))
+        self.no_target = no_target
+        self._elsewhere = self._no_target_images(selected) if no_target else {}
+
+    def _no_target_images(self, refs: list[dict[str, Any]]) -> dict[int, int]:
+        """ref_id → the image its sentences are paired with for no-target evaluation (see the class docstring)."""
+        order = list(dict.fromkeys(int(r["image_id"]) for r in refs))
+        categories: dict[int, set[int]] = {i: set() for i in order}
+        for ann in self.annotations.values():
+            image_id = int(ann["image_id"])
+            if image_id in categories and ann.get("category_id") is not None:
+                categories[image_id].add(int(ann["category_id"]))
+        paired = {}
+        for ref in refs:
+            start, cat = order.index(int(ref["image_id"])), int(ref["category_id"])
+            others = order[start + 1:] + order[:start]
+            found = next((i for i in others if cat not in categories[i]), None)
+            if found is None:
+                raise DatasetError(f"no image of split {self.split!r} lacks category {cat}: no no-target pair for "
+                                   f"ref {ref['ref_id']}")
+            paired[int(ref["ref_id"])] = found
+        return paired
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -274,25 +299,28 @@ class RefDataset:
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         ref, sent = self.samples[index]
-        record = self.images[int(ref["image_id"])]
+        image_id = self._elsewhere.get(int(ref["ref_id"]), int(ref["image_id"]))
+        record = self.images[image_id]
         image_path = self.image_root / record["file_name"]
         image = read_image(image_path)
         if (int(record["height"]), int(record["width"])) != image.shape[:2]:  # checked first: it bounds the mask
             raise DatasetError(
                 f"image {image_path} is {image.shape[1]}x{image.shape[0]} but {self.instances_path} says "
-                f"{int(record['width'])}x{int(record['height'])} (image id {ref['image_id']})"
+                f"{int(record['width'])}x{int(record['height'])} (image id {image_id})"
             )
-        mask = self.mask(int(ref["ann_id"]))
+        mask = np.zeros(image.shape[:2], dtype=bool) if self.no_target else self.mask(int(ref["ann_id"]))
         return {
             "image": image,
             "mask": mask,
             "sentence": str(sent["sent"]),
             "ref_id": int(ref["ref_id"]),
             "sent_id": int(sent["sent_id"]),
-            "image_id": int(ref["image_id"]),
-            "ann_id": int(ref["ann_id"]),
+            "image_id": image_id,
+            "ann_id": -1 if self.no_target else int(ref["ann_id"]),
             "category_id": int(ref["category_id"]),
+            "no_target": self.no_target,
         }
 
     def __repr__(self) -> str:
-        return f"RefDataset({self.dataset!r}, split_by={self.split_by!r}, split={self.split!r}, n={len(self)})"
+        extra = ", no_target=True" if self.no_target else ""
+        return f"RefDataset({self.dataset!r}, split_by={self.split_by!r}, split={self.split!r}{extra}, n={len(self)})"

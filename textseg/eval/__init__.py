@@ -9,7 +9,7 @@ Protocols are :class:`textseg.config.Protocol` (re-exported here).
 
 from textseg.config import Protocol, load_protocol
 from textseg.eval.benchmarks import run_ris_benchmark, run_semseg_benchmark
-from textseg.eval.calibration import calibrate_bg_score
+from textseg.eval.calibration import calibrate_bg_score, choose_no_target_threshold, referring_best_scores
 from textseg.eval.predictors import (RISOutput, RISPredictor, SegmenterRISPredictor, SegmenterSemsegPredictor,
                                      SemsegPredictor)
 from textseg.eval.report import fmt, summary_line

@@ -52,3 +52,45 @@ def calibrate_bg_score(segmenter: Any, dataset: Any, protocol: Protocol, *,
     scores = {c: float(m.compute()["mIoU"]) for c, m in metrics.items()}
     best_score = max(scores, key=scores.get)
     return float(best_score), scores
+
+
+def choose_no_target_threshold(target_scores: Sequence[float], no_target_scores: Sequence[float]
+                               ) -> tuple[float, float]:
+    """The threshold on the best proposal score that best separates sentences with a target (answered: score at or
+    above it) from no-target sentences (score below it), by balanced accuracy; candidates are the midpoints between
+    consecutive distinct scores (and one below / above them all).
+
+    Returns:
+        The threshold and its balanced accuracy (percent).
+
+    Raises:
+        ConfigError: either list is empty.
+    """
+    pos = np.asarray(target_scores, dtype=np.float64)
+    neg = np.asarray(no_target_scores, dtype=np.float64)
+    values = np.unique(np.concatenate([pos[np.isfinite(pos)], neg[np.isfinite(neg)]]))
+    if not len(pos) or not len(neg) or not len(values):
+        raise ConfigError("choosing a no-target threshold needs scored sentences with and without a target")
+    candidates = np.concatenate([[values[0] - 1.0], (values[:-1] + values[1:]) / 2, [values[-1] + 1.0]])
+    balanced = [((pos >= t).mean() + (neg < t).mean()) / 2 for t in candidates]
+    best = int(np.argmax(balanced))
+    return float(candidates[best]), float(balanced[best] * 100)
+
+
+def referring_best_scores(segmenter: Any, dataset: Any, *, method: str = "global-local",
+                          options: dict[str, Any] | None = None, limit: int | None = None,
+                          progress: bool = True) -> np.ndarray:
+    """The best proposal score of every sentence of a RIS dataset (``segmenter.refer`` without a no-target
+    threshold; -inf for an image without proposals)."""
+    options = {k: v for k, v in (options or {}).items() if k != "no_target_threshold"}
+    total = sample_count(len(dataset), limit)
+    bar = progress_bar(total, 0, f"scores {getattr(dataset, 'split', '')}", progress)
+    scores = []
+    try:
+        for i in range(total):
+            item = dataset[i]
+            scores.append(segmenter.refer(item["image"], item["sentence"], method=method, **options).score)
+            bar.update(1)
+    finally:
+        bar.close()
+    return np.asarray(scores, dtype=np.float64)

@@ -87,6 +87,7 @@ def ris_markdown(r: Mapping[str, Any]) -> str:
     """results.md of a referring segmentation evaluation: oIoU, mIoU, Prec@X and PointM in one table."""
     m = r["metrics"]
     keys = ["oIoU", "mIoU"] + [f"Prec@{t:.1f}" for t in PREC_THRESHOLDS] + ["PointM"]
+    keys += ["N-acc"] if "N-acc" in m else []
     lines = [
         f"# Referring segmentation: {r['dataset']} ({r['split_by']}) {r['split']}, "
         f"{r['n_samples']} of {r['n_dataset']} sentences",
@@ -95,7 +96,9 @@ def ris_markdown(r: Mapping[str, Any]) -> str:
         "|" + "---:|" * len(keys),
         "| " + " | ".join(fmt(m.get(k)) for k in keys) + " |",
         "",
-        f"Samples without a predicted mask (counted as IoU 0): {r['n_no_mask']}.",
+        f"Samples without a predicted mask (counted as IoU 0): {r['n_no_mask']}."
+        + (f" No-target samples (scored by N-acc only: % answered with no mask): {m['n_no_target']}."
+           if "n_no_target" in m else ""),
         "",
         f"Command: `{command_line(r)}`",
         "",
@@ -109,5 +112,9 @@ def summary_line(r: Mapping[str, Any]) -> str:
     if r["task"] == "semseg":
         return (f"{r['dataset']} {r['split']} ({r['n_samples']} images): mIoU {fmt(m['mIoU'])}  "
                 f"aAcc {fmt(m['aAcc'])}  mAcc {fmt(m['mAcc'])}")
+    if m.get("n", 0) == 0 and "N-acc" in m:  # a no-target evaluation
+        return (f"{r['dataset']} ({r['split_by']}) {r['split']} ({r['n_samples']} no-target sentences): "
+                f"N-acc {fmt(m['N-acc'])}")
     return (f"{r['dataset']} ({r['split_by']}) {r['split']} ({r['n_samples']} sentences): oIoU {fmt(m['oIoU'])}  "
-            f"mIoU {fmt(m['mIoU'])}  Prec@0.5 {fmt(m['Prec@0.5'])}")
+            f"mIoU {fmt(m['mIoU'])}  Prec@0.5 {fmt(m['Prec@0.5'])}" + (f"  N-acc {fmt(m['N-acc'])}" if "N-acc" in m
+                                                                        else ""))

@@ -347,13 +347,15 @@ class _RISTask(EvalTask):
         self.predictor = predictor
         self.identity = {"task": "ris", "dataset": getattr(dataset, "dataset", type(dataset).__name__),
                          "split_by": getattr(dataset, "split_by", None), "split": getattr(dataset, "split", None)}
+        if getattr(dataset, "no_target", False):
+            self.identity["no_target"] = True
         self.desc = f"ris {self.identity['dataset']} {self.identity['split']}"
 
     def score(self, sample: Mapping[str, Any]) -> tuple[Row, Callable[[], np.ndarray]]:
         res = as_ris_output(self.predictor(sample["image"], sample["sentence"]))
         inter, union, hit = ris_sample_stats(res.mask, sample["mask"], res.response)
         row = {"ref_id": sample.get("ref_id"), "sent_id": sample.get("sent_id"), "I": inter, "U": union, "hit": hit,
-               "no_mask": res.mask is None}
+               "no_mask": res.mask is None, "target": not sample.get("no_target", False)}
         return row, lambda: ris_panel(sample["image"], res.mask, sample["mask"])
 
     def overlay_name(self, sample: Mapping[str, Any]) -> str:
@@ -365,12 +367,12 @@ class _RISTask(EvalTask):
 
         return (count(row.get("I")) and count(row.get("U")) and row["I"] <= row["U"]
                 and (row.get("hit") is None or isinstance(row.get("hit"), bool))
-                and isinstance(row.get("no_mask"), bool))
+                and isinstance(row.get("no_mask"), bool) and isinstance(row.get("target", True), bool))
 
     def summarize(self, rows: Sequence[Row]) -> dict[str, Any]:
         metric = RISMetric()
         for row in rows:
-            metric.add(row["I"], row["U"], row["hit"])
+            metric.add(row["I"], row["U"], row["hit"], row.get("target", True))
         return {"n_no_mask": sum(1 for row in rows if row["no_mask"]), "metrics": metric.compute()}
 
 

@@ -98,3 +98,16 @@ def test_refer_mistakes_are_user_errors(color_seg):
         color_seg.refer(img, "x", proposals=np.ones((1, 10, 10), bool))
     with pytest.raises(UserError, match=r"\(N, H, W\)"):
         color_seg.refer(img, "x", proposals=left)
+
+
+def test_response_map_paints_each_pixel_with_its_best_covering_proposal(color_seg):
+    img, left, right = two_discs()
+    both = left | right
+    res = color_seg.refer(img, "a disc", proposals=np.stack([left, both, right]))
+    resp = res.response()
+    s = res.scores
+    assert resp.shape == left.shape and resp.dtype == np.float32
+    np.testing.assert_allclose(resp[left], max(s[0], s[1]), rtol=1e-6)
+    np.testing.assert_allclose(resp[right], max(s[1], s[2]), rtol=1e-6)
+    np.testing.assert_allclose(resp[~both], s.min(), rtol=1e-6)
+    assert res.proposals.masks[res.index].flat[int(resp.argmax())]  # PointM: the argmax is in the chosen mask

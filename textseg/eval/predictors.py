@@ -92,4 +92,4 @@ class SegmenterRISPredictor:
         if self.method == "best-group":
             return as_ris_output(self.segmenter.predict_referring(image, sentence, self.protocol))
         res = self.segmenter.refer(image, sentence, method=self.method, **self.refer_options)
-        return RISOutput(mask=None if res.no_target else res.mask)
+        return RISOutput(mask=None if res.no_target else res.mask, response=res.response())

@@ -61,6 +61,18 @@ class ReferResult:
     def no_target(self) -> bool:
         return self.index is None
 
+    def response(self) -> np.ndarray:
+        """(H, W) float32 response map: at each pixel the best score of the proposals that cover it (the lowest
+        score where none does; zeros without proposals). Its argmax lies in the best proposal (PointM)."""
+        out = np.zeros(self.mask.shape, dtype=np.float32)
+        if len(self.scores):
+            finite = self.scores[np.isfinite(self.scores)]
+            out[:] = finite.min() if finite.size else 0.0
+            for i in np.argsort(self.scores, kind="stable"):  # ascending: a better score paints over a worse one
+                if np.isfinite(self.scores[i]):
+                    out[self.proposals.masks[i]] = self.scores[i]
+        return out
+
 
 class Referrer:
     """Picks the mask proposal a sentence refers to (module docstring).

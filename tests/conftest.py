@@ -24,6 +24,17 @@ def tiny_model():
     return textseg.create_model("tiny", pretrained=False)
 
 
+@pytest.fixture(scope="session")
+def color_model():
+    """Tiny CLIP + Lab-colour grouping with k = 2: a two-colour image splits exactly into its two colours."""
+    import textseg
+
+    cfg = textseg.get_model_config("tiny", {"backbone": {"type": "color", "patch_size": 16},
+                                            "grouping": {"num_groups": 2, "xy_weight": 0.0, "min_group_frac": 0.0,
+                                                         "normalize": False}})
+    return textseg.create_model(cfg, pretrained=False, seed=0)
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     """Totals of the fault suite (tests/fault) by outcome class: clean errors, counted skips, correct outputs."""
     totals: dict[str, int] = {}

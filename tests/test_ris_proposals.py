@@ -17,16 +17,6 @@ from textseg.ris.proposals import (
 )
 
 
-@pytest.fixture(scope="module")
-def color_model():
-    """Tiny CLIP + Lab-colour grouping with k = 2 (as in test_segmenter): colours split exactly."""
-    cfg = textseg.get_model_config("tiny", {"backbone": {"type": "color", "patch_size": 16},
-                                            "grouping": {"num_groups": 2, "xy_weight": 0.0, "min_group_frac": 0.0,
-                                                         "normalize": False}})
-    torch.manual_seed(0)
-    return textseg.create_model(cfg, pretrained=False)
-
-
 def two_discs(h=128, w=256, r=40):
     yy, xx = np.mgrid[:h, :w]
     left = (yy - h // 2) ** 2 + (xx - w // 4) ** 2 < r ** 2

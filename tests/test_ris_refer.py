@@ -10,13 +10,9 @@ from textseg.ris import Referrer
 
 
 @pytest.fixture(scope="module")
-def color_seg():
-    """Tiny CLIP + Lab-colour grouping with k = 2: red discs and the white background fall into two groups."""
-    cfg = textseg.get_model_config("tiny", {"backbone": {"type": "color", "patch_size": 16},
-                                            "grouping": {"num_groups": 2, "xy_weight": 0.0, "min_group_frac": 0.0,
-                                                         "normalize": False}})
-    model = textseg.create_model(cfg, pretrained=False, seed=0)
-    return textseg.Segmenter(model, short_side=None, text_cache_dir=False)
+def color_seg(color_model):
+    """The colour-grouping model (k = 2): red discs and the white background fall into two groups."""
+    return textseg.Segmenter(color_model, short_side=None, text_cache_dir=False)
 
 
 def two_discs(h: int = 96, w: int = 192) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -2,21 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-import textseg
 from textseg.config import Protocol, load_protocol
 from textseg.errors import ConfigError, UserError
 from textseg.io import load_image
 from textseg.segmenter import Segmenter, window_starts
-
-
-@pytest.fixture(scope="module")
-def color_model():
-    """Tiny CLIP + Lab-colour grouping with k = 2: a two-colour image splits exactly into its halves."""
-    cfg = textseg.get_model_config("tiny", {"backbone": {"type": "color", "patch_size": 16},
-                                            "grouping": {"num_groups": 2, "xy_weight": 0.0, "min_group_frac": 0.0,
-                                                         "normalize": False}})
-    torch.manual_seed(0)
-    return textseg.create_model(cfg, pretrained=False)
 
 
 def two_halves(h=64, w=128):

@@ -59,6 +59,29 @@ def region_attention_mask(region_masks: torch.Tensor, num_heads: int, dtype: tor
     return mask.repeat_interleave(num_heads, dim=0)
 
 
+def positional_embedding(visual: nn.Module, gh: int, gw: int) -> torch.Tensor:
+    """An open_clip ViT's positional embedding for a gh × gw patch grid (bicubic interpolation of the trained
+    grid; the CLS position unchanged)."""
+    pos = visual.positional_embedding
+    g0h, g0w = visual.grid_size
+    if (gh, gw) == (g0h, g0w):
+        return pos
+    grid = pos[1:].reshape(1, g0h, g0w, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=(gh, gw), mode="bicubic", align_corners=False)
+    return torch.cat([pos[:1], grid[0].permute(1, 2, 0).reshape(gh * gw, -1)], 0)
+
+
+def embed_patches(visual: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    """(B, 3, H, W) normalised images → an open_clip ViT's (B, 1 + N, D) tokens after ln_pre (CLS first,
+    positional embedding interpolated to the grid), and the patch grid (gh, gw)."""
+    x = visual.conv1(x.to(visual.conv1.weight.dtype))
+    gh, gw = (int(s) for s in x.shape[-2:])
+    x = x.flatten(2).transpose(1, 2)
+    cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+    x = torch.cat([cls, x], 1) + positional_embedding(visual, gh, gw).to(x.dtype)
+    return visual.ln_pre(x), (gh, gw)
+
+
 class RegionTokenViT(nn.Module):
     """Wraps an open_clip ``VisionTransformer`` to output one embedding per region (see module docstring).
 
@@ -89,25 +112,9 @@ class RegionTokenViT(nn.Module):
         self.num_heads = visual.transformer.resblocks[0].attn.num_heads
         self.normalize = Normalize(mean, std)
 
-    def positional_embedding(self, gh: int, gw: int) -> torch.Tensor:
-        """Positional embedding for a gh × gw patch grid (bicubic interpolation of the trained grid)."""
-        pos = self.visual.positional_embedding
-        g0h, g0w = self.visual.grid_size
-        if (gh, gw) == (g0h, g0w):
-            return pos
-        grid = pos[1:].reshape(1, g0h, g0w, -1).permute(0, 3, 1, 2)
-        grid = F.interpolate(grid, size=(gh, gw), mode="bicubic", align_corners=False)
-        return torch.cat([pos[:1], grid[0].permute(1, 2, 0).reshape(gh * gw, -1)], 0)
-
     def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """(B, 3, H, W) images in [0, 1] → (B, 1 + N, D) tokens after ln_pre, and the patch grid (gh, gw)."""
-        v = self.visual
-        x = v.conv1(self.normalize(images))
-        gh, gw = x.shape[-2:]
-        x = x.flatten(2).transpose(1, 2)
-        cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-        x = torch.cat([cls, x], 1) + self.positional_embedding(gh, gw).to(x.dtype)
-        return v.ln_pre(x), (gh, gw)
+        return embed_patches(self.visual, self.normalize(images))
 
     def project(self, tokens: torch.Tensor) -> torch.Tensor:
         """ln_post + projection, applied token-wise (identical to open_clip's pooling for the CLS token)."""

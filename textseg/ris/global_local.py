@@ -49,7 +49,7 @@ from PIL import Image
 from textseg.backbones import IMAGENET_MEAN, IMAGENET_STD
 from textseg.errors import ConfigError, UserError
 from textseg.io import ImageLike, load_image
-from textseg.region import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from textseg.region import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, embed_patches
 from textseg.text import encode_text_trimmed
 
 Mode = Literal["clean", "reference"]
@@ -316,25 +316,6 @@ class GlobalLocalCLIP:
 
     # -- image tower ----------------------------------------------------------------------------------------
 
-    def _positional_embedding(self, gh: int, gw: int) -> torch.Tensor:
-        pos = self.visual.positional_embedding
-        g0h, g0w = self.visual.grid_size
-        if (gh, gw) == (g0h, g0w):
-            return pos
-        grid = pos[1:].reshape(1, g0h, g0w, -1).permute(0, 3, 1, 2)
-        grid = F.interpolate(grid, size=(gh, gw), mode="bicubic", align_corners=False)
-        return torch.cat([pos[:1], grid[0].permute(1, 2, 0).reshape(gh * gw, -1)], 0)
-
-    def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """(B, 3, H, W) normalised images → (B, 1 + L, D) tokens after ln_pre, and the patch grid."""
-        v = self.visual
-        x = v.conv1(x.to(self.dtype))
-        gh, gw = x.shape[-2:]
-        x = x.flatten(2).transpose(1, 2)
-        cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-        x = torch.cat([cls, x], 1) + self._positional_embedding(gh, gw).to(x.dtype)
-        return v.ln_pre(x), (int(gh), int(gw))
-
     def _project(self, cls_tokens: torch.Tensor) -> torch.Tensor:
         x = self.visual.ln_post(cls_tokens)
         x = x @ self.visual.proj if self.visual.proj is not None else x
@@ -343,7 +324,7 @@ class GlobalLocalCLIP:
     @torch.no_grad()
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Plain CLIP image embeddings (B, D), un-normalised, of normalised (B, 3, H, W) images at any size."""
-        x, _ = self._embed(images)
+        x, _ = embed_patches(self.visual, images)
         for blk in self.visual.transformer.resblocks:
             x = blk(x)
         return self._project(x[:, 0])
@@ -360,7 +341,7 @@ class GlobalLocalCLIP:
         """(N, D) un-normalised global-branch embeddings (``image`` may be the output of :meth:`prepare`)."""
         prep = image if isinstance(image, dict) else self.prepare(image)
         m = self.check_masks(masks, tuple(prep["source"].shape[1:]))
-        x, grid = self._embed(prep["global"])
+        x, grid = embed_patches(self.visual, prep["global"])
         blocks = self.visual.transformer.resblocks
         first = len(blocks) - self.masked_blocks
         for blk in blocks[:first]:

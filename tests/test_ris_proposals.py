@@ -1,6 +1,5 @@
 import json
 import sys
-import types
 from collections import deque
 
 import numpy as np
@@ -412,41 +411,29 @@ def test_sam_errors(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="vit_h, vit_l, vit_b"):
         SamProposer(tmp_path / "x.pth", "vit_x")
 
-    built = {}
-    fake = types.ModuleType("segment_anything")
 
-    class FakeSam:
-        def to(self, device):
-            built["device"] = device
-            return self
-
-        def eval(self):
-            return self
-
-    def build(kind):
-        def make(checkpoint):
-            built["checkpoint"], built["kind"] = checkpoint, kind
-            return FakeSam()
-        return make
-
-    class FakeAMG:
-        def __init__(self, model, **kwargs):
-            built["kwargs"] = kwargs
-
-        def generate(self, image):
-            return _sam_records(*image.shape[:2])
-
-    fake.sam_model_registry = {k: build(k) for k in SAM_CHECKPOINT_URLS}
-    fake.SamAutomaticMaskGenerator = FakeAMG
-    monkeypatch.setitem(sys.modules, "segment_anything", fake)
+def test_sam_proposer_runs_real_sam_from_a_checkpoint_file(tmp_path):
+    """segment_anything's own vit_b (random weights, real size) saved as a checkpoint file, loaded by path, and its
+    automatic mask generator run on an image: proposals at the image's size, with SAM's scores."""
+    sam_pkg = pytest.importorskip("segment_anything")
+    torch.manual_seed(0)
+    ckpt = tmp_path / "sam_vit_b_01ec64.pth"
+    torch.save(sam_pkg.sam_model_registry["vit_b"](checkpoint=None).state_dict(), ckpt)
     missing = tmp_path / "sam_vit_l_0b3195.pth"
     with pytest.raises(MissingWeightsError) as err:
         SamProposer(missing, "vit_l")
     assert str(missing) in str(err.value) and SAM_CHECKPOINT_URLS["vit_l"] in str(err.value) and one_line(err)
-    missing.write_bytes(b"weights")
-    proposer = SamProposer(missing, "vit_l", device="cpu", points_per_side=8)
-    assert built == {"checkpoint": str(missing), "kind": "vit_l", "device": "cpu", "kwargs": {"points_per_side": 8}}
-    assert len(proposer(np.zeros((12, 16, 3), np.uint8))) == 2
+    # random weights score low: SAM's quality filters off, so that masks come out
+    proposer = SamProposer(ckpt, "vit_b", device="cpu", points_per_side=2, pred_iou_thresh=0.0,
+                           stability_score_thresh=0.0)
+    image = (np.random.default_rng(0).random((60, 80, 3)) * 255).astype(np.uint8)
+    props = proposer(image)
+    assert len(props) >= 1 and props.image_size == (60, 80) and props.masks.dtype == bool
+    assert all(r["source"] == "sam" and 0.0 <= r["stability_score"] <= 1.0 for r in props.records)
+    assert props.masks.any((1, 2)).all()
+    with pytest.raises(UserError, match="vit_l") as err:  # a vit_b file given as vit_l
+        SamProposer(ckpt, "vit_l")
+    assert one_line(err)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -23,7 +23,8 @@ from textseg.workbench.build import build_workbench, ref_scene  # noqa: E402
 from textseg.workbench.captions import SYNONYMS, referring_expressions, tokenize  # noqa: E402
 from textseg.workbench.scenes import make_scene, transform_glyph  # noqa: E402
 
-SMALL = dict(train_scenes=40, val_scenes=12, ref_scenes=20, object_centric=10, size=64, val_size=96, shard_size=16)
+SMALL = dict(train_scenes=40, val_scenes=12, ref_scenes=20, object_centric=10, refer_train_scenes=20, size=64,
+             val_size=96, shard_size=16)
 REF_KEYS = {"ref_id", "ann_id", "image_id", "split", "sentences", "sent_ids", "category_id", "file_name"}
 
 
@@ -119,6 +120,27 @@ def test_train_and_object_shards(builds: dict[str, Path]) -> None:
     with tarfile.open(builds["a"] / "objects" / "shard-000000.tar") as tar:
         metas = [json.loads(tar.extractfile(m).read()) for m in tar.getmembers() if m.name.endswith(".json")]
     assert len(metas) == 10 and all(m["class_id"] == -1 or 1 <= m["class_id"] <= 20 for m in metas)
+
+
+def test_refer_train_pairs_hold_no_masks(builds: dict[str, Path]) -> None:
+    from textseg.workbench.build import _text_rng
+
+    manifest = json.loads((builds["a"] / "manifest.json").read_text())
+    counts = manifest["counts"]
+    assert counts["refer_train_scenes"] == 20 and 10 <= counts["refer_train_pairs"] <= 20
+    n = 0
+    for shard in manifest["shards"]["refer_train"]:
+        with tarfile.open(builds["a"] / "refer_train" / shard) as tar:
+            members = tar.getmembers()
+            assert {m.name.rsplit(".", 1)[1] for m in members} == {"jpg", "txt"}  # image and sentence only
+            for key in sorted({m.name.rsplit(".", 1)[0] for m in members}):
+                index = int(key.split("_")[1])
+                scene = make_scene(0, index, 64, stream="ref_train", min_objects=2, same_class_prob=0.5)
+                sentence = tar.extractfile(f"{key}.txt").read().decode()
+                exprs = referring_expressions(scene, _text_rng(0, "ref_train", index))
+                assert any(sentence in s for s in exprs.values()), (key, sentence)
+                n += 1
+    assert n == counts["refer_train_pairs"]
 
 
 def test_voc_masks_equal_composited_visible_alpha(builds: dict[str, Path]) -> None:

@@ -38,7 +38,7 @@ Backend = Literal["auto", "spacy", "rule"]
 
 SPACY_INSTALL_HINT = (
     "spaCy's English pipelines are not on PyPI: run `pip install spacy` and then "
-    "`python -m spacy download en_core_web_sm`, or pass spacy_model=<path to a pipeline directory>"
+    "`python -m spacy download en_core_web_sm`, or pass spacy_model=<installed pipeline package or directory>"
 )
 
 # Multi-word class names of VOC / COCO / Context that must stay one noun (stored singular, space-separated).
@@ -404,10 +404,24 @@ class NounExtractor:
 
 def _load_spacy(model: str) -> tuple[Any | None, str]:
     """``(nlp, "")`` or ``(None, reason)``."""
+    import importlib.util
+    from pathlib import Path
+
+    if importlib.util.find_spec("spacy") is None:
+        return None, "spaCy is not installed"
+    # spacy.load finds a pipeline by package name or path; checking first spares the 3 s import of spaCy (and
+    # thinc, torch) in every data worker when no pipeline is installed
+    if not Path(model).exists():
+        try:
+            found = importlib.util.find_spec(model) is not None
+        except (ImportError, ValueError):  # "a.b" with no package "a", or an empty name
+            found = False
+        if not found:
+            return None, f"spaCy pipeline {model!r} is not installed"
     try:
         import spacy  # type: ignore[import-not-found]
-    except ImportError:
-        return None, "spaCy is not installed"
+    except ImportError as err:
+        return None, f"spaCy cannot be imported: {err}"
     try:
         return spacy.load(model), ""
     except (OSError, ImportError, ValueError) as err:

@@ -159,6 +159,14 @@ class RegionTokenViT(nn.Module):
             x = blk(x, attn_mask=attn_mask)
         return RegionOutput(regions=self.project(x[:, 1 + n:]), image=self.project(x[:, 0]), valid=masks.any(-1))
 
+    def dense(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, gh, gw, E) projected output patch tokens of (B, 3, H, W) images in [0, 1] (H, W multiples of the
+        patch size): per-patch embeddings in the joint image-text space, the ones ``mode="pool"`` averages."""
+        x, (gh, gw) = self.embed(images)
+        for blk in self.visual.transformer.resblocks:
+            x = blk(x)
+        return self.project(x[:, 1:]).reshape(x.shape[0], gh, gw, -1)
+
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Ordinary CLIP image embedding (B, E) at any input size."""
         x, _ = self.embed(images)

@@ -405,18 +405,30 @@ class Segmenter:
             sentence: the referring expression.
             proposals: this image's proposals (a :class:`~textseg.ris.Proposals`, an (N, H, W) bool array or a mask
                 file); None: textseg's grouping made instance-like (or ``options["proposer"]``'s).
-            method: ``"global-local"`` (masked crops) or ``"region"`` (region tokens, one forward).
+            method: ``"global-local"`` (masked crops), ``"region"`` (region tokens, one forward) or ``"points"``
+                (point prompts for a promptable segmenter, :class:`~textseg.ris.points.PointReferrer`).
             **options: :class:`~textseg.ris.Referrer` options (``proposer``, ``no_target_threshold``, ``alpha``,
-                ``beta``, ``masked_blocks``, ``mode``, ...). The referrer of each set of options is kept, with its
-                per-image cache of proposals and visual features.
+                ``beta``, ``masked_blocks``, ``mode``, ...), or for ``"points"`` the
+                :class:`~textseg.ris.points.PointReferrer` options (``promptable`` (required), ``generator``,
+                ``n_positive``, ``n_negative``). The referrer of each set of options is kept, with its per-image
+                cache.
 
         Returns:
             A :class:`~textseg.ris.ReferResult`: the mask (empty for no target), its score, the chosen proposal's
-            index and every proposal's score.
+            index and every proposal's score; for ``"points"`` a :class:`~textseg.ris.points.PointReferResult`
+            (the mask, the segmenter's score, the points and the response map).
         """
+        key = (method, tuple(sorted((k, repr(v)) for k, v in options.items())))
+        if method == "points":
+            from textseg.ris.points import PointReferrer
+
+            if proposals is not None:
+                raise UserError("method 'points' makes its mask from point prompts; it takes no proposals")
+            if key not in self._referrers:
+                self._referrers[key] = PointReferrer(self, **options)
+            return self._referrers[key](image, sentence)
         from textseg.ris.refer import Referrer
 
-        key = (method, tuple(sorted((k, repr(v)) for k, v in options.items())))
         if key not in self._referrers:
             self._referrers[key] = Referrer(self, method=method, **options)
         return self._referrers[key](image, sentence, proposals)

@@ -122,12 +122,21 @@ def ris_panel(image: np.ndarray, pred: np.ndarray | None, gt: np.ndarray) -> np.
 
 
 def referring_overlay(image: np.ndarray, mask: np.ndarray | None, sentence: str, *, score: float | None = None,
-                      colour: tuple[int, int, int] = (255, 0, 0), alpha: float = 0.5) -> Image.Image:
+                      colour: tuple[int, int, int] = (255, 0, 0), alpha: float = 0.5,
+                      points: np.ndarray | None = None, labels: np.ndarray | None = None) -> Image.Image:
     """The chosen mask tinted over an (H, W, 3) uint8 image, with the sentence (and score) written at the top; no
-    mask (no target) is said in the caption."""
+    mask (no target) is said in the caption. Point prompts ((K, 2) xy with (K,) labels) are drawn as dots:
+    green positive, red negative."""
     where = None if mask is None else np.asarray(mask).astype(bool)
     tinted = image if where is None or not where.any() else blend(image, colour, alpha, where=where)
     im = Image.fromarray(np.ascontiguousarray(tinted))
+    if points is not None and len(points):
+        draw = ImageDraw.Draw(im)
+        r = max(2, round(min(im.size) / 60))
+        for (x, y), lab in zip(np.asarray(points, dtype=float), np.asarray(labels if labels is not None else
+                                                                             np.ones(len(points)))):
+            fill = (0, 230, 0) if lab == 1 else (230, 0, 0)
+            draw.ellipse((x - r, y - r, x + r, y + r), fill=fill, outline=WHITE)
     text = sentence if where is not None and where.any() else f"{sentence} (no target)"
     if score is not None and np.isfinite(score):
         text += f"  [{score:.2f}]"

@@ -26,11 +26,19 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 def model_from_args(args: argparse.Namespace):
     """Build the model that the options of :func:`add_model_args` describe."""
-    import torch
-
     from textseg.factory import create_model
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = check_device(args.device)
+    return create_model(args.model, pretrained=not args.no_pretrained, clip_pretrained=args.clip_pretrained,
+                        backbone_pretrained=args.backbone_pretrained, checkpoint=args.checkpoint, device=device,
+                        seed=0)  # --no-pretrained gives the same random weights in every run and process
+
+
+def check_device(device: str | None) -> str:
+    """``--device`` checked (default: cuda when available, else cpu)."""
+    import torch
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
     except (RuntimeError, ValueError):
@@ -44,9 +52,7 @@ def model_from_args(args: argparse.Namespace):
             torch.empty(0, device=dev)
         except (RuntimeError, AssertionError, NotImplementedError) as err:
             raise UserError(f"--device {device} is not available here ({str(err).splitlines()[0]})") from None
-    return create_model(args.model, pretrained=not args.no_pretrained, clip_pretrained=args.clip_pretrained,
-                        backbone_pretrained=args.backbone_pretrained, checkpoint=args.checkpoint, device=device,
-                        seed=0)  # --no-pretrained gives the same random weights in every run and process
+    return device
 
 
 def parse_names(text: str, option: str) -> list[str]:
@@ -73,3 +79,48 @@ def parse_names(text: str, option: str) -> list[str]:
     if not names:
         raise UserError(f"{option} is empty: give names separated by commas or a .txt file with one name per line")
     return names
+
+
+def add_promptable_args(p: argparse.ArgumentParser, *, with_sam: bool = True) -> None:
+    """Options choosing the promptable segmenter of point prompting (``--method points``); ``with_sam=False``
+    when the parser has ``--sam-checkpoint`` and ``--sam-model-type`` already."""
+    g = p.add_argument_group("point prompting (--method points)")
+    g.add_argument("--promptable", metavar="CKPT",
+                   help="workbench-promptable-segmenter checkpoint (from `textseg train-segmenter`; a stand-in for SAM)")
+    if with_sam:
+        g.add_argument("--sam-checkpoint", help="SAM checkpoint file (sam_vit_h_4b8939.pth, ...)")
+        g.add_argument("--sam-model-type", default="vit_h", choices=["vit_h", "vit_l", "vit_b"])
+    g.add_argument("--point-generator", metavar="CKPT",
+                   help="trained point generator (from `textseg train-points`); without it: the baseline, one "
+                        "positive point at the peak of the text-patch similarity")
+    g.add_argument("--points", type=int, default=1, metavar="K", help="positive points (default 1)")
+    g.add_argument("--negative-points", type=int, default=None, metavar="K",
+                   help="negative points (default 1 with --point-generator; the baseline has none)")
+
+
+def points_options(args: argparse.Namespace) -> dict:
+    """``Segmenter.refer(method="points")`` options from :func:`add_promptable_args`' options."""
+    from textseg.ris.points import load_point_generator
+
+    if args.points < 1:
+        raise UserError(f"--points must be >= 1, got {args.points}")
+    if args.negative_points is not None and args.negative_points < 0:
+        raise UserError(f"--negative-points must be >= 0, got {args.negative_points}")
+    if args.negative_points and not args.point_generator:
+        raise UserError("--negative-points needs --point-generator (the baseline has no negative map)")
+    generator = load_point_generator(args.point_generator)[0] if args.point_generator else None
+    return {"promptable": promptable_from_args(args), "generator": generator, "n_positive": args.points,
+            "n_negative": 1 if args.negative_points is None else args.negative_points}
+
+
+def promptable_from_args(args: argparse.Namespace):
+    """The promptable segmenter that ``--promptable`` or ``--sam-checkpoint`` names."""
+    from textseg.ris.promptable import PromptableSegmenter
+
+    if bool(args.promptable) == bool(args.sam_checkpoint):
+        raise UserError("--method points needs a promptable segmenter: give --promptable CKPT (the workbench "
+                        "stand-in) or --sam-checkpoint FILE, one of them")
+    device = args.device or None
+    if args.promptable:
+        return PromptableSegmenter.from_workbench(args.promptable, device=device)
+    return PromptableSegmenter.from_sam(args.sam_checkpoint, args.sam_model_type, device=device)

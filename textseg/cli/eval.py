@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from textseg.cli.common import add_model_args, model_from_args
+from textseg.cli.common import (add_model_args, add_promptable_args, model_from_args, points_options,
+                                promptable_from_args)
 from textseg.errors import UserError
 
 
@@ -83,13 +84,16 @@ def cmd_ris(args: argparse.Namespace) -> int:
 
     if args.short_side < 0:
         raise UserError(f"--short-side must be positive (or 0 to keep the image size), got {args.short_side}")
-    if args.method == "best-group" and _refer_options(args):
+    if args.method in ("best-group", "points", "centre-point-oracle") and _refer_options(args):
         raise UserError("--alpha, --beta, --mode and --no-target-threshold need --method global-local or region")
+    points = args.method in ("points", "centre-point-oracle")
+    if not points and (args.promptable or args.sam_checkpoint or args.point_generator):
+        raise UserError("--promptable, --sam-checkpoint and --point-generator need --method points")
     _check_common(args)
     if args.image_root is not None and not Path(args.image_root).is_dir():
         raise UserError(f"--image-root {args.image_root} is not a folder")
     if args.no_target_threshold_from is not None:
-        if args.method == "best-group":
+        if args.method not in ("global-local", "region"):
             raise UserError("--no-target-threshold-from needs --method global-local or region")
         if args.no_target_threshold is not None:
             raise UserError("give --no-target-threshold or --no-target-threshold-from, not both")
@@ -103,9 +107,17 @@ def cmd_ris(args: argparse.Namespace) -> int:
     if args.no_target_threshold_from is not None:
         dev = [RefDataset(args.root, args.dataset, args.split_by, args.no_target_threshold_from,
                           image_root=args.image_root, no_target=nt) for nt in (False, True)]
+    meta: dict[str, Any] = {"config": {"args": _args_config(args)}}
+    if args.method == "centre-point-oracle":
+        return _centre_point_oracle(args, dataset, meta)
     segmenter = Segmenter(model_from_args(args), protocol, text_cache_dir=args.text_cache_dir)
     options = _refer_options(args)
-    meta: dict[str, Any] = {"config": {"args": _args_config(args)}}
+    key = _model_key(args)
+    if points:
+        options = points_options(args)
+        key.update({name: None if getattr(args, name) is None else str(Path(getattr(args, name)).resolve())
+                    for name in ("promptable", "sam_checkpoint", "point_generator")})
+        key.update(points=options["n_positive"], negative_points=options["n_negative"])
     if dev is not None:
         from textseg.eval.calibration import choose_no_target_threshold, referring_best_scores
 
@@ -120,8 +132,25 @@ def cmd_ris(args: argparse.Namespace) -> int:
     results = run_ris_benchmark(segmenter, args.root, args.dataset, args.split_by, args.split, protocol, args.out,
                                 image_root=args.image_root, overlays=args.overlays, limit=args.limit,
                                 resume=not args.no_resume, progress=not args.no_progress,
-                                meta=meta, dataset=dataset, key=_model_key(args), method=args.method,
+                                meta=meta, dataset=dataset, key=key, method=args.method,
                                 refer_options=options)
+    print(f"{summary_line(results)}  -> {Path(args.out) / 'results.json'}")
+    return 0
+
+
+def _centre_point_oracle(args: argparse.Namespace, dataset: Any, meta: dict[str, Any]) -> int:
+    """The masks-given upper bound of point prompting (reads the ground truth; no textseg model is involved)."""
+    from textseg.eval import evaluate_ris, summary_line
+    from textseg.ris.points import CentrePointOracle
+
+    if args.point_generator:
+        raise UserError("--method centre-point-oracle takes its point from the ground truth: no --point-generator")
+    promptable = promptable_from_args(args)
+    key = {"method": "centre-point-oracle", "image_root": str(Path(dataset.image_root).resolve()),
+           **{name: None if getattr(args, name) is None else str(Path(getattr(args, name)).resolve())
+              for name in ("promptable", "sam_checkpoint")}}
+    results = evaluate_ris(CentrePointOracle(promptable, dataset), dataset, args.out, resume=not args.no_resume,
+                           overlays=args.overlays, limit=args.limit, progress=not args.no_progress, meta=meta, key=key)
     print(f"{summary_line(results)}  -> {Path(args.out) / 'results.json'}")
     return 0
 
@@ -161,10 +190,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     ris.add_argument("--image-root", default=None, help="image folder (default: <root>/images)")
     ris.add_argument("--short-side", type=int, default=448,
                      help="resize images to this short side (default 448; 0 keeps the size)")
-    ris.add_argument("--method", default="best-group", choices=["best-group", "global-local", "region"],
+    ris.add_argument("--method", default="best-group",
+                     choices=["best-group", "global-local", "region", "points", "centre-point-oracle"],
                      help="best-group: the k-means group nearest the sentence; global-local: Global-Local CLIP over "
-                          "instance proposals from the grouping; region: the same with region-token local features "
-                          "(default best-group)")
+                          "instance proposals from the grouping; region: the same with region-token local features; "
+                          "points: point prompts for a promptable segmenter; centre-point-oracle: that segmenter "
+                          "prompted at the ground-truth mask's centre (an upper bound) (default best-group)")
     ris.add_argument("--alpha", type=float, help="global-branch weight (default 0.95)")
     ris.add_argument("--beta", type=float, help="sentence weight against the noun phrase (default 0.5)")
     ris.add_argument("--mode", choices=["clean", "reference"], help="Global-Local CLIP preprocessing (default clean)")
@@ -176,5 +207,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     ris.add_argument("--no-target", action="store_true",
                      help="evaluate the no-target counterpart of each sentence (paired with an image that holds no "
                           "object of its category; scored by N-acc, the percent answered with no mask)")
+    add_promptable_args(ris)
     _add_common(ris)
     ris.set_defaults(func=cmd_ris)

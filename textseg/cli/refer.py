@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from textseg.cli.common import add_model_args, model_from_args
+from textseg.cli.common import add_model_args, add_promptable_args, model_from_args, points_options
 from textseg.errors import UserError
 
 
@@ -50,6 +50,29 @@ def cmd_refer(args: argparse.Namespace) -> int:
     arr = load_image(image_path)
     segmenter = Segmenter(model_from_args(args), short_side=args.short_side or None, templates="single",
                           text_cache_dir=False)
+    if args.method == "points":
+        if args.proposals != "grouping" or args.no_target_threshold is not None:
+            raise UserError("--method points makes its mask from point prompts: --proposals and "
+                            "--no-target-threshold do not apply")
+        res = segmenter.refer(arr, args.sentence, method="points", **points_options(args))
+        out.mkdir(parents=True, exist_ok=True)
+        save_png((res.mask * 255).astype("uint8"), outputs[0])
+        save_png(referring_overlay(arr, res.mask, args.sentence, score=res.score, points=res.points,
+                                   labels=res.labels), outputs[1])
+        summary = {"image": str(image_path), "sentence": args.sentence, "size": list(res.mask.shape),
+                   "model": segmenter.model.config.name, "checkpoint": args.checkpoint, "method": "points",
+                   "promptable": args.promptable or args.sam_checkpoint, "point_generator": args.point_generator,
+                   "score": res.score,
+                   "points": [{"x": float(x), "y": float(y), "label": int(lab), "score": float(sc)}
+                              for (x, y), lab, sc in zip(res.points, res.labels, res.point_scores)],
+                   "mask_png": outputs[0].name, "overlay_png": outputs[1].name}
+        if args.rle:
+            summary["rle"] = mask_to_rle(res.mask)
+        atomic_write_text(outputs[2], json.dumps(summary, indent=2))
+        n_pos = int((res.labels == 1).sum())
+        print(f"{image_path}: {n_pos} positive and {len(res.labels) - n_pos} negative points, predicted IoU "
+              f"{res.score:.2f}; wrote {', '.join(o.name for o in outputs)} to {out}")
+        return 0
     res = segmenter.refer(arr, args.sentence, proposals=given, method=args.method, proposer=_proposer(args),
                           alpha=args.alpha, beta=args.beta, mode=args.mode,
                           no_target_threshold=args.no_target_threshold)
@@ -82,8 +105,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "and `pip install 'textseg[sam]'`), or a mask file: COCO RLE JSON, PNG label map, folder")
     p.add_argument("--sam-checkpoint", help="SAM checkpoint file (sam_vit_h_4b8939.pth, ...)")
     p.add_argument("--sam-model-type", default="vit_h", choices=["vit_h", "vit_l", "vit_b"])
-    p.add_argument("--method", default="global-local", choices=["global-local", "region"],
-                   help="global-local: masked crops (default); region: region tokens, one forward (fast)")
+    p.add_argument("--method", default="global-local", choices=["global-local", "region", "points"],
+                   help="global-local: masked crops (default); region: region tokens, one forward (fast); points: "
+                        "point prompts for a promptable segmenter (--promptable or --sam-checkpoint)")
     p.add_argument("--mode", default="clean", choices=["clean", "reference"],
                    help="Global-Local CLIP preprocessing: clean (default) or the public code's (reference)")
     p.add_argument("--alpha", type=float, default=0.95, help="global-branch weight (default 0.95)")
@@ -94,5 +118,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="resize for the grouping and region tokens (default 448; 0 keeps the size)")
     p.add_argument("--rle", action="store_true", help="add the mask as COCO RLE to the JSON")
     p.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
+    add_promptable_args(p, with_sam=False)
     add_model_args(p)
     p.set_defaults(func=cmd_refer)

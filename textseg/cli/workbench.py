@@ -12,7 +12,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     manifest = build_workbench(args.out, train_scenes=args.scenes, val_scenes=args.val_scenes,
-                               ref_scenes=args.ref_scenes, object_centric=args.objects, size=args.size,
+                               ref_scenes=args.ref_scenes, object_centric=args.objects,
+                               refer_train_scenes=args.refer_train_scenes, size=args.size,
                                val_size=args.val_size, seed=args.seed, workers=args.workers,
                                shard_size=args.shard_size, progress=not args.no_progress)
     print(json.dumps(manifest["counts"]))
@@ -36,6 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--val-scenes", type=int, default=1000, help="VOC-format validation scenes (default 1000)")
     build.add_argument("--ref-scenes", type=int, default=500, help="referring-segmentation scenes (default 500)")
     build.add_argument("--objects", type=int, default=2000, help="object-centric images (default 2000)")
+    build.add_argument("--refer-train-scenes", type=int, default=3000,
+                       help="scenes drawn for referring image-sentence training pairs, no masks (default 3000)")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--size", type=int, default=96, help="training image side in px (default 96)")
     build.add_argument("--val-size", type=int, default=None, help="VOC/refer image side in px (default: --size)")

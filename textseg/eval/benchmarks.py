@@ -78,7 +78,8 @@ def run_ris_benchmark(segmenter: Any, root: str | Path, dataset_name: str, split
             it here.
         key: As in :func:`run_semseg_benchmark`.
         method, refer_options: As in :class:`~textseg.eval.predictors.SegmenterRISPredictor`; both are part of
-            the resume key.
+            the resume key (options that are objects, such as a promptable segmenter, are named in ``key`` by the
+            caller instead).
 
     Returns:
         The results dict written to ``out/results.json``.
@@ -89,7 +90,11 @@ def run_ris_benchmark(segmenter: Any, root: str | Path, dataset_name: str, split
         dataset = RefDataset(root, dataset_name, split_by, split, image_root=image_root)
     options = dict(refer_options or {})
     key = {**_resume_key(key, protocol), "image_root": str(Path(dataset.image_root).resolve()), "method": method,
-           "refer_options": {k: repr(v) for k, v in sorted(options.items())}}
+           "refer_options": {k: repr(v) for k, v in sorted(options.items()) if _plain(v)}}
     predictor = SegmenterRISPredictor(segmenter, protocol, method, options)
     return evaluate_ris(predictor, dataset, out, resume=resume, overlays=overlays,
                         limit=limit, progress=progress, meta=_with_protocol(meta, protocol), key=key)
+
+
+def _plain(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str))

@@ -62,7 +62,7 @@ class SegmenterSemsegPredictor:
         return labels if self.has_background else labels - 1
 
 
-RIS_METHODS = ("best-group", "global-local", "region")
+RIS_METHODS = ("best-group", "global-local", "region", "points")
 
 
 class SegmenterRISPredictor:
@@ -73,7 +73,8 @@ class SegmenterRISPredictor:
         protocol: What ``predict_referring`` receives (the segmenter's defaults without one).
         method: ``"best-group"`` (``predict_referring``: the k-means group that best matches the sentence),
             ``"global-local"`` or ``"region"`` (``Segmenter.refer`` over instance mask proposals; an image's
-            proposals and visual features are computed once for all its sentences).
+            proposals and visual features are computed once for all its sentences), or ``"points"`` (point
+            prompts for a promptable segmenter; ``refer_options`` must hold ``promptable``).
         refer_options: ``Segmenter.refer`` options (``alpha``, ``beta``, ``mode``, ``no_target_threshold``, ...).
     """
 

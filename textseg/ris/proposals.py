@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from textseg.errors import DatasetError, MissingWeightsError, UserError
+from textseg.errors import DatasetError, UserError
+from textseg.ris.promptable import SAM_CHECKPOINT_URLS, load_sam
 
 if TYPE_CHECKING:
     from textseg.io import ImageLike
@@ -35,11 +36,6 @@ if TYPE_CHECKING:
 
 DEDUP_IOU = 0.9
 
-SAM_CHECKPOINT_URLS = {
-    "vit_h": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
-    "vit_l": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
-    "vit_b": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
-}
 
 _MASK_IMAGE_SUFFIXES = (".png",)
 
@@ -527,18 +523,9 @@ class SamProposer:
         if generator is not None:
             self.generator = generator
             return
-        if model_type not in SAM_CHECKPOINT_URLS:
-            raise UserError(f"unknown SAM model type {model_type!r} (use one of {', '.join(SAM_CHECKPOINT_URLS)})")
-        try:
-            from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
-        except ImportError:
-            raise UserError("SAM proposals need the segment_anything package: pip install 'textseg[sam]'") from None
-        path = Path(checkpoint) if checkpoint is not None else None
-        if path is None or not path.is_file():
-            raise MissingWeightsError(f"SAM checkpoint {path if path is not None else '(none given)'} not found: "
-                                      f"download the {model_type} checkpoint from {SAM_CHECKPOINT_URLS[model_type]}")
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        sam = sam_model_registry[model_type](checkpoint=str(path)).to(device).eval()
+        sam = load_sam(checkpoint, model_type, device)
+        from segment_anything import SamAutomaticMaskGenerator
+
         self.generator = SamAutomaticMaskGenerator(sam, **generator_kwargs)
 
     @torch.no_grad()

@@ -84,6 +84,19 @@ def ref_sample(seed: int, index: int, size: int) -> tuple[int, bytes, list[tuple
     return index, encode_jpeg(scene.image), objs
 
 
+def refer_train_sample(seed: int, index: int, size: int) -> tuple[str, dict[str, bytes]] | None:
+    """One image-sentence pair for weakly supervised referring training: key and {"jpg", "txt"} bytes, where the
+    sentence refers to one object of the scene (None when no object can be referred to). No mask is written."""
+    scene = make_scene(seed, index, size, stream="ref_train", cache=_cache(), min_objects=2, same_class_prob=0.5)
+    rng = _text_rng(seed, "ref_train", index)
+    exprs = referring_expressions(scene, rng)
+    if not exprs:
+        return None
+    sentences = exprs[sorted(exprs)[int(rng.integers(len(exprs)))]]
+    sentence = sentences[int(rng.integers(len(sentences)))]
+    return f"reftrain_{index:07d}", {"jpg": encode_jpeg(scene.image), "txt": sentence.encode()}
+
+
 def _run(job: tuple[Callable, int, int, int]) -> Any:
     fn, seed, index, size = job
     return fn(seed, index, size)
@@ -129,6 +142,7 @@ def build_workbench(
     val_scenes: int = 1000,
     ref_scenes: int = 500,
     object_centric: int = 2000,
+    refer_train_scenes: int = 3000,
     size: int = 96,
     val_size: int | None = None,
     seed: int = 0,
@@ -140,7 +154,7 @@ def build_workbench(
 
     Layout: ``train/shard-*.tar`` (jpg, txt, json), ``objects/shard-*.tar`` (object-centric),
     ``voc/VOC2012/...`` (VOC-format val set), ``refer/openmoji_ref/{refs(unc).p,instances.json}`` and
-    ``refer/images/``. Scene ``i`` of each part depends only on ``(seed, part, i)``, so the output is the same
+    ``refer/images/``, ``refer_train/shard-*.tar`` (jpg, txt: image-sentence pairs without masks). Scene ``i`` of each part depends only on ``(seed, part, i)``, so the output is the same
     byte for byte for any ``workers``.
 
     Args:
@@ -149,6 +163,8 @@ def build_workbench(
         val_scenes: Number of VOC-format validation scenes.
         ref_scenes: Number of referring-segmentation scenes.
         object_centric: Number of one-object images for curriculum learning.
+        refer_train_scenes: Number of referring scenes drawn for weakly supervised referring training (scenes
+            where no object can be referred to unambiguously are left out and counted).
         size: Side of training and object-centric images in pixels.
         val_size: Side of VOC and refer images; defaults to ``size``.
         seed: Benchmark seed.
@@ -159,7 +175,8 @@ def build_workbench(
     Returns:
         The manifest (also written to ``out_dir/manifest.json``).
     """
-    for name, n in (("train_scenes", train_scenes), ("val_scenes", val_scenes), ("ref_scenes", ref_scenes), ("object_centric", object_centric)):
+    for name, n in (("train_scenes", train_scenes), ("val_scenes", val_scenes), ("ref_scenes", ref_scenes), ("object_centric", object_centric),
+                    ("refer_train_scenes", refer_train_scenes)):
         if n < 0:
             raise UserError(f"{name} must be >= 0, got {n}")
     val_size = val_size or size
@@ -177,6 +194,7 @@ def build_workbench(
         + [(object_sample, seed, i, size) for i in range(object_centric)]
         + [(val_sample, seed, i, val_size) for i in range(val_scenes)]
         + [(ref_sample, seed, i, val_size) for i in range(ref_scenes)]
+        + [(refer_train_sample, seed, i, size) for i in range(refer_train_scenes)]
     )
     if progress:
         from tqdm import tqdm
@@ -213,6 +231,14 @@ def build_workbench(
                 else:
                     unreferred += 1
         refer.close()
+        refer_train_skipped = 0
+        with ShardWriter(folder=out / "refer_train", maxcount=shard_size) as refer_train:
+            for _ in range(refer_train_scenes):
+                sample = next(results)
+                if sample is None:
+                    refer_train_skipped += 1
+                else:
+                    refer_train.write(*sample)
     finally:
         bar.close()
         if hasattr(results, "close"):
@@ -232,10 +258,13 @@ def build_workbench(
             "refs": dict(split_counts, total=len(refer.refs)),
             "ref_objects_not_referred": unreferred,
             "distractor_glyphs": n_distractors,
+            "refer_train_scenes": refer_train_scenes,
+            "refer_train_pairs": refer_train_scenes - refer_train_skipped,
         },
         "shards": {
             "train": [Path(p).name for p in train.shards],
             "objects": [Path(p).name for p in objects.shards],
+            "refer_train": [Path(p).name for p in refer_train.shards],
             "shard_size": shard_size,
         },
         "classes": get_class_names("voc21"),
@@ -245,6 +274,8 @@ def build_workbench(
             "objects": "objects/shard-NNNNNN.tar: one glyph per image; txt = name caption, json = class_id (-1 distractor)",
             "voc": "voc/VOC2012/{JPEGImages,SegmentationClass,ImageSets/Segmentation/val.txt}",
             "refer": "refer/openmoji_ref/{refs(unc).p,instances.json}, refer/images/",
+            "refer_train": "refer_train/shard-NNNNNN.tar: jpg, txt (a sentence referring to one object; no masks: "
+            "weakly supervised referring training)",
         },
         "versions": _versions(),
         "font": {"path": str(path), "license": FONT_LICENSE},

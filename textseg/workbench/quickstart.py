@@ -34,7 +34,7 @@ def build_dev_set(data: Path, seed: int, scenes: int = 300, progress: bool = Tru
 
     dev = data / f"dev-seed{seed + 1}"
     if not (dev / "manifest.json").is_file():
-        build_workbench(dev, train_scenes=0, val_scenes=scenes, ref_scenes=0, object_centric=0, size=96,
+        build_workbench(dev, train_scenes=0, val_scenes=scenes, ref_scenes=0, object_centric=0, refer_train_scenes=0, size=96,
                         seed=seed + 1, workers=2, progress=progress)
     return dev
 

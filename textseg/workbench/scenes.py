@@ -13,7 +13,11 @@ from PIL import Image, ImageDraw
 
 from textseg.workbench.glyphs import VOC_GLYPHS, GlyphCache, distractor_codepoints, glyph_name
 
-STREAMS: dict[str, int] = {"train": 0, "val": 1, "ref": 2, "object": 3, "preview": 4}
+STREAMS: dict[str, int] = {
+    "train": 0, "val": 1, "ref": 2, "object": 3, "preview": 4,
+    "segmenter": 5,  # scenes with masks for the promptable-segmenter stand-in (its own training set)
+    "ref_train": 6,  # referring scenes whose image-sentence pairs train the point generator (no masks written)
+}
 BACKGROUNDS: tuple[str, ...] = ("gradient", "striped", "checkered", "noisy")
 # Glyph font size as a fraction of the scene side; the ink is roughly as large as the font size.
 SIZE_FRACTIONS: tuple[float, ...] = (0.26, 0.32, 0.38, 0.45, 0.53, 0.62)

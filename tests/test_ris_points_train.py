@@ -94,7 +94,7 @@ def test_point_referrer_with_the_baseline(workbench, segmenter_ckpt, tiny_model)
     from textseg.ris.promptable import PromptableSegmenter
     from textseg.segmenter import Segmenter
 
-    image = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(
+    image = np.array(__import__("PIL.Image", fromlist=["Image"]).open(
         sorted((workbench / "refer" / "images").glob("*.jpg"))[0]).convert("RGB"))
     seg = Segmenter(tiny_model, short_side=96, templates="single", text_cache_dir=False)
     promptable = PromptableSegmenter.from_workbench(segmenter_ckpt, device="cpu")

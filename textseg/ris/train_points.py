@@ -387,6 +387,7 @@ def train_point_generator(model: Any, core: Any, cfg: PointTrainConfig, out: str
                 step += 1
                 metrics.write(json.dumps({"step": step, "stage": name, **{k: round(v, 5) for k, v in last.items()}})
                               + "\n")
+                metrics.flush()
                 bar.update(1)
                 bar.set_postfix(stage=name, loss=f"{last['loss']:.3f}")
             summary["stages"].append({"name": name, "steps": steps, "shards": len(urls)})

@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default="workbench/openmoji",
                    help="folder the config's shard paths are relative to (default workbench/openmoji)")
     p.add_argument("--out", default="runs/points", help="output folder (default runs/points)")
-    p.add_argument("--config", default=None, help="training YAML (default: the packaged train/points.yaml)")
+    p.add_argument("--config", default=None, help="training YAML (default: the packaged points/default.yaml)")
     p.add_argument("--promptable", metavar="CKPT", help="workbench-promptable-segmenter checkpoint (required)")
     p.add_argument("--no-curriculum", action="store_true",
                    help="ablation: train on the union of the stages' data instead of stage by stage")

@@ -50,7 +50,7 @@ class Stage:
 
 @dataclass
 class PointTrainConfig:
-    """Settings of :func:`train_point_generator` (the YAML file ``configs/train/points.yaml`` holds the defaults).
+    """Settings of :func:`train_point_generator` (the YAML file ``configs/points/default.yaml`` holds the defaults).
 
     Attributes:
         stages: the curriculum, in order.
@@ -91,14 +91,14 @@ class PointTrainConfig:
 
 
 def load_point_config(path: str | Path | None = None, **overrides: Any) -> PointTrainConfig:
-    """The training config of a YAML file (default: the packaged ``train/points.yaml``), with ``overrides``."""
+    """The training config of a YAML file (default: the packaged ``points/default.yaml``), with ``overrides``."""
     import yaml
 
     if path is None:
         from importlib.resources import files
 
-        text = files("textseg").joinpath("configs/train/points.yaml").read_text(encoding="utf-8")
-        where = "configs/train/points.yaml"
+        text = files("textseg").joinpath("configs/points/default.yaml").read_text(encoding="utf-8")
+        where = "configs/points/default.yaml"
     else:
         p = Path(path)
         if not p.is_file():

@@ -8,6 +8,7 @@ only when complete, so an interrupted run never leaves a truncated file under th
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import secrets
@@ -59,6 +60,11 @@ def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
         out.discard()
         raise
     out.commit()
+
+
+def image_key(image: np.ndarray) -> bytes:
+    """A cache key of an image array's content and shape."""
+    return hashlib.sha1(np.ascontiguousarray(image).data).digest() + str(image.shape).encode()
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

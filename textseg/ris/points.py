@@ -16,7 +16,6 @@ Training from image-text pairs alone is in :mod:`textseg.ris.train_points`.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from textseg.errors import MissingWeightsError, UserError
-from textseg.io import ImageLike, load_image
+from textseg.io import ImageLike, image_key, load_image
 
 if TYPE_CHECKING:
     from textseg.model import TextSegModel
@@ -218,10 +217,9 @@ def load_point_generator(path: str | Path, device: str | torch.device | None = N
     path = Path(path)
     if not path.is_file():
         raise MissingWeightsError(f"point generator {path} not found: train one with `textseg train-points`")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # not a torch file, truncated, or holding objects weights_only refuses
-        raise UserError(f"point generator {path} cannot be read: {type(err).__name__}: {err}") from None
+    from textseg.train.checkpoint import load_weights_only
+
+    ckpt = load_weights_only(path, f"point generator {path} cannot be read")
     if not isinstance(ckpt, dict) or ckpt.get("kind") != "textseg-point-generator":
         raise UserError(f"{path} is not a textseg point generator checkpoint")
     try:
@@ -303,7 +301,7 @@ class PointReferrer:
     @torch.no_grad()
     def dense_features(self, image: np.ndarray) -> torch.Tensor:
         """(1, gh, gw, E) dense CLIP features of an image at the segmenter's resize, cached per image."""
-        key = _image_key(image)
+        key = image_key(image)
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
@@ -344,7 +342,7 @@ class PointReferrer:
         keep = prompts.labels[0] >= 0
         points = prompts.coords[0][keep].cpu().numpy()
         labels = prompts.labels[0][keep].cpu().numpy()
-        key = _image_key(arr)
+        key = image_key(arr)
         if key != self._image_key:
             self.promptable.set_image(arr)
             self._image_key = key
@@ -370,13 +368,13 @@ class CentrePointOracle:
         self._index: dict[tuple[bytes, str], int] = {}
         for i in range(len(dataset)):
             sample = dataset[i]
-            self._index.setdefault((_image_key(sample["image"]), sample["sentence"]), i)
+            self._index.setdefault((image_key(sample["image"]), sample["sentence"]), i)
         self._image_key: bytes | None = None
 
     def __call__(self, image: np.ndarray, sentence: str) -> np.ndarray | None:
         from textseg.ris.promptable import mask_centre_point
 
-        key = _image_key(image)
+        key = image_key(image)
         i = self._index.get((key, sentence))
         if i is None:
             raise UserError(f"the centre-point oracle has no ground truth for {sentence!r} on this image")
@@ -388,10 +386,6 @@ class CentrePointOracle:
             self._image_key = key
         x, y = mask_centre_point(mask)
         return np.asarray(self.promptable.predict(np.array([[x, y]], float), np.array([1])).mask, dtype=bool)
-
-
-def _image_key(image: np.ndarray) -> bytes:
-    return hashlib.sha1(np.ascontiguousarray(image).data).digest() + str(image.shape).encode()
 
 
 def dense_and_text(model: "TextSegModel", images: torch.Tensor, sentences: list[str]

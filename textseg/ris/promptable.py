@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import pickle
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -112,17 +111,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 def _read(path: Path, what: str) -> Any:
     """``torch.load(path, weights_only=True)`` on CPU; a one-line UserError naming the file otherwise."""
-    from textseg.train.checkpoint import _first_line
+    from textseg.train.checkpoint import load_weights_only
 
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "weights only" in str(err).lower():
-            raise UserError(f"{what} {path} cannot be read: it holds objects other than tensors and plain values, "
-                            "which are refused because loading them could run code") from None
-        raise UserError(f"{what} {path} cannot be read ({_first_line(err)})") from None
-    except Exception as err:  # random bytes, truncated zip, empty file: torch raises several types
-        raise UserError(f"{what} {path} cannot be read ({_first_line(err)})") from None
+    return load_weights_only(path, f"{what} {path} cannot be read")
 
 
 def _load_strict(model: torch.nn.Module, state: Any, message: str) -> None:

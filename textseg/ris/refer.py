@@ -15,7 +15,6 @@ images, so that the sentences of one image (a refer-format dataset has several) 
 
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ import torch.nn.functional as F
 
 from textseg.errors import UserError
 from textseg.grouping import masks_to_region_masks
-from textseg.io import ImageLike, load_image
+from textseg.io import ImageLike, image_key, load_image
 from textseg.ris.global_local import GlobalLocalCLIP
 from textseg.ris.proposals import GroupingProposer, Proposals, load_mask_proposals
 
@@ -138,7 +137,7 @@ class Referrer:
 
     def proposals_and_features(self, image: np.ndarray) -> tuple[Proposals, torch.Tensor]:
         """An image's proposals from :attr:`proposer` and their visual features, cached per image content."""
-        key = hashlib.sha1(np.ascontiguousarray(image).data).digest() + str(image.shape).encode()
+        key = image_key(image)
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]

@@ -68,6 +68,21 @@ def prune_step_checkpoints(out: str | Path, keep_last: int) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------------------------------- reading
+def load_weights_only(path: Path, prefix: str, unreadable: str = "") -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU (never unpickling code). A file torch cannot read is a
+    one-line UserError ``"{prefix}: it holds objects ..."`` (refused objects) or ``"{prefix} ({unreadable}<why>)"``.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights only" in str(err).lower():
+            raise UserError(f"{prefix}: it holds objects other than tensors and plain values, which are refused "
+                            "because loading them could run code") from None
+        raise UserError(f"{prefix} ({unreadable}{_first_line(err)})") from None
+    except Exception as err:  # truncated zip, random bytes, empty file: torch raises several types
+        raise UserError(f"{prefix} ({unreadable}{_first_line(err)})") from None
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True`` and check that it is a textseg checkpoint.
 
@@ -78,15 +93,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} is not a file" if path.exists() else f"checkpoint {path} does not exist")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "weights only" in str(err).lower():
-            raise UserError(f"{path} is not a textseg checkpoint: it holds objects other than tensors and plain "
-                            "values, which are refused because loading them could run code") from None
-        raise UserError(f"{path} is not a textseg checkpoint (unreadable: {_first_line(err)})") from None
-    except Exception as err:  # truncated zip, random bytes, empty file: torch raises several types
-        raise UserError(f"{path} is not a textseg checkpoint (unreadable: {_first_line(err)})") from None
+    data = load_weights_only(path, f"{path} is not a textseg checkpoint", "unreadable: ")
     model = data.get("model") if isinstance(data, dict) else None
     if not (isinstance(model, Mapping) and all(isinstance(v, torch.Tensor) for v in model.values())):
         raise UserError(f"{path} is not a textseg checkpoint (no 'model' state dict)")

@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from textseg.errors import ConfigError, MissingWeightsError, UserError
-from textseg.ris.points import (PointGenerator, load_point_generator, make_prompts, patch_centres,
+from textseg.ris.points import (PointGenerator, load_point_generator, make_prompts, near_patches, patch_centres,
                                 save_point_generator, select_points, sincos_2d)
-from textseg.ris.train_points import (alignment_reward, candidate_images, load_point_config, localization_loss,
-                                      region_features, sample_points)
+from textseg.ris.train_points import (alignment_reward, candidate_images, confidence_candidates, listwise_loss,
+                                      load_point_config, localization_loss, region_features, sample_points)
 
 
 def _rigged_map():
@@ -156,6 +156,46 @@ def test_sample_points_log_prob_and_exclusion():
     assert (idx == 11).all()
 
 
+def test_near_patches_hand_computed():
+    near = near_patches(torch.tensor([0, 7]), (3, 3), 1)  # corner (0, 0) and (2, 1) on a 3x3 grid
+    assert near[0].reshape(3, 3).int().tolist() == [[1, 1, 0], [1, 1, 0], [0, 0, 0]]
+    assert near[1].reshape(3, 3).int().tolist() == [[0, 0, 0], [1, 1, 1], [1, 1, 1]]
+    assert near_patches(torch.tensor([4]), (3, 3), 0)[0].nonzero().flatten().tolist() == [4]
+
+
+def test_confidence_candidates_top_then_drawn():
+    scores = torch.tensor([[0.0, 9.0, 1.0, 8.0, 2.0, 3.0, 7.0, 4.0]])
+    g = torch.Generator().manual_seed(0)
+    index, valid = confidence_candidates(scores, 5, generator=g)
+    assert index[0, :3].tolist() == [1, 3, 6] and valid.all()  # the k - k // 2 = 3 best first
+    drawn = index[0, 3:].tolist()
+    assert len(set(drawn)) == 2 and not set(drawn) & {1, 3, 6}
+    seen = set()
+    for seed in range(40):  # the draw reaches every other patch
+        seen |= set(confidence_candidates(scores, 5, generator=torch.Generator().manual_seed(seed))[0][0, 3:].tolist())
+    assert seen == {0, 2, 4, 5, 7}
+    exclude = torch.tensor([[False, True, True, True, True, True, False, False]])  # leaves patches 0, 6, 7
+    index, valid = confidence_candidates(scores, 4, exclude, generator=g)
+    assert index[0, :2].tolist() == [6, 7] and valid[0].tolist() == [True, True, True, False]
+    assert index[0, 2].item() == 0
+
+
+def test_listwise_loss_hand_computed():
+    logits = torch.tensor([[0.0, math.log(2.0)]], requires_grad=True)  # softmax: 1/3, 2/3
+    reward = torch.tensor([[0.6, 0.5]])
+    loss = listwise_loss(logits, reward, torch.ones(1, 2, dtype=torch.bool), temperature=0.1)
+    t0 = math.e / (math.e + 1)  # softmax([6, 5])
+    assert loss.item() == pytest.approx(-(t0 * math.log(1 / 3) + (1 - t0) * math.log(2 / 3)), abs=1e-5)
+    loss.backward()
+    assert logits.grad[0, 0] < 0 < logits.grad[0, 1]  # descent raises the better-rewarded candidate
+    # an invalid candidate takes no part; a row with fewer than two valid ones is left out
+    three = torch.tensor([[0.0, math.log(2.0), 5.0], [1.0, 2.0, 3.0]])
+    valid = torch.tensor([[True, True, False], [True, False, False]])
+    got = listwise_loss(three, torch.tensor([[0.6, 0.5, 9.0], [0.0, 1.0, 1.0]]), valid, 0.1)
+    assert got.item() == pytest.approx(loss.item(), abs=1e-5)
+    assert listwise_loss(three[1:], three[1:], valid[1:], 0.1).item() == 0.0
+
+
 def test_generator_checkpoint_round_trip(tmp_path):
     gen = PointGenerator(16, width=32, depth=1, heads=4)
     with torch.no_grad():
@@ -188,7 +228,9 @@ def test_point_config_defaults_and_errors(tmp_path):
         ("stages: [{name: a, steps: 2}]\n", "stages[0] needs"),
         ("stages: [{name: a, steps: -1, data: x.tar}]\n", "steps must be"),
         ("stages: [{name: a, steps: 2, data: x.tar}]\nlr: .nan\n", "lr must be"),
-        ("stages: [{name: a, steps: 2, data: x.tar}]\nlocalization: 0\nmask_alignment: 0\n", "nothing to train"),
+        ("stages: [{name: a, steps: 2, data: x.tar}]\nlocalization: 0\nconfidence: 0\n", "nothing to train"),
+        ("stages: [{name: a, steps: 2, data: x.tar}]\ncandidates: 1\n", "candidates must be >= 2"),
+        ("stages: [{name: a, steps: 2, data: x.tar}]\nconfidence_temperature: 0\n", "confidence_temperature"),
         ("stages: [{name: a, steps: 2, data: x.tar}]\nfoo: 1\n", "unknown setting"),
         ("stages: [\n", "not valid YAML"),
     ]:

@@ -49,7 +49,7 @@ def _config(**kw):
 def test_training_step_changes_weights_and_never_reads_a_mask(workbench, segmenter_ckpt, tiny_model, tmp_path):
     from textseg.ris.promptable import PromptableSegmenter
 
-    cfg = _config()
+    cfg = _config(mask_alignment=1.0)  # every term of the objective runs
     opened: list[str] = []
     recording = [True]
 
@@ -78,16 +78,58 @@ def test_training_step_changes_weights_and_never_reads_a_mask(workbench, segment
     assert meta["summary"]["steps"] == 2
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in rows] == ["objects", "referring"]
-    assert all(np.isfinite(r["loss"]) and "reward" in r and "localization" in r for r in rows)
+    assert all(np.isfinite(r["loss"]) and {"reward", "localization", "confidence_pos", "confidence_neg"} <= set(r)
+               for r in rows)
 
 
 def test_no_curriculum_mixes_the_stages(workbench, segmenter_ckpt, tiny_model, tmp_path):
     from textseg.ris.promptable import PromptableSegmenter
 
     promptable = PromptableSegmenter.from_workbench(segmenter_ckpt, device="cpu")
-    summary = train_point_generator(tiny_model, promptable.core, _config(curriculum=False, mask_alignment=0.0),
+    summary = train_point_generator(tiny_model, promptable.core, _config(curriculum=False),
                                     tmp_path / "run", data_root=workbench, progress=False)
     assert summary["stages"] == [{"name": "mixed", "steps": 2, "shards": 2}]
+
+
+class _Recorder:
+    """The real segmenter core, recording the prompts it decodes."""
+
+    def __init__(self, core):
+        self.core, self.calls = core, []
+
+    def decode(self, encoded, coords, labels, multimask=True):
+        self.calls.append((coords.clone(), labels.clone(), multimask))
+        return self.core.decode(encoded, coords, labels, multimask)
+
+
+def test_confidence_loss_prompts_and_targets(segmenter_ckpt):
+    from textseg.ris.promptable import PromptableSegmenter
+    from textseg.ris.train_points import confidence_loss
+
+    core = PromptableSegmenter.from_workbench(segmenter_ckpt, device="cpu").core
+    images = np.random.default_rng(0).integers(0, 255, (2, 96, 96, 3), dtype=np.uint8)
+    encoded = core.encode(torch.from_numpy(images))
+    pos = torch.zeros(2, 6, 6)
+    pos[0, 1, 4], pos[1, 5, 0] = 3.0, 3.0  # each map's top patch
+    pos.requires_grad_(True)
+    neg = torch.zeros(2, 6, 6, requires_grad=True)
+    rec = _Recorder(core)
+    cfg = load_point_config(candidates=6, n_negative=1)
+    loss, stats = confidence_loss(pos, neg, rec, encoded, (96, 96), cfg, torch.Generator().manual_seed(0))
+    (p_coords, p_labels, _), (n_coords, n_labels, n_multi) = rec.calls
+    assert p_coords.shape == (2, 6, 1, 2) and (p_labels == 1).all()
+    assert p_coords[0, 0, 0].tolist() == [72.0, 24.0] and p_coords[1, 0, 0].tolist() == [8.0, 88.0]  # top first
+    assert n_coords.shape == (2, 6, 2, 2) and n_labels[0, 0].tolist() == [1, 0] and n_multi  # as at inference
+    assert (n_coords[0, :, 0] == torch.tensor([72.0, 24.0])).all() and (n_coords[1, :, 0] == torch.tensor([8.0, 88.0])).all()
+    for b, (r, c) in enumerate([(1, 4), (5, 0)]):  # no negative within one patch of the positive
+        rows, cols = (n_coords[b, :, 1, 1] / 16 - 0.5).round(), (n_coords[b, :, 1, 0] / 16 - 0.5).round()
+        assert (((rows - r).abs() > 1) | ((cols - c).abs() > 1)).all()
+    loss.backward()
+    assert torch.isfinite(loss) and pos.grad.abs().sum() > 0 and neg.grad.abs().sum() > 0
+    assert {"confidence_pos", "confidence_neg"} <= set(stats)
+    rec.calls.clear()
+    confidence_loss(pos, neg, rec, encoded, (96, 96), load_point_config(n_negative=0), torch.Generator())
+    assert len(rec.calls) == 1  # no negatives, no negative prompts
 
 
 def test_point_referrer_with_the_baseline(workbench, segmenter_ckpt, tiny_model):

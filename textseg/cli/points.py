@@ -17,8 +17,8 @@ def cmd_train_points(args: argparse.Namespace) -> int:
         raise UserError(f"--steps-scale must be > 0, got {args.steps_scale}")
     if not Path(args.data).is_dir():
         raise UserError(f"--data {args.data} is not a folder")
-    overrides = {"seed": args.seed, "localization": args.localization, "mask_alignment": args.mask_alignment,
-                 "batch_size": args.batch_size}
+    overrides = {"seed": args.seed, "localization": args.localization, "confidence": args.confidence,
+                 "mask_alignment": args.mask_alignment, "batch_size": args.batch_size}
     if args.no_curriculum:
         overrides["curriculum"] = False
     cfg = load_point_config(args.config, **overrides)
@@ -54,8 +54,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="ablation: train on the union of the stages' data instead of stage by stage")
     p.add_argument("--steps-scale", type=float, default=None, help="multiply every stage's steps by this")
     p.add_argument("--localization", type=float, default=None, help="weight of the localisation loss")
+    p.add_argument("--confidence", type=float, default=None,
+                   help="weight of the segmenter-confidence term (0 switches it off)")
     p.add_argument("--mask-alignment", type=float, default=None,
-                   help="weight of the prompted-mask alignment reward (0: localisation only)")
+                   help="weight of the prompted-mask CLIP-alignment reward (default 0: off)")
     p.add_argument("--batch-size", type=int, default=None, help="image-sentence pairs per step")
     p.add_argument("--seed", type=int, default=None, help="training seed (default: the config's)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")

@@ -141,6 +141,15 @@ def select_points(logits: torch.Tensor, k: int, *, radius: int = 1, exclude: tor
     return index, score, valid
 
 
+def near_patches(index: torch.Tensor, grid: tuple[int, int], radius: int) -> torch.Tensor:
+    """(B, gh * gw) bool: the patches within Chebyshev distance ``radius`` of each of B flat patch ``index``."""
+    gh, gw = grid
+    rows = torch.arange(gh, device=index.device).repeat_interleave(gw)
+    cols = torch.arange(gw, device=index.device).repeat(gh)
+    r = torch.div(index, gw, rounding_mode="floor")
+    return ((rows[None] - r[:, None]).abs() <= radius) & ((cols[None] - (index % gw)[:, None]).abs() <= radius)
+
+
 def patch_centres(index: torch.Tensor, grid: tuple[int, int], image_size: tuple[int, int]) -> torch.Tensor:
     """(..., 2) xy pixel coordinates of the centres of flat patch ``index`` on a ``grid`` = (gh, gw) laid over an
     image of ``image_size`` = (H, W) (pixel centres at integer coordinates, as SAM takes them)."""
@@ -182,13 +191,9 @@ def make_prompts(positive: torch.Tensor, negative: torch.Tensor | None, image_si
         negative = torch.zeros_like(positive)
         n_negative = 0
     p_idx, p_score, p_ok = select_points(positive, n_positive, radius=radius)
-    rows = torch.arange(gh, device=positive.device).repeat_interleave(gw)
-    cols = torch.arange(gw, device=positive.device).repeat(gh)
     near = torch.zeros(b, gh * gw, dtype=torch.bool, device=positive.device)
     for j in range(n_positive):
-        r, c = rows[p_idx[:, j]], cols[p_idx[:, j]]
-        hit = ((rows[None] - r[:, None]).abs() <= radius) & ((cols[None] - c[:, None]).abs() <= radius)
-        near |= hit & p_ok[:, j:j + 1]
+        near |= near_patches(p_idx[:, j], (gh, gw), radius) & p_ok[:, j:j + 1]
     n_idx, n_score, n_ok = select_points(negative, n_negative, radius=radius, exclude=near.reshape(b, gh, gw))
     index = torch.cat([p_idx, n_idx], 1)
     labels = torch.cat([p_ok.long(), torch.zeros_like(n_idx)], 1)
@@ -399,5 +404,5 @@ def dense_and_text(model: "TextSegModel", images: torch.Tensor, sentences: list[
 
 
 __all__ = ["CentrePointOracle", "PointGenerator", "PointPrompts", "PointReferResult", "PointReferrer", "dense_and_text",
-           "load_point_generator", "make_prompts", "patch_centres", "save_point_generator", "select_points",
+           "load_point_generator", "make_prompts", "near_patches", "patch_centres", "save_point_generator", "select_points",
            "sincos_2d"]

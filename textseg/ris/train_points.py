@@ -5,14 +5,20 @@ Objective (per batch of B image-sentence pairs; frozen CLIP, frozen promptable s
 * **Localisation** (TRIS style): the generator scores every patch of image i for sentence j; the pooled score
   ``S[i, j] = τ · logsumexp_p(positive[i, j, p] / τ)`` must be highest for the sentence's own image: a cross-entropy
   over the sentence's own image and ``loc_images - 1`` other images of the batch (images whose sentence is the same
-  text count as correct).
-* **Mask alignment** (refinement through the segmenter): for each pair, ``samples`` point sets are drawn from the
-  generator's maps (positives from softmax(positive), negatives from softmax(negative) away from the positives),
-  the segmenter turns each into a mask, and the mask's region embedding (the dense CLIP features pooled over the
-  mask) must match its own sentence better than the batch's other sentences: reward = log-softmax over sentences.
-  The points are discrete, so the gradient is the policy gradient (REINFORCE) with the mean reward of the pair's
-  samples as baseline. This is what trains the negative map: a negative point pays when it takes away from the
-  mask something that matches other sentences.
+  text count as correct). This is the term that carries the sentence.
+* **Segmenter confidence** (the frozen segmenter's own judgement of a prompt): ``candidates`` patches per pair (half
+  the current top of the positive map, half drawn at random) are each given to the segmenter as one positive point;
+  its predicted IoU of the mask it returns (SAM's score) ranks them, and the positive map restricted to the
+  candidates is trained towards ``softmax(predicted IoU / confidence_temperature)`` (a listwise cross-entropy). The
+  negative map is trained the same way on negative candidates, each added to the pair's top positive point, ranked by
+  the predicted IoU of the two-point mask. A point on the background or on an object's edge gives the segmenter an
+  ambiguous prompt and a low predicted IoU; a point inside an object, a confident mask. No mask of the data is read:
+  the segmenter was pretrained with masks of its own, as SAM was.
+* **Mask alignment** (optional, ``mask_alignment > 0``): for each pair, ``samples`` point sets are drawn from the
+  generator's maps, the segmenter turns each into a mask, and the mask's region embedding (the dense CLIP features
+  pooled over the mask) must match its own sentence better than the batch's other sentences: reward = log-softmax
+  over sentences, trained by the policy gradient (REINFORCE, the mean reward of the pair's samples as baseline).
+  Off by default: on the workbench its reward prefers small fragments (the README's ablation).
 
 Curriculum: ``stages`` run in order, each with its own data (the workbench: object-centric images first, then
 referring scenes); ``curriculum: false`` trains on the union of all stages' data for the same total steps.
@@ -33,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from textseg.errors import ConfigError, UserError
-from textseg.ris.points import PointGenerator, dense_and_text, patch_centres, save_point_generator
+from textseg.ris.points import PointGenerator, dense_and_text, near_patches, patch_centres, save_point_generator
 
 logger = logging.getLogger(__name__)
 
@@ -56,9 +62,11 @@ class PointTrainConfig:
         stages: the curriculum, in order.
         curriculum: False: one stage over the union of the stages' data, for their total steps (the ablation).
         batch_size: pairs per step; lr, weight_decay, warmup_steps: AdamW with linear warm-up, cosine decay.
-        localization, mask_alignment: loss weights (0 switches a term off).
+        localization, confidence, mask_alignment: loss weights (0 switches a term off).
         pool_temperature: τ of the localisation pooling.
         loc_images: images each sentence is compared on (its own and loc_images - 1 others of the batch).
+        candidates: patches per pair (and per map) the segmenter is prompted with for the confidence term.
+        confidence_temperature: temperature of the predicted-IoU target distribution.
         samples: point sets drawn per pair for the mask-alignment reward.
         n_positive, n_negative: points per drawn set.
         image_size: side the images are resized to (a multiple of the CLIP patch size).
@@ -73,9 +81,12 @@ class PointTrainConfig:
     weight_decay: float = 0.05
     warmup_steps: int = 20
     localization: float = 1.0
-    mask_alignment: float = 1.0
+    confidence: float = 1.0
+    mask_alignment: float = 0.0
     pool_temperature: float = 1.0
     loc_images: int = 8
+    candidates: int = 12
+    confidence_temperature: float = 0.1
     samples: int = 4
     n_positive: int = 1
     n_negative: int = 1
@@ -131,23 +142,26 @@ def load_point_config(path: str | Path | None = None, **overrides: Any) -> Point
 def _check(cfg: PointTrainConfig, where: str) -> None:
     if not cfg.stages or cfg.total_steps < 1:
         raise ConfigError(f"{where}: stages must hold at least one step")
-    for name in ("batch_size", "loc_images", "samples", "n_positive", "image_size", "width", "depth", "heads"):
+    for name in ("batch_size", "loc_images", "samples", "candidates", "n_positive", "image_size", "width", "depth",
+                 "heads"):
         if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) < 1:
             raise ConfigError(f"{where}: {name} must be a whole number >= 1, got {getattr(cfg, name)!r}")
     if cfg.batch_size < 2:
         raise ConfigError(f"{where}: batch_size must be >= 2 (the losses compare pairs), got {cfg.batch_size}")
     if not isinstance(cfg.n_negative, int) or cfg.n_negative < 0:
         raise ConfigError(f"{where}: n_negative must be a whole number >= 0, got {cfg.n_negative!r}")
-    for name in ("lr", "pool_temperature"):
+    for name in ("lr", "pool_temperature", "confidence_temperature"):
         v = getattr(cfg, name)
         if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
             raise ConfigError(f"{where}: {name} must be a positive number, got {v!r}")
-    for name in ("weight_decay", "localization", "mask_alignment"):
+    for name in ("weight_decay", "localization", "confidence", "mask_alignment"):
         v = getattr(cfg, name)
         if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
             raise ConfigError(f"{where}: {name} must be a number >= 0, got {v!r}")
-    if cfg.localization == 0 and cfg.mask_alignment == 0:
-        raise ConfigError(f"{where}: localization and mask_alignment are both 0: nothing to train")
+    if cfg.candidates < 2:
+        raise ConfigError(f"{where}: candidates must be >= 2 (the confidence term ranks them), got {cfg.candidates}")
+    if cfg.localization == 0 and cfg.confidence == 0 and cfg.mask_alignment == 0:
+        raise ConfigError(f"{where}: localization, confidence and mask_alignment are all 0: nothing to train")
 
 
 # -- data ----------------------------------------------------------------------------------------------------------
@@ -250,6 +264,51 @@ def alignment_reward(regions: torch.Tensor, text: torch.Tensor, sentences: Seque
     return torch.logsumexp(log_p.masked_fill(~same[:, None, :], float("-inf")), -1)
 
 
+def confidence_candidates(scores: torch.Tensor, k: int, exclude: torch.Tensor | None = None,
+                          generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The patches the segmenter is prompted with for the confidence term: the ``k - k // 2`` best of each score
+    map, then ``k // 2`` others drawn uniformly (so that patches the map ranks low can climb).
+
+    Args:
+        scores: (B, N) flat score maps (detached here).
+        k: candidates per map.
+        exclude: (B, N) bool patches never taken (e.g. around the positive point, for negatives).
+        generator: for the random draw (on the CPU, so that runs repeat on any device).
+
+    Returns:
+        ``(index (B, k), valid (B, k))``: flat patch indices, distinct within a row; ``valid`` is False where
+        fewer than ``k`` patches were allowed.
+    """
+    b, n = scores.shape
+    k = min(k, n)
+    blocked = torch.zeros(b, n, dtype=torch.bool, device=scores.device) if exclude is None else exclude.clone()
+    s = scores.detach().float().masked_fill(blocked, float("-inf"))
+    top_score, top = s.topk(k - k // 2, -1)
+    blocked.scatter_(1, top, True)
+    keys = torch.rand((b, n), generator=generator).to(scores.device).masked_fill(blocked, -1.0)
+    key, drawn = keys.topk(k // 2, -1)
+    return torch.cat([top, drawn], 1), torch.cat([torch.isfinite(top_score), key >= 0], 1)
+
+
+def listwise_loss(logits: torch.Tensor, reward: torch.Tensor, valid: torch.Tensor, temperature: float
+                  ) -> torch.Tensor:
+    """Cross-entropy from ``softmax(reward / temperature)`` to ``softmax(logits)`` over each row's valid candidates
+    (rows with fewer than two valid candidates are left out; none left gives 0).
+
+    Args:
+        logits: (B, K) the map's logits at the candidates.
+        reward: (B, K) their rewards (the segmenter's predicted IoU).
+        valid: (B, K) bool.
+        temperature: > 0; smaller makes the target peakier.
+    """
+    target = F.softmax((reward.float() / temperature).masked_fill(~valid, float("-inf")), -1)
+    log_p = F.log_softmax(logits.float().masked_fill(~valid, float("-inf")), -1).masked_fill(~valid, 0.0)
+    rows = valid.sum(-1) >= 2
+    if not bool(rows.any()):
+        return logits.sum() * 0.0
+    return -(target * log_p).sum(-1)[rows].mean()
+
+
 def sample_points(positive: torch.Tensor, negative: torch.Tensor, samples: int, n_positive: int, n_negative: int,
                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Draw ``samples`` point sets per map pair, without replacement within a set (Gumbel top-k).
@@ -291,6 +350,40 @@ def _lr_at(step: int, cfg: PointTrainConfig) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
+def confidence_loss(positive: torch.Tensor, negative: torch.Tensor, core: Any, encoded: Any,
+                    image_size: tuple[int, int], cfg: PointTrainConfig, rng: torch.Generator
+                    ) -> tuple[torch.Tensor, dict[str, float]]:
+    """The segmenter-confidence term (module docstring) of (B, gh, gw) positive and negative maps, and its parts.
+
+    Positive candidates are prompted alone; negative candidates (none within one patch of the pair's top positive)
+    together with that positive, as at inference. The negative part is skipped when ``cfg.n_negative`` is 0.
+    """
+    b, gh, gw = positive.shape
+    device = positive.device
+    flat_pos = positive.reshape(b, -1)
+    idx, ok = confidence_candidates(flat_pos, cfg.candidates, None, rng)
+    k = idx.shape[1]
+    coords = patch_centres(idx, (gh, gw), image_size)[:, :, None]
+    with torch.no_grad():
+        _, q_pos, _ = core.decode(encoded, coords, torch.ones(b, k, 1, dtype=torch.int, device=device))
+    loss = listwise_loss(flat_pos.gather(1, idx), q_pos, ok, cfg.confidence_temperature)
+    stats = {"confidence_pos": float(loss.detach()), "iou_pred_top": float(q_pos[:, 0].mean())}
+    if cfg.n_negative:
+        top = flat_pos.detach().argmax(1)
+        flat_neg = negative.reshape(b, -1)
+        n_idx, n_ok = confidence_candidates(flat_neg, cfg.candidates, near_patches(top, (gh, gw), 1), rng)
+        k = n_idx.shape[1]
+        both = torch.cat([patch_centres(top, (gh, gw), image_size)[:, None, None].expand(b, k, 1, 2),
+                          patch_centres(n_idx, (gh, gw), image_size)[:, :, None]], 2)
+        labels = torch.tensor([1, 0], dtype=torch.int, device=device).expand(b, k, 2)
+        with torch.no_grad():
+            _, q_neg, _ = core.decode(encoded, both, labels)
+        neg_loss = listwise_loss(flat_neg.gather(1, n_idx), q_neg, n_ok, cfg.confidence_temperature)
+        loss = loss + neg_loss
+        stats.update(confidence_neg=float(neg_loss.detach()), iou_pred_top_neg=float(q_neg[:, 0].mean()))
+    return loss, stats
+
+
 def train_step(generator: PointGenerator, model: Any, core: Any, images: np.ndarray, sentences: list[str],
                cfg: PointTrainConfig, rng: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
     """The loss of one batch (module docstring) and its parts. ``images`` (B, S, S, 3) uint8; ``core`` the
@@ -312,11 +405,17 @@ def train_step(generator: PointGenerator, model: Any, core: Any, images: np.ndar
         loc = localization_loss(candidates, same, cfg.pool_temperature)
         loss = loss + cfg.localization * loc
         stats["localization"] = float(loc.detach())
+    if cfg.confidence > 0 or cfg.mask_alignment > 0:
+        with torch.no_grad():
+            enc = core.encode(torch.from_numpy(images).to(device))
+    if cfg.confidence > 0:
+        conf, conf_stats = confidence_loss(pos, neg, core, enc, images.shape[1:3], cfg, rng)
+        loss = loss + cfg.confidence * conf
+        stats.update(conf_stats)
     if cfg.mask_alignment > 0:
         index, labels, log_prob = sample_points(pos, neg, cfg.samples, cfg.n_positive, cfg.n_negative, rng)
         coords = patch_centres(index, (gh, gw), images.shape[1:3])
         with torch.no_grad():
-            enc = core.encode(torch.from_numpy(images).to(device))
             masks, _, _ = core.decode(enc, coords, labels)
             reward = alignment_reward(region_features(masks, dense), text, sentences,
                                       float(model.clip.logit_scale.exp()))
@@ -399,5 +498,5 @@ def train_point_generator(model: Any, core: Any, cfg: PointTrainConfig, out: str
     return summary
 
 
-__all__ = ["PointTrainConfig", "Stage", "alignment_reward", "load_point_config", "localization_loss",
-           "pair_batches", "region_features", "sample_points", "train_point_generator", "train_step"]
+__all__ = ["PointTrainConfig", "Stage", "alignment_reward", "confidence_candidates", "confidence_loss",
+           "listwise_loss", "load_point_config", "localization_loss", "pair_batches", "region_features", "sample_points", "train_point_generator", "train_step"]

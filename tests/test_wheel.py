@@ -24,8 +24,9 @@ variants = {v: load_train_config("stage2_region", (), config_path("ablations", v
             for v in list_configs("ablations")}
 models = {m: textseg.get_model_config(m).clip.arch for m in textseg.list_models()}
 small = textseg.create_model("labxy-small-workbench", pretrained=False)
+selfsup = list_configs("selfsup")
 print(json.dumps({"protocols": protocols, "stages": stages, "variants": variants, "models": models,
-                  "sample": voc_sample_image().is_file(), "small_patch": small.patch_size}))
+                  "selfsup": selfsup, "sample": voc_sample_image().is_file(), "small_patch": small.patch_size}))
 """
 
 
@@ -53,7 +54,8 @@ def test_installed_wheel_works_from_any_folder(tmp_path):
     assert sorted(p.name for p in (elsewhere / "out").iterdir()) == [
         "2007_000033.json", "2007_000033_labels.png", "2007_000033_overlay.png"]
     found = json.loads(run("-c", CHECKS, str(site)).strip().splitlines()[-1])
-    assert found["protocols"] == {"groupvit": 448, "sclip": 336, "workbench": 96}
+    assert found["protocols"] == {"groupvit": 448, "sclip": 336, "workbench": 96, "workbench-generic": 96}
+    assert found["selfsup"] == ["workbench"] and found["models"]["learned-small-workbench"] == "textseg-small-vit12-96"
     assert found["stages"] == {"stage1_image_text": "labxy-small-workbench", "stage2_region": "labxy-small-workbench"}
     assert found["variants"]["two_way_pool"] == "two_way" and len(found["variants"]) == 5
     assert found["models"]["tiny"] == "textseg-tiny-vit16" and found["models"]["dino-s16-clip-b16"] == "ViT-B-16"

@@ -22,7 +22,8 @@ from textseg.errors import ConfigError
 
 T = TypeVar("T")
 Source = Union[str, Path, Mapping[str, Any], None]
-CONFIG_KINDS = {"models": ".json", "clip": ".json", "protocols": ".yaml", "train": ".yaml", "ablations": ".yaml"}
+CONFIG_KINDS = {"models": ".json", "clip": ".json", "protocols": ".yaml", "train": ".yaml", "ablations": ".yaml",
+                "selfsup": ".yaml"}
 
 
 # ---------------------------------------------------------------------------------------------------- loading
@@ -154,6 +155,9 @@ class BackboneConfig:
         feature: ``tokens`` (last block output) or ``keys`` (last block's attention keys).
         patch_size: patch side of the ``color`` backbone.
         kwargs: extra arguments of ``timm.create_model`` (e.g. a test-size depth).
+        weights: a local weight file of a ``timm`` backbone, loaded when the model is built with pretrained
+            weights (``backbone_pretrained=`` overrides it): a ``textseg pretrain-grouping`` file (``final.pt``)
+            or a timm state dict. A relative path is taken from the working directory.
     """
 
     type: str = MISSING
@@ -161,6 +165,7 @@ class BackboneConfig:
     feature: str = "tokens"
     patch_size: int = 8
     kwargs: Dict[str, Any] = field(default_factory=dict)
+    weights: Optional[str] = None
 
     def __post_init__(self) -> None:
         check_choice("backbone.type", self.type, ("timm", "color"))

@@ -59,6 +59,16 @@ def _register_clip_configs() -> None:
         _clip_configs_registered = True
 
 
+def _config_weights(path: str) -> Path:
+    """The backbone weight file a model config names; missing, a one-line error naming the command that makes it."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise MissingWeightsError(f"grouping backbone weights {file} not found: make them with `textseg "
+                                  f"pretrain-grouping --out {file.parent}`, pass --backbone-pretrained FILE, or "
+                                  "use random weights (--no-pretrained, pretrained=False)")
+    return file
+
+
 def _build_backbone(cfg: BackboneConfig, pretrained: bool, weight_file: str | None) -> torch.nn.Module:
     from textseg.backbones import ColorXYFeatures, TimmViTFeatures
 
@@ -66,16 +76,32 @@ def _build_backbone(cfg: BackboneConfig, pretrained: bool, weight_file: str | No
         return ColorXYFeatures(patch_size=cfg.patch_size)
     import timm
 
+    from textseg.train.checkpoint import mismatch_detail, read_backbone_weights
     from textseg.weights import resolve_timm_weights
 
     file = None
-    if weight_file or (pretrained and "." in cfg.name):
+    if weight_file:
         file = resolve_timm_weights(cfg.name, weight_file)
+    elif pretrained and cfg.weights:
+        file = _config_weights(cfg.weights)
+    elif pretrained and "." in cfg.name:
+        file = resolve_timm_weights(cfg.name)
+    # A `textseg pretrain-grouping` file is read here (weights only, architecture checked); others by timm.
+    saved = read_backbone_weights(file) if file is not None and file.suffix in (".pt", ".pth") else None
+    timm_file = file if saved is None else None
+    if saved is not None:
+        arch = saved["backbone"]
+        if arch["name"].split(".")[0] != cfg.name.split(".")[0] or dict(arch["kwargs"]) != dict(cfg.kwargs):
+            raise UserError(f"backbone weight file {file} holds a {arch['name']} with {dict(arch['kwargs'])}, not the "
+                            f"{cfg.name} with {dict(cfg.kwargs)} this model config builds")
     try:
-        model = timm.create_model(cfg.name, pretrained=file is not None, num_classes=0, dynamic_img_size=True,
-                                  pretrained_cfg_overlay=dict(file=str(file)) if file else None, **cfg.kwargs)
+        model = timm.create_model(cfg.name, pretrained=timm_file is not None, num_classes=0, dynamic_img_size=True,
+                                  pretrained_cfg_overlay=dict(file=str(timm_file)) if timm_file else None,
+                                  **cfg.kwargs)
+        if saved is not None:
+            model.load_state_dict(saved["model"])
     except RuntimeError as err:  # e.g. a state dict of another architecture
-        raise UserError(f"cannot load backbone weights {file} into {cfg.name}: {str(err).splitlines()[0]}") from None
+        raise UserError(f"cannot load backbone weights {file} into {cfg.name}: {mismatch_detail(err)}") from None
     mean = model.pretrained_cfg.get("mean") or (0.485, 0.456, 0.406)
     std = model.pretrained_cfg.get("std") or (0.229, 0.224, 0.225)
     return TimmViTFeatures(model, feature=cfg.feature, mean=mean, std=std)
@@ -111,7 +137,8 @@ def create_model(name_or_config: str | Path | Mapping[str, Any] | ModelConfig | 
         pretrained: load the weights the config names (a timm tag such as ``.dino`` and an open_clip tag such as
             ``openai``); ``False`` gives random weights.
         clip_pretrained: an open_clip tag or a local file overriding the config's CLIP weights.
-        backbone_pretrained: a local file with the grouping backbone's timm weights.
+        backbone_pretrained: a local file with the grouping backbone's weights (a ``textseg pretrain-grouping``
+            file or a timm state dict); it overrides the config's ``backbone.weights``.
         checkpoint: a textseg checkpoint (from ``textseg train``) whose weights replace the whole model's. Its
             model config (with the grouping and region settings it was trained with) replaces ``name_or_config``,
             which must name a model of the same architecture; ``name_or_config=None`` takes the checkpoint's.

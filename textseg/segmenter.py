@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -13,6 +14,7 @@ from PIL import Image
 
 from textseg.config import Protocol, load_protocol
 from textseg.errors import UserError
+from textseg.grouping import Groups, masks_to_region_masks
 from textseg.io import ImageLike, label_dtype, load_image
 from textseg.model import TextSegModel
 from textseg.text import TextEncoder
@@ -82,6 +84,45 @@ def bilinear_taps(n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor, to
     return i0, i1, (src - i0).float()
 
 
+def majority_labels(groups: torch.Tensor, truth: torch.Tensor, num_labels: int, ignore_index: int = 255
+                    ) -> torch.Tensor:
+    """Each group's majority ground-truth label: (B, K) int64, K = ``groups.max() + 1``.
+
+    Args:
+        groups: (B, h, w) group ids >= 0.
+        truth: (B, h, w) labels in 0..num_labels-1, or ``ignore_index`` (not counted).
+        num_labels: the number of labels (background 0 included).
+        ignore_index: the label of pixels that are not counted.
+
+    Ties go to the lower label, and a group without a counted pixel gets 0 (background).
+    """
+    b, k = groups.shape[0], int(groups.max()) + 1 if groups.numel() else 1
+    valid = truth != ignore_index
+    image = torch.arange(b, device=groups.device).view(b, 1, 1).expand_as(groups)
+    index = ((image * k + groups) * num_labels + truth.long().clamp(0, num_labels - 1))[valid]
+    counts = torch.bincount(index, minlength=b * k * num_labels).view(b, k, num_labels)
+    return counts.argmax(-1)  # the first of equal maxima
+
+
+def _check_maps(maps: Sequence[np.ndarray], arrays: Sequence[np.ndarray], what: str) -> list[np.ndarray]:
+    """One integer (H, W) map per image, at that image's size, as int64 arrays.
+
+    Raises:
+        UserError: a count, type or shape that does not match.
+    """
+    if len(maps) != len(arrays):
+        raise UserError(f"{len(maps)} {what}s given for {len(arrays)} images")
+    out = []
+    for i, (m, a) in enumerate(zip(maps, arrays)):
+        m = np.asarray(m)
+        if m.dtype.kind not in "iub":
+            raise UserError(f"{what} {i} holds {m.dtype} values, expected integers")
+        if m.shape != a.shape[:2]:
+            raise UserError(f"{what} {i} is {m.shape}, its image is {a.shape[:2]}")
+        out.append(m.astype(np.int64))
+    return out
+
+
 @dataclass(eq=False)
 class _CropPlan:
     """One image of a :meth:`Segmenter.predict_batch` call: where its crops are, and (while some are pending) its
@@ -100,6 +141,7 @@ class _CropPlan:
     image: torch.Tensor | None = None
     parts: list[tuple[int, int, torch.Tensor, torch.Tensor]] = field(default_factory=list)
     count: torch.Tensor | None = None
+    given: torch.Tensor | None = None  # a region or ground-truth map at the resized scale, while crops are pending
 
     @classmethod
     def make(cls, index: int, size: tuple[int, int], p: Protocol) -> "_CropPlan":
@@ -109,8 +151,8 @@ class _CropPlan:
                   for x0 in window_starts(w, win_w, p.stride or w)]
         return cls(index, (h, w), (win_h, win_w), starts, left=len(starts))
 
-    def open(self, image: torch.Tensor) -> None:
-        self.image = image
+    def open(self, image: torch.Tensor, given: torch.Tensor | None = None) -> None:
+        self.image, self.given = image, given
         self.count = torch.zeros(self.size, device=image.device)
 
     def add(self, y0: int, x0: int, pixels: torch.Tensor, region_probs: torch.Tensor) -> None:
@@ -120,7 +162,7 @@ class _CropPlan:
         self.count[y0: y0 + h, x0: x0 + w] += 1
         self.left -= 1
         if self.left == 0:
-            self.image = None
+            self.image = self.given = None
 
     def band(self, r0: int, r1: int) -> torch.Tensor:
         """(C, r1 - r0, w) probabilities of rows r0..r1-1 at the resized scale, averaged over the windows."""
@@ -225,16 +267,38 @@ class Segmenter:
         return x
 
     @torch.no_grad()
-    def _regions_batch(self, crops: torch.Tensor, pixel_size: tuple[int, int] | None = None
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _regions_batch(self, crops: torch.Tensor, pixel_size: tuple[int, int] | None = None,
+                       given: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Group a (B, 3, h, w) batch of crops and embed their regions in one pass of each tower: (B, H, W) group
         maps at ``pixel_size`` (default (h, w)) and (B, K, E) normalised region embeddings, K the most groups of
-        any crop (a crop's padding regions are never named by its group map)."""
-        h, w = crops.shape[-2:]
+        any crop (a crop's padding regions are never named by its group map).
+
+        With ``given`` ((B, h, w) region ids), those regions are embedded instead of the model's groups (no
+        grouping) and returned as the group maps."""
+        if given is None:
+            sized, groups = self._group_batch(crops, pixel_size)
+            pixels, masks = groups.pixels, groups.region_masks
+        else:
+            sized = self._patch_sized(crops)
+            pixels, masks = given, self._region_masks(given, sized.shape[-2:])
+        out = self.model(sized, masks)
+        return pixels, F.normalize(out.regions.float(), dim=-1)
+
+    def _group_batch(self, crops: torch.Tensor, pixel_size: tuple[int, int] | None = None
+                     ) -> tuple[torch.Tensor, Groups]:
+        """The (B, 3, h, w) crops resized to the model's patch multiple, and their grouping with (B, H, W) group
+        maps at ``pixel_size`` (default (h, w))."""
         sized = self._patch_sized(crops)
-        groups = self.model.group(sized, pixel_size=pixel_size or (h, w))
-        out = self.model(sized, groups.region_masks)
-        return groups.pixels, F.normalize(out.regions.float(), dim=-1)
+        return sized, self.model.group(sized, pixel_size=pixel_size or tuple(crops.shape[-2:]))
+
+    def _region_masks(self, pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """(B, K, gh, gw) CLIP-grid masks of (B, h, w) region maps for crops resized to ``size`` (as the model's
+        groups get theirs, :func:`~textseg.grouping.masks_to_region_masks`); one crop at a time, so that only one
+        (K, h, w) pixel mask is held."""
+        k = int(pixels.max()) + 1
+        ids = torch.arange(k, device=pixels.device).view(k, 1, 1)
+        grid = (size[0] // self.model.region.patch_size, size[1] // self.model.region.patch_size)
+        return torch.cat([masks_to_region_masks((m == ids)[None], grid) for m in pixels])
 
     def _patch_sized(self, x: torch.Tensor) -> torch.Tensor:
         """A (B, 3, h, w) batch resized so that both sides are multiples of the model's patch size."""
@@ -301,15 +365,87 @@ class Segmenter:
         Returns:
             One :class:`SegmentationResult` per image, in the order given.
         """
+        return self._predict(images, classes, self._protocol(protocol, overrides), batch_size, return_probs)
+
+    @torch.no_grad()
+    def label_regions(self, images: Sequence[ImageLike], regions: Sequence[np.ndarray], classes: Sequence[str],
+                      protocol: Protocol | None = None, *, batch_size: int = 32, return_probs: bool = False,
+                      **overrides: Any) -> list[SegmentationResult]:
+        """:meth:`predict_batch` with given regions in place of the model's groups (e.g. ground-truth instances).
+
+        Each image's regions are an (H, W) map of region ids 0..K-1 at the input size (every pixel in one region;
+        an id may be unused). The map is resized with the image per the protocol (nearest) and cut into the same
+        windows; in each window its regions get CLIP-grid masks as the model's groups do, are embedded by the
+        model, and are labelled by the very code that labels the model's groups: the same text embeddings,
+        templates, logit scale, background rule, ``bg_score`` and threshold, window averaging and resizing. Given
+        the model's own group map (under a protocol that neither resizes nor cuts windows, with groups that follow
+        its patch grid) it returns what :meth:`predict_batch` returns.
+
+        Args:
+            images: as for :meth:`predict_batch`.
+            regions: one (H, W) non-negative integer region map per image, at that image's size.
+            classes, protocol, batch_size, return_probs, overrides: as for :meth:`predict_batch`.
+
+        Returns:
+            One :class:`SegmentationResult` per image, in the order given.
+        """
+        return self._predict(images, classes, self._protocol(protocol, overrides), batch_size, return_probs,
+                             regions=regions)
+
+    @torch.no_grad()
+    def oracle_labels(self, images: Sequence[ImageLike], truth: Sequence[np.ndarray], classes: Sequence[str],
+                      protocol: Protocol | None = None, *, batch_size: int = 32, ignore_index: int = 255,
+                      **overrides: Any) -> list[SegmentationResult]:
+        """The model's own groups, each labelled with the majority ground-truth label of its pixels: the best
+        labelling the grouping allows (the grouping ceiling).
+
+        It runs :meth:`predict_batch`'s grouping (same resizing, windows, batches), and in place of each window's
+        region probabilities puts a one-hot of the group's majority label (:func:`majority_labels` of the ground
+        truth resized with the image, nearest); the windows are then averaged, resized and labelled as
+        :meth:`predict_batch` does, the background going by the best average (a probability threshold would judge
+        the model's confidence, which the oracle does not have; with no background rule every pixel gets a class,
+        as there). No text or region embedding is computed.
+
+        Args:
+            images: as for :meth:`predict_batch`.
+            truth: one (H, W) ground-truth map per image in the call's label space: 0 background, i + 1 =
+                ``classes[i]``, ``ignore_index`` not scored.
+            classes, protocol, batch_size, overrides: as for :meth:`predict_batch`.
+            ignore_index: the ground-truth value of pixels that are not scored.
+
+        Returns:
+            One :class:`SegmentationResult` per image, in the order given.
+        """
+        p = self._protocol(protocol, overrides)
+        if p.background == "threshold":
+            p = dataclasses.replace(p, background="classes")  # not Protocol.replace: no schema check per call
+        return self._predict(images, classes, p, batch_size, False, truth=truth, ignore_index=ignore_index)
+
+    def _predict(self, images: Sequence[ImageLike], classes: Sequence[str], p: Protocol, batch_size: int,
+                 return_probs: bool, *, regions: Sequence[np.ndarray] | None = None,
+                 truth: Sequence[np.ndarray] | None = None, ignore_index: int = 255) -> list[SegmentationResult]:
+        """What :meth:`predict_batch`, :meth:`label_regions` (``regions``) and :meth:`oracle_labels` (``truth``)
+        run: one loop over batches of same-size crops."""
         if batch_size < 1:
             raise UserError(f"batch_size must be at least 1, got {batch_size}")
-        p = self._protocol(protocol, overrides)
         classes = check_class_names(classes)
         # a background class that is also a class ties with it, and the class (listed first) wins the argmax
         names = classes + list(p.background_classes)
         label_dtype(len(classes) + 1)  # refuses more classes than a label map holds, before any work
-        text = self.text.encode_classes(names, p.templates).to(self.device)
+        text = None if truth is not None else self.text.encode_classes(names, p.templates).to(self.device)
         arrays = [load_image(im) for im in images]
+        given = None
+        if regions is not None:
+            given = _check_maps(regions, arrays, "region map")
+            if any(m.size and m.min() < 0 for m in given):
+                raise UserError("a region map holds a negative region id")
+        elif truth is not None:
+            given = _check_maps(truth, arrays, "ground-truth map")
+            for m in given:
+                bad = (m != ignore_index) & ((m < 0) | (m > len(classes)))
+                if bad.any():
+                    raise UserError(f"a ground-truth map holds the label {int(m[bad][0])}, outside 0..{len(classes)} "
+                                    f"and not the ignore index {ignore_index}")
         plans = [_CropPlan.make(i, a.shape[:2], p) for i, a in enumerate(arrays)]
         by_size: dict[tuple[int, int], list[_CropPlan]] = {}
         for plan in plans:
@@ -320,19 +456,34 @@ class Segmenter:
             for chunk in (crops[i: i + batch_size] for i in range(0, len(crops), batch_size)):
                 for plan, _, _ in chunk:
                     if plan.image is None:  # the first crop of this image: resize it and open its accumulators
-                        plan.open(self._to_device(arrays[plan.index], p))
+                        plan.open(self._to_device(arrays[plan.index], p),
+                                  None if given is None else self._map_to_device(given[plan.index], plan.size))
                 batch = torch.cat([plan.image[..., y0: y0 + win_h, x0: x0 + win_w] for plan, y0, x0 in chunk])
-                pixels, regions = self._regions_batch(batch)
-                sims = regions @ text.T  # (B, K, C)
-                if p.bg_score is not None:
-                    sims = torch.cat([sims, torch.full_like(sims[..., :1], float(p.bg_score))], -1)
-                region_probs = (self.model.logit_scale.float() * sims).softmax(-1)  # (B, K, C')
+                if given is not None:
+                    given_batch = torch.stack([plan.given[y0: y0 + win_h, x0: x0 + win_w] for plan, y0, x0 in chunk])
+                if truth is not None:  # the grouping ceiling: each group's majority label, one-hot
+                    pixels = self._group_batch(batch)[1].pixels
+                    best = majority_labels(pixels, given_batch, len(classes) + 1, ignore_index)
+                    region_probs = F.one_hot(torch.where(best > 0, best - 1, len(classes)), len(classes) + 1).float()
+                else:
+                    pixels, regions_emb = self._regions_batch(batch, given=None if given is None else given_batch)
+                    sims = regions_emb @ text.T  # (B, K, C)
+                    if p.bg_score is not None:
+                        sims = torch.cat([sims, torch.full_like(sims[..., :1], float(p.bg_score))], -1)
+                    region_probs = (self.model.logit_scale.float() * sims).softmax(-1)  # (B, K, C')
                 for b, (plan, y0, x0) in enumerate(chunk):
                     plan.add(y0, x0, pixels[b], region_probs[b].T)
                     if plan.left == 0:
                         results[plan.index] = self._finish(plan, arrays[plan.index].shape[:2], len(classes),
                                                            ["background", *classes], p, return_probs)
         return results  # type: ignore[return-value]
+
+    def _map_to_device(self, values: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+        """An (H, W) integer map as an int64 tensor on the model's device at ``size`` (nearest)."""
+        t = torch.from_numpy(values).to(self.device)
+        if tuple(t.shape) != tuple(size):
+            t = F.interpolate(t[None, None].float(), size=size, mode="nearest-exact")[0, 0].long()
+        return t
 
     @staticmethod
     def _finish(plan: "_CropPlan", size: tuple[int, int], c: int, names: list[str], p: Protocol,

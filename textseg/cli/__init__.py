@@ -15,7 +15,8 @@ from typing import Sequence
 
 from textseg.errors import UserError
 
-COMMAND_MODULES = ("segment", "refer", "eval", "train", "promptable", "points", "workbench", "data", "bench")
+COMMAND_MODULES = ("segment", "refer", "eval", "train", "grouping", "promptable", "points", "workbench", "data",
+                   "bench")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -61,8 +61,12 @@ def cmd_semseg(args: argparse.Namespace) -> int:
     results = run_semseg_benchmark(segmenter, args.dataset, args.root, args.split, protocol, args.out,
                                    overlays=args.overlays, limit=args.limit, resume=not args.no_resume,
                                    progress=not args.no_progress, meta={"config": {"args": _args_config(args)}},
-                                   dataset=dataset, key=_model_key(args))
+                                   dataset=dataset, key=_model_key(args), diagnose=args.diagnose)
     print(f"{summary_line(results)}  -> {Path(args.out) / 'results.json'}")
+    if args.diagnose:
+        from textseg.eval.diagnose import diagnosis_markdown
+
+        print(diagnosis_markdown(results["diagnosis"]), end="")
     return 0
 
 
@@ -179,6 +183,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     sem.add_argument("--protocol", default="groupvit",
                      help=f"protocol preset ({', '.join(list_configs('protocols'))}) or a YAML file")
     sem.add_argument("--bg-score", type=float, help="constant background similarity (overrides the protocol's)")
+    sem.add_argument("--diagnose", action="store_true",
+                     help="add the error decomposition: mIoU with oracle labels on the model's groups, with the "
+                          "model's labels on ground-truth instance regions (needs instance maps, e.g. VOC's "
+                          "SegmentationObject) and the foreground/background confusion (results.md, results.json)")
     _add_common(sem)
     sem.set_defaults(func=cmd_semseg)
 

@@ -2,7 +2,8 @@
 
 Every reader yields ``dict(image=HxWx3 uint8 RGB, label=HxW uint8, id=str)`` with labels in the benchmark's label
 space (index i = ``class_names[i]``) and 255 for pixels that are not scored. Label PNGs are read as stored index
-values (palette PNGs are NOT converted to RGB).
+values (palette PNGs are NOT converted to RGB). Where the benchmark has instance maps (VOC's
+``SegmentationObject``), a sample also holds ``instances``: HxW uint8, 0 background, 1..N instances, 255 void.
 """
 
 from __future__ import annotations
@@ -106,6 +107,7 @@ class SemsegDataset:
         has_background: Whether label 0 is a "background" class that a predictor must produce itself.
         name: Benchmark name (see :data:`textseg.data.names.BENCHMARKS`).
         split: Split name.
+        has_instances: Whether the benchmark has instance maps (a sample whose file is missing has none).
     """
 
     ignore_index: int = IGNORE_INDEX
@@ -117,6 +119,7 @@ class SemsegDataset:
         lut: np.ndarray,
         has_background: bool,
         split: str,
+        instance_dir: Path | None = None,
     ) -> None:
         self.samples = list(samples)
         self.name = benchmark
@@ -124,6 +127,8 @@ class SemsegDataset:
         self.class_names: list[str] = get_class_names(benchmark)
         self.has_background = has_background
         self._lut = lut
+        self.instance_dir = instance_dir
+        self.has_instances = instance_dir is not None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -152,7 +157,15 @@ class SemsegDataset:
                 f"label {label_path} holds the value {int(raw[y, x])} at x={x}, y={y} ({int(bad.sum())} such "
                 f"pixels); allowed values for {self.name}: {self.allowed_values()}"
             )
-        return {"image": image, "label": label, "id": sample_id}
+        sample = {"image": image, "label": label, "id": sample_id}
+        instance_path = None if self.instance_dir is None else self.instance_dir / f"{sample_id}.png"
+        if instance_path is not None and instance_path.is_file():
+            instances = read_label(instance_path)
+            if instances.shape != raw.shape:
+                raise DatasetError(f"instance map {instance_path} is {instances.shape[1]}x{instances.shape[0]} but "
+                                   f"label {label_path} is {raw.shape[1]}x{raw.shape[0]}")
+            sample["instances"] = instances
+        return sample
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, n={len(self)})"
@@ -217,6 +230,8 @@ def _find_year_dir(root: Path, year_dir: str) -> Path:
 class VOCSegmentation(SemsegDataset):
     """Pascal VOC 2012 segmentation (``VOCdevkit/VOC2012``).
 
+    Where ``SegmentationObject`` exists, a sample also holds its instance map (``instances``; see the module).
+
     Args:
         root: The ``VOCdevkit`` folder or the ``VOC2012`` folder itself.
         split: Name of a file in ``ImageSets/Segmentation`` (``train``, ``val``, ``trainval``).
@@ -232,10 +247,13 @@ class VOCSegmentation(SemsegDataset):
             base / "SegmentationClass", "label folder"
         )
         samples = _listed_samples(ids, split_file, images, labels)
+        objects = base / "SegmentationObject" if (base / "SegmentationObject").is_dir() else None
         if background:
-            super().__init__(samples, "voc21", _identity_lut(), has_background=True, split=split)
+            super().__init__(samples, "voc21", _identity_lut(), has_background=True, split=split,
+                             instance_dir=objects)
         else:
-            super().__init__(samples, "voc20", _shift_down_lut(), has_background=False, split=split)
+            super().__init__(samples, "voc20", _shift_down_lut(), has_background=False, split=split,
+                             instance_dir=objects)
 
 
 class PascalContext(SemsegDataset):

@@ -27,7 +27,8 @@ def _resume_key(key: Mapping[str, Any] | None, protocol: Protocol | None) -> dic
 def run_semseg_benchmark(segmenter: Any, dataset_name: str, root: str | Path, split: str, protocol: Protocol,
                          out: str | Path, *, overlays: int = 0, limit: int | None = None, resume: bool = True,
                          progress: bool = True, meta: Mapping[str, Any] | None = None,
-                         dataset: Any = None, key: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                         dataset: Any = None, key: Mapping[str, Any] | None = None,
+                         diagnose: bool = False) -> dict[str, Any]:
     """Evaluate ``segmenter`` on a semantic segmentation benchmark under ``protocol``.
 
     Args:
@@ -43,18 +44,21 @@ def run_semseg_benchmark(segmenter: Any, dataset_name: str, root: str | Path, sp
             the model, so that a bad dataset fails fast); None builds it here.
         key: What identifies the model and its weights (see :func:`textseg.eval.runner.run_evaluation`); the
             resolved protocol is added to it, so a resume under another model or protocol is refused.
+        diagnose: Add the error decomposition (:mod:`textseg.eval.diagnose`; (c) needs instance maps).
 
     Returns:
         The results dict written to ``out/results.json``.
     """
     from textseg.data.semseg import build_semseg_dataset
+    from textseg.eval.diagnose import SegmenterDiagnoser
 
     if dataset is None:
         dataset = build_semseg_dataset(dataset_name, root, split)
     protocol = protocol.for_benchmark(dataset_name)
     predictor = SegmenterSemsegPredictor(segmenter, protocol, dataset.has_background)
+    diagnoser = SegmenterDiagnoser(predictor, dataset.ignore_index) if diagnose else None
     return evaluate_semseg(predictor, dataset, out, resume=resume, overlays=overlays, limit=limit, progress=progress,
-                           meta=_with_protocol(meta, protocol), key=_resume_key(key, protocol))
+                           meta=_with_protocol(meta, protocol), key=_resume_key(key, protocol), diagnoser=diagnoser)
 
 
 def run_ris_benchmark(segmenter: Any, root: str | Path, dataset_name: str, split_by: str, split: str,

@@ -64,7 +64,8 @@ def command_line(results: Mapping[str, Any]) -> str:
 
 
 def semseg_markdown(r: Mapping[str, Any]) -> str:
-    """results.md of a semantic segmentation evaluation: the headline metrics, then IoU and Acc per class."""
+    """results.md of a semantic segmentation evaluation: the headline metrics, the error decomposition (if the
+    results have one), then IoU and Acc per class."""
     m = r["metrics"]
     lines = [
         f"# Semantic segmentation: {r['dataset']} ({r['split']}, {r['n_samples']} of {r['n_dataset']} images)",
@@ -73,6 +74,12 @@ def semseg_markdown(r: Mapping[str, Any]) -> str:
         "|---:|---:|---:|",
         f"| {fmt(m['mIoU'])} | {fmt(m['aAcc'])} | {fmt(m['mAcc'])} |",
         "",
+    ]
+    if r.get("diagnosis"):
+        from textseg.eval.diagnose import diagnosis_markdown
+
+        lines += [diagnosis_markdown(r["diagnosis"])]
+    lines += [
         "Per class (percent; – = class absent from prediction and ground truth, left out of the mean):",
         "",
         "| class | IoU | Acc |",

@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from textseg.errors import ConfigError
+from textseg.eval.diagnose import Diagnosis
 from textseg.eval.predictors import RISPredictor, SemsegPredictor, as_ris_output
 from textseg.eval.report import jsonable, metadata, ris_markdown, semseg_markdown
 from textseg.io import atomic_write_text, check_writable_folder, save_png
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 SAMPLES_FILE = "samples.jsonl"
 Row = dict[str, Any]
+Diagnoser = Callable[[Mapping[str, Any], Sequence[str]], Mapping[str, Any]]
 
 
 class SampleStore:
@@ -285,14 +287,30 @@ def run_evaluation(task: EvalTask, dataset: Any, out_dir: str | Path, *, resume:
     return results
 
 
+def _triples(conf: np.ndarray) -> list[list[int]]:
+    """A confusion matrix as sparse (gt, pred, count) triples."""
+    return [[int(g), int(p), int(conf[g, p])] for g, p in zip(*np.nonzero(conf))]
+
+
+def _from_triples(triples: Sequence[Sequence[int]], shape: tuple[int, int]) -> np.ndarray:
+    conf = np.zeros(shape, dtype=np.int64)
+    t = np.asarray(triples, dtype=np.int64).reshape(-1, 3)
+    np.add.at(conf, (t[:, 0], t[:, 1]), t[:, 2])
+    return conf
+
+
 class _SemsegTask(EvalTask):
     """A row is the sample's confusion matrix as sparse (gt, pred, count) triples: a dense 171x172 matrix per
-    image would make the file huge."""
+    image would make the file huge. With a diagnoser, a row also holds those of (b) and (c) (``diagnosis``; see
+    :mod:`textseg.eval.diagnose`)."""
 
     markdown = staticmethod(semseg_markdown)
 
-    def __init__(self, predictor: SemsegPredictor, dataset: Any, class_names: Sequence[str]) -> None:
+    def __init__(self, predictor: SemsegPredictor, dataset: Any, class_names: Sequence[str],
+                 diagnoser: Diagnoser | None = None) -> None:
         self.predictor = predictor
+        self.diagnoser = diagnoser
+        self.has_background = bool(getattr(dataset, "has_background", True))
         self.standard_names = list(dataset.class_names)
         self.class_names = list(class_names)
         self.ignore_index = int(getattr(dataset, "ignore_index", 255))
@@ -308,34 +326,50 @@ class _SemsegTask(EvalTask):
         if pred.shape != gt.shape:
             raise ValueError(
                 f"sample {sample['id']}: prediction shape {pred.shape} differs from label shape {gt.shape}")
-        conf = self.metric.sample_confusion(pred, gt)
-        triples = [[int(g), int(p), int(conf[g, p])] for g, p in zip(*np.nonzero(conf))]
-        return {"id": str(sample["id"]), "conf": triples}, lambda: semseg_panel(
-            sample["image"], pred, gt, ignore_index=self.ignore_index)
+        row: Row = {"id": str(sample["id"]), "conf": _triples(self.metric.sample_confusion(pred, gt))}
+        if self.diagnoser is not None:
+            preds = self.diagnoser(sample, list(self.class_names))
+            row["diagnosis"] = {v: None if preds.get(v) is None else _triples(self.metric.sample_confusion(
+                np.asarray(preds[v]), gt)) for v in ("oracle_labels", "oracle_regions")}
+        return row, lambda: semseg_panel(sample["image"], pred, gt, ignore_index=self.ignore_index)
 
     def overlay_name(self, sample: Mapping[str, Any]) -> str:
         return _safe_name(sample["id"])
 
     def check_row(self, row: Row) -> bool:
         n = len(self.standard_names)
-        conf = row.get("conf")
-        return isinstance(row.get("id"), str) and isinstance(conf, list) and all(
-            isinstance(t, list) and len(t) == 3 and all(isinstance(v, int) and not isinstance(v, bool) for v in t)
-            and 0 <= t[0] < n and 0 <= t[1] <= n and t[2] >= 0 for t in conf)
+
+        def triples(conf: Any) -> bool:
+            return isinstance(conf, list) and all(
+                isinstance(t, list) and len(t) == 3 and all(isinstance(v, int) and not isinstance(v, bool) for v in t)
+                and 0 <= t[0] < n and 0 <= t[1] <= n and t[2] >= 0 for t in conf)
+
+        ok = isinstance(row.get("id"), str) and triples(row.get("conf"))
+        if ok and self.diagnoser is not None:  # a row of an evaluation without the diagnosis is recomputed
+            d = row.get("diagnosis")
+            ok = isinstance(d, dict) and triples(d.get("oracle_labels")) and (
+                d.get("oracle_regions") is None or triples(d["oracle_regions"]))
+        return ok
 
     def summarize(self, rows: Sequence[Row]) -> dict[str, Any]:
         metric = SemsegMetric(len(self.standard_names), self.ignore_index)
+        diagnosis = Diagnosis(len(self.standard_names), self.ignore_index, self.has_background)
         for row in rows:
-            conf = np.zeros_like(metric.confusion)
-            t = np.asarray(row["conf"], dtype=np.int64).reshape(-1, 3)
-            np.add.at(conf, (t[:, 0], t[:, 1]), t[:, 2])
+            conf = _from_triples(row["conf"], metric.confusion.shape)
             metric.add_confusion(conf)
+            if self.diagnoser is not None:
+                d = row["diagnosis"]
+                diagnosis.add({"model": conf, **{v: None if d.get(v) is None else _from_triples(
+                    d[v], metric.confusion.shape) for v in ("oracle_labels", "oracle_regions")}})
         m = metric.compute()
-        return {
+        out = {
             "metrics": {"mIoU": m["mIoU"], "aAcc": m["aAcc"], "mAcc": m["mAcc"]},
             "per_class": [{"class": c, "IoU": iou, "Acc": acc}
                           for c, iou, acc in zip(self.standard_names, m["IoU"], m["Acc"])],
         }
+        if self.diagnoser is not None:
+            out["diagnosis"] = diagnosis.compute()
+        return out
 
 
 class _RISTask(EvalTask):
@@ -379,7 +413,7 @@ class _RISTask(EvalTask):
 def evaluate_semseg(predictor: SemsegPredictor, dataset: Any, out_dir: str | Path, *, resume: bool = True,
                     overlays: int = 0, meta: Mapping[str, Any] | None = None, progress: bool = True,
                     limit: int | None = None, class_names: Sequence[str] | None = None,
-                    key: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                    key: Mapping[str, Any] | None = None, diagnoser: Diagnoser | None = None) -> dict[str, Any]:
     """Evaluate a semantic predictor on a dataset; write samples.jsonl, results.json, results.md, overlays.
 
     Args:
@@ -395,6 +429,9 @@ def evaluate_semseg(predictor: SemsegPredictor, dataset: Any, out_dir: str | Pat
         class_names: Names given to the predictor; defaults to the benchmark's prompt-friendly names.
         key: What else decides the scores (model, weights, protocol); a resume must find the same (see
             :func:`run_evaluation`).
+        diagnoser: ``(sample, class_names) -> {"oracle_labels": labels, "oracle_regions": labels | None}`` (e.g. a
+            :class:`~textseg.eval.diagnose.SegmenterDiagnoser`): adds the error decomposition (``diagnosis`` in
+            results.json, its table in results.md; see :mod:`textseg.eval.diagnose`).
 
     Returns:
         The results dict written to results.json.
@@ -402,7 +439,7 @@ def evaluate_semseg(predictor: SemsegPredictor, dataset: Any, out_dir: str | Pat
     names = prompt_names(dataset) if class_names is None else list(class_names)
     if len(names) != len(dataset.class_names):
         raise ConfigError(f"{len(names)} class names given for {len(dataset.class_names)} classes")
-    return run_evaluation(_SemsegTask(predictor, dataset, names), dataset, out_dir, resume=resume,
+    return run_evaluation(_SemsegTask(predictor, dataset, names, diagnoser), dataset, out_dir, resume=resume,
                           overlays=overlays, meta=meta, progress=progress, limit=limit, key=key)
 
 

@@ -2,7 +2,8 @@
 
 Modules: :mod:`~textseg.train.config` (the typed config), :mod:`~textseg.train.data` (caption pipeline, the
 grouping transform, collate, noun batching), :mod:`~textseg.train.checkpoint` (the only checkpoint reader and
-writer), :mod:`~textseg.train.distributed` and :mod:`~textseg.train.loop` (:func:`train`, :func:`build_model`).
+writer), :mod:`~textseg.train.distributed` and :mod:`~textseg.train.loop` (:func:`train`, :func:`build_model`);
+:mod:`~textseg.train.selfsup` trains the self-supervised grouping backbone (DINO on images alone).
 """
 
 from typing import Any

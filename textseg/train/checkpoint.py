@@ -9,6 +9,10 @@ A checkpoint is a ``torch.save`` of a dict that holds tensors and plain Python v
   ``rng`` (one :func:`rng_state` per rank), ``data`` (one data position per rank,
   :meth:`textseg.train.data.BatchStream.state_dict`) and ``config`` (the training config as a plain dict).
 
+A grouping-backbone file (``textseg pretrain-grouping``: ``out/final.pt`` and its step checkpoints) is another
+format (:data:`BACKBONE_FORMAT`): ``backbone`` (the timm architecture: ``name`` and ``kwargs``), ``model`` (the
+teacher ViT's timm state dict), ``step``, ``config`` and, in step checkpoints, the training state to resume.
+
 Files are written atomically (temporary file + ``os.replace``): a run killed mid-write leaves the previous
 checkpoint intact and no partial file under a checkpoint's name.
 """
@@ -33,6 +37,7 @@ from textseg.io import atomic_open
 _log = logging.getLogger(__name__)
 
 FORMAT = "textseg-checkpoint"
+BACKBONE_FORMAT = "textseg-grouping-backbone"
 VERSION = 1
 STEP_GLOB = "step-*.pt"
 
@@ -47,6 +52,39 @@ def save_checkpoint(path: str | Path, model_state: Mapping[str, torch.Tensor], *
     with atomic_open(path) as f:
         torch.save(state, f)
     return path
+
+
+def save_backbone_weights(path: str | Path, backbone_state: Mapping[str, torch.Tensor], *, name: str,
+                          kwargs: Mapping[str, Any], step: int, **extra: Any) -> Path:
+    """Write a grouping-backbone file atomically: the timm state dict of a ViT built as
+    ``timm.create_model(name, num_classes=0, **kwargs)``; ``extra`` entries must be plain values and tensors."""
+    path = Path(path)
+    state = {"format": BACKBONE_FORMAT, "version": VERSION, "step": int(step),
+             "backbone": {"type": "timm", "name": name, "kwargs": dict(kwargs)},
+             "model": {k: v.detach().cpu() for k, v in backbone_state.items()}, **extra}
+    with atomic_open(path) as f:
+        torch.save(state, f)
+    return path
+
+
+def read_backbone_weights(path: str | Path) -> dict[str, Any] | None:
+    """The contents of a grouping-backbone file (see :func:`save_backbone_weights`), or None when ``path`` holds
+    something else (e.g. a timm or DINO state dict, which timm's own loader reads).
+
+    Raises:
+        UserError: the file is unreadable, holds objects other than tensors and plain values, or is a
+            grouping-backbone file with a malformed ``model`` or ``backbone`` entry.
+    """
+    path = Path(path)
+    data = load_weights_only(path, f"backbone weight file {path} is refused", "unreadable: ")
+    if not (isinstance(data, Mapping) and data.get("format") == BACKBONE_FORMAT):
+        return None
+    model, arch = data.get("model"), data.get("backbone")
+    if not (isinstance(model, Mapping) and all(isinstance(v, torch.Tensor) for v in model.values())
+            and isinstance(arch, Mapping) and isinstance(arch.get("name"), str)
+            and isinstance(arch.get("kwargs"), Mapping)):
+        raise UserError(f"backbone weight file {path} is damaged (malformed 'model' or 'backbone' entry)")
+    return dict(data)
 
 
 def step_checkpoint_path(out: str | Path, step: int) -> Path:
@@ -132,14 +170,21 @@ def _field(config: Mapping[str, Any], dotted: str) -> Any:
     return value
 
 
+def _architecture(config: Mapping[str, Any], dotted: str) -> Any:
+    value = _field(config, dotted)
+    if dotted == "backbone" and isinstance(value, Mapping):  # where the weights came from is not what they are
+        value = {k: v for k, v in value.items() if k != "weights"}
+    return value
+
+
 def check_same_architecture(saved: Mapping[str, Any], wanted: Mapping[str, Any], source: str | Path) -> None:
     """Raise a one-line :class:`UserError` naming ``source`` and both models when a checkpoint's model config
     (``saved``) has other weights than the model ``wanted`` (its backbone or its CLIP architecture differ)."""
-    diff = [f for f in ARCHITECTURE_FIELDS if _field(saved, f) != _field(wanted, f)]
+    diff = [f for f in ARCHITECTURE_FIELDS if _architecture(saved, f) != _architecture(wanted, f)]
     if diff:
         raise UserError(f"{source} holds the weights of model {saved.get('name')!r}, not of model "
-                        f"{wanted.get('name')!r} ({diff[0]} differs: {_field(saved, diff[0])!r} vs "
-                        f"{_field(wanted, diff[0])!r})")
+                        f"{wanted.get('name')!r} ({diff[0]} differs: {_architecture(saved, diff[0])!r} vs "
+                        f"{_architecture(wanted, diff[0])!r})")
 
 
 def check_same_model(saved: Mapping[str, Any] | None, wanted: Mapping[str, Any], source: str | Path) -> None:

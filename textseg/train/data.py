@@ -167,6 +167,18 @@ class _ReadShards(PipelineStage):
                 stream.close()
 
 
+def decode_sample_image(sample: dict, ext: str, counter: SkipCounter) -> Image.Image | None:
+    """The RGB image of a raw tar sample's ``ext`` entry, or None with a ``decode_error`` counted (truncated or
+    corrupt bytes)."""
+    try:
+        with Image.open(io.BytesIO(sample[ext])) as img:
+            img.load()
+            return img.convert("RGB")
+    except Exception as err:  # PIL raises OSError, SyntaxError, ... for bad bytes
+        counter.add("decode_error", sample.get("__key__"), sample.get("__url__"), f"{type(err).__name__}: {err}")
+        return None
+
+
 class _Decode(PipelineStage):
     """Raw tar samples -> (PIL RGB image, caption); bad samples are counted and skipped."""
 
@@ -193,12 +205,8 @@ class _Decode(PipelineStage):
         if not caption:
             self.counter.add("empty_caption", key, url)
             return None
-        try:
-            with Image.open(io.BytesIO(sample[img_ext])) as img:
-                img.load()
-                image = img.convert("RGB")
-        except Exception as err:  # truncated / corrupt image bytes: PIL raises OSError, SyntaxError, ...
-            self.counter.add("decode_error", key, url, f"{type(err).__name__}: {err}")
+        image = decode_sample_image(sample, img_ext, self.counter)
+        if image is None:
             return None
         image = self.image_transform(image) if self.image_transform else image
         return (image, caption, url) if self.with_url else (image, caption)

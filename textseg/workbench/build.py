@@ -60,10 +60,12 @@ def object_sample(seed: int, index: int, size: int) -> tuple[str, dict[str, byte
     }
 
 
-def val_sample(seed: int, index: int, size: int) -> tuple[str, bytes, bytes]:
-    """One VOC-format validation sample: id, JPEG bytes, palette PNG label bytes."""
+def val_sample(seed: int, index: int, size: int) -> tuple[str, bytes, bytes, bytes]:
+    """One VOC-format validation sample: id, JPEG bytes, palette PNG label bytes, palette PNG instance map bytes
+    (:meth:`Scene.instance_map`)."""
     scene = make_scene(seed, index, size, stream="val", cache=_cache())
-    return f"openmoji_{index:06d}", encode_jpeg(scene.image), encode_label_png(scene.label)
+    return (f"openmoji_{index:06d}", encode_jpeg(scene.image), encode_label_png(scene.label),
+            encode_label_png(scene.instance_map()))
 
 
 def ref_scene(seed: int, index: int, size: int) -> Scene:
@@ -153,7 +155,7 @@ def build_workbench(
     """Generate every part of the workbench under ``out_dir`` and write ``manifest.json``.
 
     Layout: ``train/shard-*.tar`` (jpg, txt, json), ``objects/shard-*.tar`` (object-centric),
-    ``voc/VOC2012/...`` (VOC-format val set), ``refer/openmoji_ref/{refs(unc).p,instances.json}`` and
+    ``voc/VOC2012/...`` (VOC-format val set with instance maps), ``refer/openmoji_ref/{refs(unc).p,instances.json}`` and
     ``refer/images/``, ``refer_train/shard-*.tar`` (jpg, txt: image-sentence pairs without masks). Scene ``i`` of each part depends only on ``(seed, part, i)``, so the output is the same
     byte for byte for any ``workers``.
 
@@ -272,7 +274,7 @@ def build_workbench(
             "train": "train/shard-NNNNNN.tar: __key__, jpg (quality 95), txt (caption), json (VOC ids present: "
             "for ablations only, training must not read it)",
             "objects": "objects/shard-NNNNNN.tar: one glyph per image; txt = name caption, json = class_id (-1 distractor)",
-            "voc": "voc/VOC2012/{JPEGImages,SegmentationClass,ImageSets/Segmentation/val.txt}",
+            "voc": "voc/VOC2012/{JPEGImages,SegmentationClass,SegmentationObject,ImageSets/Segmentation/val.txt}",
             "refer": "refer/openmoji_ref/{refs(unc).p,instances.json}, refer/images/",
             "refer_train": "refer_train/shard-NNNNNN.tar: jpg, txt (a sentence referring to one object; no masks: "
             "weakly supervised referring training)",

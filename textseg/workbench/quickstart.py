@@ -5,7 +5,8 @@
 3. stage 1: image-caption contrastive pretraining of a small CLIP from scratch;
 4. stage 2: region adaptation with the one-way noun-to-region loss on frozen Lab colour + x,y k-means groups (a
    grouping that needs no pretrained weights), regions embedded as the ``stage2_region`` training preset says;
-5. evaluate on the workbench's VOC-format val set with the benchmark tools and print the Markdown table; the
+5. evaluate on the workbench's VOC-format val set with the benchmark tools and print the Markdown table, with the
+   error decomposition (:mod:`textseg.eval.diagnose`: grouping and recognition ceilings, fg/bg confusion); the
    constant background score is chosen on a development set of another seed, never on val.
 """
 
@@ -40,17 +41,22 @@ def build_dev_set(data: Path, seed: int, scenes: int = 300, progress: bool = Tru
 
 
 def evaluate_workbench(model, data: Path, out: Path, *, overlays: int = 12, limit: int | None = None,
-                       progress: bool = True, meta: dict[str, Any] | None = None, dev: Path | None = None) -> dict[str, Any]:
-    """Score a model on the workbench's VOC-format val set under the ``workbench`` protocol.
+                       progress: bool = True, meta: dict[str, Any] | None = None, dev: Path | None = None,
+                       diagnose: bool = True, protocol: str = "workbench") -> dict[str, Any]:
+    """Score a model on the workbench's VOC-format val set under a workbench protocol.
 
-    With ``dev`` (a VOC-format set of other scenes), the constant background score is first chosen there.
+    With ``dev`` (a VOC-format set of other scenes), the constant background score is first chosen there. With
+    ``diagnose`` (the default), the results hold the error decomposition (:mod:`textseg.eval.diagnose`).
+    ``protocol``: ``workbench`` (background classes: the generator's background nouns) or ``workbench-generic``
+    (a generic background vocabulary, none of the generator's words but "background").
     """
     from textseg.config import load_protocol, to_dict
     from textseg.data import VOCSegmentation
     from textseg.eval import SegmenterSemsegPredictor, calibrate_bg_score, evaluate_semseg
+    from textseg.eval.diagnose import SegmenterDiagnoser
     from textseg.segmenter import Segmenter
 
-    protocol = load_protocol("workbench").for_benchmark("voc21")
+    protocol = load_protocol(protocol).for_benchmark("voc21")
     seg = Segmenter(model.eval(), protocol, text_cache_dir=False)
     calibration = None
     if dev is not None:
@@ -59,9 +65,10 @@ def evaluate_workbench(model, data: Path, out: Path, *, overlays: int = 12, limi
         calibration = {"dev": str(dev), "bg_score": best, "dev_mIoU": scores}
     dataset = VOCSegmentation(data / "voc", split="val")
     predictor = SegmenterSemsegPredictor(seg, protocol, has_background=True)
+    diagnoser = SegmenterDiagnoser(predictor, dataset.ignore_index) if diagnose else None
     return evaluate_semseg(predictor, dataset, out, resume=False, overlays=overlays, limit=limit, progress=progress,
                            meta={"config": {"protocol": to_dict(protocol), "calibration": calibration,
-                                                 **(meta or {})}})
+                                                 **(meta or {})}}, diagnoser=diagnoser)
 
 
 def run_stage(preset: str, settings: dict[str, Any], progress: bool, *, variants: Sequence[str | Path] = (),
@@ -98,7 +105,7 @@ def quickstart(out: str | Path = "runs/quickstart", data: str | Path = "workbenc
     print("[2/5] evaluating the untrained model ...")
     before_model = build_model(load_train_config("stage1_image_text", (), {"seed": seed}))
     before = evaluate_workbench(before_model, data, out / "eval_before", overlays=0, limit=eval_limit,
-                                progress=progress, dev=dev)
+                                progress=progress, dev=dev, diagnose=False)
     del before_model
 
     def budget(share: float) -> float:
@@ -115,11 +122,15 @@ def quickstart(out: str | Path = "runs/quickstart", data: str | Path = "workbenc
     print("[5/5] evaluating on the workbench VOC val set ...")
     model = create_model("labxy-small-workbench", checkpoint=out / "stage2" / "final.pt")
     after = evaluate_workbench(model, data, out / "eval", overlays=12, limit=eval_limit, progress=progress, dev=dev)
+    generic = evaluate_workbench(model, data, out / "eval_generic", overlays=0, limit=eval_limit, progress=progress,
+                                 dev=dev, diagnose=False, protocol="workbench-generic")
     summary = {"minutes": round((time.time() - start) / 60, 1), "mIoU_before": before["metrics"]["mIoU"],
-               "mIoU_after": after["metrics"]["mIoU"], "checkpoint": str(out / "stage2" / "final.pt"),
-               "eval": str(out / "eval" / "results.json")}
+               "mIoU_after": after["metrics"]["mIoU"], "mIoU_after_generic_background": generic["metrics"]["mIoU"],
+               "checkpoint": str(out / "stage2" / "final.pt"), "eval": str(out / "eval" / "results.json"),
+               "diagnosis": after.get("diagnosis")}
     atomic_write_text(out / "quickstart.json", json.dumps(summary, indent=2))
     print((out / "eval" / "results.md").read_text())
-    print(f"mIoU before training {before['metrics']['mIoU']:.2f} -> after {after['metrics']['mIoU']:.2f} "
+    print(f"mIoU before training {before['metrics']['mIoU']:.2f} -> after {after['metrics']['mIoU']:.2f}; with the "
+          f"generic background vocabulary (protocol workbench-generic) {generic['metrics']['mIoU']:.2f} "
           f"({summary['minutes']} min). Overlays: {out / 'eval' / 'overlays'}; results: {out / 'eval' / 'results.json'}")
     return summary

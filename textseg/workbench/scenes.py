@@ -76,6 +76,18 @@ class Scene:
         """Sorted VOC class ids present in the label map."""
         return [int(c) for c in np.unique(self.label) if c]
 
+    def instance_map(self) -> np.ndarray:
+        """(H, W) uint8 instance map as VOC's ``SegmentationObject``: 0 background, 1..N the labelled objects with
+        visible pixels (bottom to top), 255 where the label map has 255."""
+        out = np.zeros_like(self.label)
+        n = 0
+        for obj in self.objects:
+            if obj.class_id > 0 and obj.visible.any():
+                n += 1
+                out[obj.visible] = n
+        out[self.label == 255] = 255
+        return out
+
 
 def scene_rng(seed: int, stream: str, index: int) -> np.random.Generator:
     """The generator for one scene; depends only on (seed, stream, index)."""

@@ -23,18 +23,22 @@ def mask_bbox(mask: np.ndarray) -> list[float]:
 
 
 class VOCWriter:
-    """Writes ``<root>/VOC2012/{JPEGImages,SegmentationClass,ImageSets/Segmentation/<split>.txt}``."""
+    """Writes ``<root>/VOC2012/{JPEGImages,SegmentationClass,SegmentationObject,ImageSets/Segmentation/<split>.txt}``
+    (SegmentationObject: instance maps, when given)."""
 
     def __init__(self, root: str | Path, split: str = "val") -> None:
         self.voc = Path(root) / "VOC2012"
         self.split = split
-        for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        for sub in ("JPEGImages", "SegmentationClass", "SegmentationObject", "ImageSets/Segmentation"):
             (self.voc / sub).mkdir(parents=True, exist_ok=True)
         self.ids: list[str] = []
 
-    def add(self, image_id: str, jpeg: bytes, label_png: bytes) -> None:
+    def add(self, image_id: str, jpeg: bytes, label_png: bytes, instance_png: bytes | None = None) -> None:
+        """Write one sample: its JPEG, class map PNG and (if given) instance map PNG (VOC's SegmentationObject)."""
         atomic_write_bytes(self.voc / "JPEGImages" / f"{image_id}.jpg", jpeg)
         atomic_write_bytes(self.voc / "SegmentationClass" / f"{image_id}.png", label_png)
+        if instance_png is not None:
+            atomic_write_bytes(self.voc / "SegmentationObject" / f"{image_id}.png", instance_png)
         self.ids.append(image_id)
 
     def close(self) -> None:

@@ -298,3 +298,23 @@ def test_overlay_paints_classes_only_and_draws_a_legend() -> None:
     legend = np.asarray(overlay(image, labels, names=["background", "cat"]))
     assert legend[7, 7].tolist() == [128, 0, 0]  # the legend's colour box of class 1
     assert legend[35, 35].tolist() == [115, 45, 45]
+
+
+def test_image_cache_keeps_the_most_recent_images():
+    from textseg.io import ImageCache
+
+    a, b, c = (np.full((2, 2, 3), v, np.uint8) for v in (1, 2, 3))
+    calls: list[int] = []
+    cache = ImageCache(2)
+
+    def get(image):
+        return cache.get(image, lambda: calls.append(int(image[0, 0, 0])) or int(image[0, 0, 0]) * 10)
+
+    assert [get(a), get(b), get(a.copy())] == [10, 20, 10] and calls == [1, 2]  # same content: no recompute
+    get(c)  # evicts b, the least recently used (a was used after it)
+    assert calls == [1, 2, 3]
+    get(a)
+    get(b)
+    assert calls == [1, 2, 3, 2]
+    get(np.full((3, 2, 2), 1, np.uint8))  # a's bytes in another shape: another key, computed again
+    assert calls == [1, 2, 3, 2, 1]

@@ -14,8 +14,9 @@ import os
 import secrets
 import threading
 import warnings
+from collections import OrderedDict
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator, Mapping, Sequence
+from typing import Any, BinaryIO, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -65,6 +66,30 @@ def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
 def image_key(image: np.ndarray) -> bytes:
     """A cache key of an image array's content and shape."""
     return hashlib.sha1(np.ascontiguousarray(image).data).digest() + str(image.shape).encode()
+
+
+class ImageCache:
+    """A small least-recently-used cache of per-image results, keyed by the image's content (:func:`image_key`).
+
+    Args:
+        size: the most images kept.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[bytes, Any] = OrderedDict()
+
+    def get(self, image: np.ndarray, compute: Callable[[], Any]) -> Any:
+        """The cached result for ``image``, or ``compute()`` stored for it (the oldest entry then dropped)."""
+        key = image_key(image)
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        value = compute()
+        self._items[key] = value
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+        return value
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

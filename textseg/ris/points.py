@@ -17,7 +17,6 @@ Training from image-text pairs alone is in :mod:`textseg.ris.train_points`.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from textseg.errors import MissingWeightsError, UserError
-from textseg.io import ImageLike, image_key, load_image
+from textseg.io import ImageCache, ImageLike, image_key, load_image
 
 if TYPE_CHECKING:
     from textseg.model import TextSegModel
@@ -299,24 +298,15 @@ class PointReferrer:
         self.n_positive = n_positive
         self.n_negative = n_negative if generator is not None else 0
         self.radius = radius
-        self.cache_size = cache_size
-        self._cache: OrderedDict[bytes, torch.Tensor] = OrderedDict()
+        self._cache = ImageCache(cache_size)
         self._image_key: bytes | None = None
 
     @torch.no_grad()
     def dense_features(self, image: np.ndarray) -> torch.Tensor:
         """(1, gh, gw, E) dense CLIP features of an image at the segmenter's resize, cached per image."""
-        key = image_key(image)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
         seg = self.segmenter
-        x = seg._patch_sized(seg._to_device(image, seg.protocol))
-        feats = seg.model.region.dense(x).float()
-        self._cache[key] = feats
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
-        return feats
+        return self._cache.get(image, lambda: seg.model.region.dense(
+            seg._patch_sized(seg._to_device(image, seg.protocol))).float())
 
     @torch.no_grad()
     def text_features(self, sentences: list[str]) -> torch.Tensor:

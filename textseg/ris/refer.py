@@ -15,7 +15,6 @@ images, so that the sentences of one image (a refer-format dataset has several) 
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -26,7 +25,7 @@ import torch.nn.functional as F
 
 from textseg.errors import UserError
 from textseg.grouping import masks_to_region_masks
-from textseg.io import ImageLike, image_key, load_image
+from textseg.io import ImageCache, ImageLike, load_image
 from textseg.ris.global_local import GlobalLocalCLIP
 from textseg.ris.proposals import GroupingProposer, Proposals, load_mask_proposals
 
@@ -105,8 +104,7 @@ class Referrer:
         self.proposer = proposer or GroupingProposer(segmenter, short_side=p.short_side,
                                                      max_long_side=p.max_long_side)
         self.no_target_threshold = no_target_threshold
-        self.cache_size = cache_size
-        self._cache: OrderedDict[bytes, tuple[Proposals, torch.Tensor]] = OrderedDict()
+        self._cache = ImageCache(cache_size)
 
     # -- visual side ------------------------------------------------------------------------------------------
 
@@ -137,16 +135,11 @@ class Referrer:
 
     def proposals_and_features(self, image: np.ndarray) -> tuple[Proposals, torch.Tensor]:
         """An image's proposals from :attr:`proposer` and their visual features, cached per image content."""
-        key = image_key(image)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        proposals = self.proposer(image)
-        entry = (proposals, self.visual_features(image, proposals))
-        self._cache[key] = entry
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
-        return entry
+        def compute() -> tuple[Proposals, torch.Tensor]:
+            proposals = self.proposer(image)
+            return proposals, self.visual_features(image, proposals)
+
+        return self._cache.get(image, compute)
 
     # -- text and scores --------------------------------------------------------------------------------------
 

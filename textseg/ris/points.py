@@ -393,6 +393,6 @@ def dense_and_text(model: "TextSegModel", images: torch.Tensor, sentences: list[
     return dense, text
 
 
-__all__ = ["CentrePointOracle", "PointGenerator", "PointPrompts", "PointReferResult", "PointReferrer", "dense_and_text",
-           "load_point_generator", "make_prompts", "near_patches", "patch_centres", "save_point_generator", "select_points",
-           "sincos_2d"]
+__all__ = ["CentrePointOracle", "PointGenerator", "PointPrompts", "PointReferResult", "PointReferrer",
+           "dense_and_text", "load_point_generator", "make_prompts", "near_patches", "patch_centres",
+           "save_point_generator", "select_points", "sincos_2d"]

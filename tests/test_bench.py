@@ -184,3 +184,16 @@ def test_refer_bench_times_each_method_and_count():
     assert all(r["seconds"] > 0 for r in report["runs"])
     md = refer_markdown(report)
     assert "| proposals | global-local (s) | region (s) |" in md and "\n| 5 | " in md
+
+
+def test_training_step_seconds_times_the_configs_step_without_reading_init(tmp_path):
+    from textseg.bench import training_step_seconds
+    from textseg.train import load_train_config
+
+    cfg = load_train_config("stage2_region", ["model=tiny", "data.batch_size=4", "data.image_size=48",
+                                              f"init={tmp_path / 'not-made-yet.pt'}", "loss.noun_calibration=0.5"])
+    seconds = training_step_seconds(cfg, steps=2, warmup=1)  # reading init would raise: the file does not exist
+    assert 0 < seconds < 60
+    assert not (tmp_path / "not-made-yet.pt").exists()
+    with pytest.raises(ValueError):
+        training_step_seconds(cfg, steps=0)

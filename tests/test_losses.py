@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from textseg.losses import image_text_loss, noun_region_loss
+from textseg.losses import image_text_loss, noun_calibration_loss, noun_region_loss
 
 
 def log1pexp(x: float) -> float:
@@ -199,3 +199,54 @@ def test_positives_make_a_shared_noun_no_negative():
     # region_batch: image 1's region leaves the softmax: -log(e^10 / (e^10 + e^0 [image 2]))
     rb, _ = noun_region_loss(nouns, img, regions, valid, 10.0, mode="region_batch", positives=pos)
     assert rb.item() == pytest.approx(-math.log(math.exp(10) / (math.exp(10) + 1)), abs=1e-6)
+
+
+def calibration_case():
+    """image 0: r00 = (1, 0), r01 = (0, 1), r02 = (-1, 0); image 1: r10 = (0.6, 0.8), r11 padding (huge); image 2:
+    no valid region. Pairs: dog (1, 0) and sky (0, 1) from image 0; dog again and cat (0.6, 0.8) from image 1;
+    cat from image 2 (dropped)."""
+    regions = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]], [[0.6, 0.8], [50.0, 50.0], [0.0, 0.0]],
+                            [[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]]], dtype=torch.float64, requires_grad=True)
+    valid = torch.tensor([[True, True, True], [True, False, False], [False, False, False]])
+    dog, sky, cat = [1.0, 0.0], [0.0, 1.0], [0.6, 0.8]
+    nouns = torch.tensor([dog, sky, dog, cat, cat], dtype=torch.float64, requires_grad=True)
+    noun_image = torch.tensor([0, 0, 1, 1, 2])
+    keys = torch.tensor([5, 7, 5, 9, 9])
+    return nouns, noun_image, regions, valid, keys
+
+
+def test_noun_calibration_hand_computed():
+    nouns, noun_image, regions, valid, keys = calibration_case()
+    loss = noun_calibration_loss(nouns, noun_image, regions, valid, 10.0, keys)
+    # dog @ r00 against cat (sky is named by the same caption): logits 10 vs 6
+    # sky @ r01 against cat (dog excluded): 10 vs 8; dog @ r10 against sky (cat excluded): 6 vs 8
+    # cat @ r10 against sky (dog excluded): 10 vs 8; the pair of image 2 (no valid region) is dropped
+    expected = (log1pexp(-4) + log1pexp(-2) + log1pexp(2) + log1pexp(-2)) / 4
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-9)
+    loss.backward()
+    # regions no noun picks (r02, padding, image 2) and the dropped pair get exactly zero gradient
+    assert float(regions.grad[0, 2].abs().sum()) == 0.0 and float(regions.grad[1, 1:].abs().sum()) == 0.0
+    assert float(regions.grad[2].abs().sum()) == 0.0 and float(nouns.grad[4].abs().sum()) == 0.0
+    assert float(regions.grad[0, 0].abs().sum()) > 0 and float(regions.grad[1, 0].abs().sum()) > 0
+
+
+def test_noun_calibration_is_what_the_one_way_loss_cannot_see():
+    """A constant added to one noun's similarities leaves the one-way loss unchanged, not the calibration."""
+    nouns, noun_image, regions, valid, keys = calibration_case()
+    regions, nouns = regions.detach(), nouns.detach()
+    # lift every similarity of "cat" by 0.5: append a third dimension that only cat's and the regions' share
+    lift = torch.cat([nouns, torch.tensor([[0.0], [0.0], [0.0], [1.0], [1.0]], dtype=torch.float64)], 1)
+    flat = torch.cat([regions, torch.full((3, 3, 1), 0.5, dtype=torch.float64)], 2)
+    plain = torch.cat([nouns, torch.zeros(5, 1, dtype=torch.float64)], 1)
+    one_way = [noun_region_loss(n, noun_image, flat, valid, 10.0)[0] for n in (plain, lift)]
+    assert float(one_way[0]) == pytest.approx(float(one_way[1]), rel=1e-9)
+    cal = [noun_calibration_loss(n, noun_image, flat, valid, 10.0, keys) for n in (plain, lift)]
+    assert float(cal[1]) > float(cal[0]) + 0.1  # cat now wins where dog and sky should
+
+
+def test_noun_calibration_without_nouns_is_a_connected_zero():
+    nouns, noun_image, regions, valid, keys = calibration_case()
+    loss = noun_calibration_loss(nouns[4:], noun_image[4:], regions, valid, 10.0, keys[4:])
+    assert float(loss) == 0.0 and loss.requires_grad
+    with pytest.raises(ValueError, match="noun_keys"):
+        noun_calibration_loss(nouns, noun_image, regions, valid, 10.0, keys[:2])

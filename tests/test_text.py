@@ -1,6 +1,6 @@
 import torch
 
-from textseg.text import TextEncoder, encode_text_trimmed, get_templates
+from textseg.text import TextEncoder, encode_text_trimmed, get_templates, trim_tokens
 
 
 def test_template_sets():
@@ -15,6 +15,30 @@ def test_trimmed_encoding_equals_full_77_token_pass(tiny_model):
     tokens = tiny_model.tokenizer(["a photo of a dog.", "a very long and winding description of a red bus"])
     full = clip.encode_text(tokens)
     torch.testing.assert_close(encode_text_trimmed(clip, tokens), full, atol=1e-5, rtol=1e-5)
+
+
+def test_host_trimmed_tokens_give_the_full_pass_values_and_gradients(tiny_model):
+    clip = tiny_model.clip
+    tokens = tiny_model.tokenizer(["a dog.", "a very long and winding description of a red bus", "cat"])
+    short = trim_tokens(tokens)
+    eot = tokens.argmax(-1)
+    assert short.shape == (3, int(eot.max()) + 1) and short.shape[1] < tokens.shape[1]
+    assert torch.equal(short, tokens[:, : short.shape[1]]) and torch.equal(short.argmax(-1), eot)
+    assert trim_tokens(tokens[:0]).shape == (0, tokens.shape[1])
+
+    weights = torch.tensor([1.0, -2.0, 0.5])
+    grads = []
+    for encode in (lambda: clip.encode_text(tokens), lambda: encode_text_trimmed(clip, short, trimmed=True)):
+        clip.zero_grad()
+        out = encode()
+        (out.sum(-1) * weights).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in clip.named_parameters() if p.grad is not None})
+        grads.append(out.detach())
+    torch.testing.assert_close(grads[3], grads[1], atol=1e-5, rtol=1e-5)
+    assert "token_embedding.weight" in grads[2] and grads[0].keys() == grads[2].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[2][name], grads[0][name], atol=1e-4, rtol=1e-3, msg=name)
+    clip.zero_grad()
 
 
 def test_text_cache_hit_in_memory_and_on_disk(tiny_model, tmp_path):

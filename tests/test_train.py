@@ -81,7 +81,7 @@ def test_config_presets_variants_overrides_and_errors(tmp_path):
     # ablate: stage-2 preset, then a variant file, then overrides; later sources win, nested dicts merge
     variant = config_path("ablations", "region_batch_tokens")
     cfg = load_train_config("stage2_region", ["train.steps=7", "data.train=d/s-{0..3}.tar"], variant)
-    assert cfg.model_overrides == {"region": {"mode": "tokens"}} and cfg.loss.mode == "region_batch"
+    assert cfg.model_overrides == {"region": {"mode": "tokens", "masked_blocks": 1}} and cfg.loss.mode == "region_batch"
     assert cfg.loss.image_text == 0.25 and cfg.optim.lr == 1e-3 and cfg.train.steps == 7  # preset, then override
     assert cfg.data.train == "d/s-{0..3}.tar" and to_dict(cfg)["loss"]["mode"] == "region_batch"
     (tmp_path / "mine.yaml").write_text("optim: {lr: 1e-4}\n")  # YAML 1.1 reads 1e-4 as a string
@@ -128,6 +128,30 @@ def test_transform_groups_with_the_grouper_alone_and_collate_pads(tiny_model):
     assert not batch["masks"][0, len(m0):].any() and torch.equal(batch["masks"][1, : len(m1)], m1)
     with pytest.raises(ConfigError, match="multiple of the model's patch size 16"):
         TrainTransform(tiny_model.grouper, 40)
+
+
+def test_transform_groups_each_image_once_and_the_cache_gives_the_same_masks(tiny_model):
+    calls = []
+    hook = tiny_model.grouper.backbone.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        rng = np.random.default_rng(0)
+        images = [Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)) for _ in range(3)]
+        cached = TrainTransform(tiny_model.grouper, 48, cache_size=2)
+        fresh = TrainTransform(tiny_model.grouper, 48, cache_size=0)
+        first = [cached(im)[1] for im in images]
+        assert len(calls) == 3
+        again = cached(images[2])[1]  # the newest two stay: no new grouping
+        assert len(calls) == 3 and torch.equal(again, first[2])
+        again[:] = ~again  # a caller changing its masks does not change the cache
+        assert torch.equal(cached(images[2])[1], first[2]) and len(calls) == 3
+        cached(images[0])  # evicted (cache_size 2): grouped again
+        assert len(calls) == 4
+        for im, m in zip(images, first):
+            assert torch.equal(fresh(im)[1], m)  # the cache gives exactly what grouping gives
+        assert len(calls) == 7
+        assert not torch.equal(first[0], first[1]) or not torch.equal(first[1], first[2])
+    finally:
+        hook.remove()
 
 
 def test_init_weights_and_a_mismatching_init(tmp_path):

@@ -18,6 +18,7 @@ open_clip image-text step on the same synthetic batch, in one process.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import json
 import logging
@@ -601,6 +602,46 @@ def _optimizer_step(loss: torch.Tensor, params: list[torch.nn.Parameter], opt: t
     clock.lap("optimizer")
 
 
+def training_step_seconds(cfg: Any, *, steps: int = 2, warmup: int = 1, seed: int = 0) -> float:
+    """Median seconds per optimizer step of a training config on this machine (CUDA when there is one, as training).
+
+    One synthetic batch of the config's size (random images at ``data.image_size``, captions from
+    :func:`synthetic_captions`) goes through what a training step does: grouping, :class:`TrainStep`, the config's
+    losses (:func:`~textseg.train.loop.step_loss`), backward, gradient clipping and AdamW; ``warmup`` untimed steps
+    first. Random weights (``init`` is not read), so it can run before the run that makes them.
+    """
+    from textseg.train.data import NounBatcher
+    from textseg.train.loop import TrainStep, build_model, build_optimizer, select_trainable, step_inputs, step_loss
+
+    if steps < 1 or warmup < 0:
+        raise ValueError("steps must be >= 1 and warmup >= 0")
+    dev = _device(None)
+    model = build_model(dataclasses.replace(cfg, init=None))
+    params = select_trainable(model, cfg.train)
+    model.to(dev).train()
+    model.grouper.eval()
+    opt, _ = build_optimizer(model, cfg.optim, steps + warmup)
+    gen = torch.Generator().manual_seed(seed)
+    size = cfg.data.image_size
+    images = torch.rand(cfg.data.batch_size, 3, size, size, generator=gen).to(dev)
+    captions = synthetic_captions(cfg.data.batch_size, seed)
+    nouns_of = NounBatcher(cfg.data.noun_template, cfg.loss.max_nouns, cfg.loss.keep_background_nouns)
+    net, sync = TrainStep(model), _sync_of(dev)
+    clock = _StepClock(sync)
+    times = []
+    for i in range(warmup + steps):
+        clock.start()
+        inputs = step_inputs(model, captions, nouns_of, cfg.loss, dev)
+        masks = model.group(images, pixels=False).region_masks
+        with _autocast(dev, dev.type == "cuda" and cfg.train.amp in ("auto", True)):
+            res = net(images, masks, inputs.caption_tokens, inputs.noun_tokens)
+            loss, _ = step_loss(res, inputs, cfg.loss)
+        _optimizer_step(loss, params, opt, cfg.optim.clip_grad, clock)
+        if i >= warmup:
+            times.append(sum(clock.sections.values()))
+    return _median(times)
+
+
 def bench_train(model: str = "labxy-small-workbench", *, steps: int = 10, warmup: int = 2,
                 batch_size: int | None = None, image_size: int | None = None, device: str | None = None,
                 amp: str = "auto", seed: int = 0) -> dict[str, Any]:
@@ -625,11 +666,11 @@ def bench_train(model: str = "labxy-small-workbench", *, steps: int = 10, warmup
     (tokens, grouping, forward + loss, backward, optimizer), synchronised between them on CUDA only.
     """
     import textseg
-    from textseg.losses import image_text_loss, noun_region_loss
+    from textseg.losses import image_text_loss
     from textseg.train.config import load_train_config
     from textseg.train.data import NounBatcher
-    from textseg.train.loop import (MAX_LOGIT_SCALE, TrainStep, _global_features, build_optimizer,
-                                    enable_cuda_speedups, select_trainable)
+    from textseg.train.loop import (MAX_LOGIT_SCALE, TrainStep, build_optimizer, enable_cuda_speedups,
+                                    select_trainable, step_inputs, step_loss)
 
     if steps < 1 or warmup < 0:
         raise ValueError("steps must be >= 1 and warmup >= 0")
@@ -660,21 +701,13 @@ def bench_train(model: str = "labxy-small-workbench", *, steps: int = 10, warmup
     sync = _sync_of(dev)
 
     def textseg_step(clock: _StepClock) -> None:
-        prompts, noun_ids, noun_image, _ = nouns_of(captions)
-        caption_tokens = net_model.tokenizer(captions).to(dev)
-        noun_tokens = net_model.tokenizer(prompts).to(dev) if prompts else None
+        inputs = step_inputs(net_model, captions, nouns_of, lw, dev)
         clock.lap("tokens")
         masks = net_model.group(images, pixels=False).region_masks
         clock.lap("grouping")
         with _autocast(dev, use_amp):
-            res = net(images, masks, caption_tokens, noun_tokens)
-            scale = res["scale"].clamp(max=MAX_LOGIT_SCALE)
-            feats = _global_features(res, True, True, prompts, noun_ids, noun_image)
-            loss = lw.image_text * image_text_loss(feats.image, feats.text, scale)
-            if len(feats.nouns):
-                loss = loss + lw.noun_region * noun_region_loss(
-                    feats.nouns, feats.noun_image, feats.regions, feats.valid, scale, mode=lw.mode,
-                    positives=feats.positives() if lw.same_noun_positives else None)[0]
+            res = net(images, masks, inputs.caption_tokens, inputs.noun_tokens)
+            loss, _ = step_loss(res, inputs, lw)
         clock.lap("forward")
         _optimizer_step(loss, params, opt, cfg.optim.clip_grad, clock)
 

@@ -14,7 +14,7 @@ from torch import Tensor
 
 NounRegionMode = Literal["one_way", "region_batch", "two_way"]
 
-__all__ = ["noun_region_loss", "image_text_loss", "same_noun_positives", "NounRegionMode"]
+__all__ = ["noun_region_loss", "noun_calibration_loss", "image_text_loss", "same_noun_positives", "NounRegionMode"]
 
 
 def _check_inputs(nouns: Tensor, noun_image: Tensor, regions: Tensor, region_valid: Tensor) -> None:
@@ -137,6 +137,42 @@ def noun_region_loss(
     stats["loss_n2r"] = float(loss_n2r.detach())
     stats["loss_r2n"] = float(loss_r2n.detach())
     return 0.5 * (loss_n2r + loss_r2n), stats
+
+
+def noun_calibration_loss(nouns: Tensor, noun_image: Tensor, regions: Tensor, region_valid: Tensor,
+                          logit_scale: Tensor | float, noun_keys: Tensor) -> Tensor:
+    """Nouns compared with each other at their regions: the calibration the one-way loss lacks.
+
+    The one-way loss is a softmax over images for each noun, so adding a constant to one noun's similarities
+    changes nothing: each noun's level is free, and a label map (an argmax over class names per region, against a
+    constant background score) compares those levels. Here, at each noun's best region of its own image (chosen
+    without gradient), the noun must score above every other distinct noun of the batch (cross-entropy), except
+    the other nouns of its own caption, which may name that region too. Regions that match no noun still get no
+    gradient.
+
+    Args:
+        nouns: (M, D) embedding of each (noun, image) pair's noun; noun_image: (M,) its image in ``[0, B)``.
+        regions: (B, K, D); region_valid: (B, K) bool.
+        logit_scale: exponentiated inverse temperature.
+        noun_keys: (M,) integer identity of each pair's noun (equal nouns, equal keys).
+    """
+    _check_inputs(nouns, noun_image, regions, region_valid)
+    if noun_keys.shape != noun_image.shape:
+        raise ValueError(f"noun_keys must have shape {tuple(noun_image.shape)}, got {tuple(noun_keys.shape)}")
+    keep = region_valid.any(dim=1)[noun_image] if nouns.shape[0] else noun_image.new_zeros(0, dtype=torch.bool)
+    if not bool(keep.any()):
+        return _zero_loss(nouns, regions, logit_scale)
+    t, target, keys = nouns[keep], noun_image[keep], noun_keys[keep]
+    same_word = keys.unsqueeze(1) == keys.unsqueeze(0)  # (M', M'), without torch.unique: no device sync
+    first = same_word.int().argmax(dim=1)  # each pair's first pair with the same noun: its column
+    own = torch.einsum("md,mkd->mk", t, regions[target]).masked_fill(~region_valid[target], float("-inf"))
+    best = regions[target, own.detach().argmax(dim=1)]  # (M', D)
+    logits = logit_scale * best @ t.t()  # (M', M'); only the first column of each distinct noun is kept
+    rows = torch.arange(t.shape[0], device=t.device)
+    caption_has = torch.zeros(regions.shape[0], t.shape[0], dtype=torch.bool, device=t.device)
+    caption_has[target, first] = True  # (B, M'): the caption of image b names the noun of column j
+    excluded = (first != rows).unsqueeze(0) | (caption_has[target] & ~same_word)
+    return F.cross_entropy(logits.masked_fill(excluded, float("-inf")), first)
 
 
 def image_text_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor | float) -> Tensor:

@@ -46,18 +46,27 @@ def default_cache_dir() -> Path:
     return Path(root).expanduser() / "text"
 
 
-def encode_text_trimmed(clip: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+def trim_tokens(tokens: torch.Tensor) -> torch.Tensor:
+    """Token ids (B, L) cut after the longest end-of-text token (open_clip's EOT has the largest id).
+
+    Trim on the host, before the tokens go to a device: the length is read back from the tensor.
+    """
+    return tokens[:, : int(tokens.argmax(-1).max()) + 1] if tokens.numel() else tokens
+
+
+def encode_text_trimmed(clip: torch.nn.Module, tokens: torch.Tensor, trimmed: bool = False) -> torch.Tensor:
     """``clip.encode_text`` run on tokens cut after the longest end-of-text token.
 
     With causal attention and end-of-text pooling the padding after the EOT token cannot change the output, so
     the result is the same as the full 77-token pass at a fraction of the cost. Models without that structure
-    fall back to ``encode_text``.
+    fall back to ``encode_text``. ``trimmed``: the tokens already went through :func:`trim_tokens` (the training
+    step passes them so, to keep the length read-back off the device).
     """
     causal = getattr(clip, "attn_mask", None)
     if getattr(clip, "text_pool_type", None) != "argmax" or causal is None or not hasattr(clip, "token_embedding"):
         return clip.encode_text(tokens)
-    length = int(tokens.argmax(-1).max()) + 1
-    t = tokens[:, :length]
+    t = tokens if trimmed else trim_tokens(tokens)
+    length = t.shape[1]
     cast = clip.transformer.get_cast_dtype()
     x = clip.token_embedding(t).to(cast) + clip.positional_embedding[:length].to(cast)
     x = clip.transformer(x, attn_mask=causal[:length, :length])

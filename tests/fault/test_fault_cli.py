@@ -41,11 +41,12 @@ def test_help_is_not_an_error(fault, capsys):
 @pytest.mark.parametrize("argv,fragment", [
     (["quickstart", "--minutes", "-1"], "--minutes must be positive"),
     (["quickstart", "--minutes", "nan"], "--minutes must be positive"),
-    (["quickstart", "--stage1-steps", "0"], "--stage1-steps must be positive"),
+    (["quickstart", "--stage1-steps", "-1"], "--stage1-steps must be 0 (no stage 1) or positive"),
     (["quickstart", "--stage2-steps", "-5"], "--stage2-steps must be positive"),
     (["quickstart", "--eval-limit", "0"], "--eval-limit must be positive"),
     (["ablate", "--steps", "0"], "--steps must be positive"),
-], ids=["minutes-negative", "minutes-nan", "stage1-zero", "stage2-negative", "eval-limit-zero", "ablate-steps-zero"])
+], ids=["minutes-negative", "minutes-nan", "stage1-negative", "stage2-negative", "eval-limit-zero",
+        "ablate-steps-zero"])
 def test_quickstart_and_ablate_budgets(fault, tmp_path, argv, fragment):
     fault.error([*argv, "--out", tmp_path / "run", "--data", tmp_path / "wb"], fragment)
     assert not (tmp_path / "run").exists() and not (tmp_path / "wb").exists()  # refused before building anything

@@ -28,19 +28,25 @@ def _check_positive(args: argparse.Namespace, *names: str) -> None:
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from textseg.workbench.quickstart import quickstart
 
-    _check_positive(args, "minutes", "stage1_steps", "stage2_steps", "eval_limit")
-    quickstart(args.out, args.data, minutes=args.minutes, stage1_steps=args.stage1_steps,
-               stage2_steps=args.stage2_steps, seed=args.seed, progress=not args.no_progress,
-               eval_limit=args.eval_limit)
+    from textseg.errors import UserError
+
+    _check_positive(args, "minutes", "stage2_steps", "eval_limit")
+    if args.stage1_steps is not None and args.stage1_steps < 0:
+        raise UserError(f"--stage1-steps must be 0 (no stage 1) or positive, got {args.stage1_steps}")
+    steps = {k: v for k, v in (("stage1_steps", args.stage1_steps), ("stage2_steps", args.stage2_steps))
+             if v is not None}
+    quickstart(args.out, args.data, minutes=args.minutes, seed=args.seed, progress=not args.no_progress,
+               eval_limit=args.eval_limit, **steps)
     return 0
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
     from textseg.workbench.ablate import ablate
+    from textseg.workbench.quickstart import STAGE2_STEPS
 
     _check_positive(args, "steps", "eval_limit")
-    ablate(args.variants, args.init, args.data, args.out, args.steps, args.overrides or [],
-           progress=not args.no_progress, eval_limit=args.eval_limit)
+    ablate(args.variants, args.init, args.data, args.out, args.steps or STAGE2_STEPS, args.overrides or [],
+           progress=not args.no_progress, eval_limit=args.eval_limit, seed=args.seed)
     return 0
 
 
@@ -54,21 +60,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = sub.add_parser("quickstart", help="build the OpenMoji workbench, train a small model from scratch, evaluate")
     q.add_argument("--out", default="runs/quickstart")
     q.add_argument("--data", default="workbench/openmoji", help="workbench folder (built if missing)")
-    q.add_argument("--minutes", type=float, default=30.0, help="time budget; training stops early to keep it")
-    q.add_argument("--stage1-steps", type=int, default=1500)
-    q.add_argument("--stage2-steps", type=int, default=1000)
+    q.add_argument("--minutes", type=float, help="opt-in time budget: training stops early to keep it (the default "
+                   "is the fixed schedule of steps, the same work on any machine)")
+    q.add_argument("--stage1-steps", type=int, help="image-caption pretraining steps before stage 2, 0 for none "
+                   "(default: the fixed schedule, README)")
+    q.add_argument("--stage2-steps", type=int, help="default: the fixed schedule (README)")
     q.add_argument("--eval-limit", type=int, help="evaluate only the first N val images")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--no-progress", action="store_true")
     q.set_defaults(func=cmd_quickstart)
 
-    a = sub.add_parser("ablate", help="train and score stage-2 ablation variants from one stage-1 checkpoint")
+    a = sub.add_parser("ablate", help="train and score stage-2 ablation variants (from scratch, or from --init)")
     a.add_argument("variants", nargs="*", help="ablation presets or YAML files (default: every shipped preset)")
-    a.add_argument("--init", default="runs/quickstart/stage1/final.pt", help="stage-1 checkpoint")
+    a.add_argument("--init", help="a stage-1 checkpoint every variant continues (default: random weights, as the "
+                   "quickstart)")
     a.add_argument("--data", default="workbench/openmoji")
     a.add_argument("--out", default="runs/ablation")
-    a.add_argument("--steps", type=int, default=1000)
+    a.add_argument("--steps", type=int, help="training steps per variant (default: the quickstart's stage 2)")
     a.add_argument("--eval-limit", type=int)
+    a.add_argument("--seed", type=int, default=0)
     a.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", help="extra training override")
     a.add_argument("--no-progress", action="store_true")
     a.set_defaults(func=cmd_ablate)

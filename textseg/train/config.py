@@ -81,6 +81,8 @@ class LossConfig:
     Attributes:
         image_text: weight of the image-caption InfoNCE.
         noun_region: weight of the noun-to-region loss.
+        noun_calibration: weight of the noun calibration term (:func:`textseg.losses.noun_calibration_loss`): at
+            each noun's best region, the noun must beat the batch's other nouns.
         mode: ``one_way``, ``region_batch`` or ``two_way``.
         same_noun_positives: a noun shared by several captions of the batch is not a negative.
         max_nouns: nouns taken per caption.
@@ -89,6 +91,7 @@ class LossConfig:
 
     image_text: float = 1.0
     noun_region: float = 0.0
+    noun_calibration: float = 0.0
     mode: str = "one_way"
     same_noun_positives: bool = True
     max_nouns: int = 3
@@ -96,9 +99,15 @@ class LossConfig:
 
     def __post_init__(self) -> None:
         check_choice("loss.mode", self.mode, LOSS_MODES)
-        _at_least("loss", self, {"image_text": 0, "noun_region": 0, "max_nouns": 1})
-        if self.image_text == 0 and self.noun_region == 0:
-            raise ConfigError("fields 'loss.image_text' and 'loss.noun_region' are both 0: nothing to train")
+        _at_least("loss", self, {"image_text": 0, "noun_region": 0, "noun_calibration": 0, "max_nouns": 1})
+        if self.image_text == 0 and self.noun_region == 0 and self.noun_calibration == 0:
+            raise ConfigError("fields 'loss.image_text', 'loss.noun_region' and 'loss.noun_calibration' are all 0: "
+                              "nothing to train")
+
+    @property
+    def uses_nouns(self) -> bool:
+        """Whether a step encodes the caption nouns (a noun-region or calibration term is on)."""
+        return self.noun_region > 0 or self.noun_calibration > 0
 
 
 @dataclass

@@ -13,11 +13,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import random
 import warnings
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -484,22 +485,38 @@ class TrainTransform:
     """PIL image → (image tensor (3, S, S) in [0, 1], (K, gh, gw) region masks on the CLIP grid).
 
     Grouping is frozen and runs here, in the data workers, so it overlaps with the training step. Give it a CPU
-    grouper of its own (e.g. ``copy.deepcopy(model.grouper).cpu()``): workers must not touch the GPU.
+    grouper of its own (e.g. ``copy.deepcopy(model.grouper).cpu()``): workers must not touch the GPU. Being frozen
+    and deterministic, an image's groups are computed once: later epochs take them from a cache keyed by a hash of
+    the image's pixels (the newest ``cache_size`` images; 0 turns it off).
     """
 
-    def __init__(self, grouper: Grouper, image_size: int) -> None:
+    def __init__(self, grouper: Grouper, image_size: int, cache_size: int = 65536) -> None:
         if image_size % grouper.patch_size:
             raise ConfigError(f"data.image_size {image_size} is not a multiple of the model's patch size "
                               f"{grouper.patch_size}")
         self.grouper = grouper.eval()
         self.size = image_size
+        self.cache_size = cache_size
+        self._cache: OrderedDict[bytes, torch.Tensor] = OrderedDict()
 
     @torch.no_grad()
     def __call__(self, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
         if image.size != (self.size, self.size):
             image = image.resize((self.size, self.size), resample=Image.Resampling.BICUBIC)
-        x = torch.from_numpy(np.array(image)).permute(2, 0, 1).float().div(255)
-        return x, self.grouper(x[None], pixels=False).region_masks[0]
+        pixels = np.array(image)
+        x = torch.from_numpy(pixels).permute(2, 0, 1).float().div(255)
+        if not self.cache_size:
+            return x, self.grouper(x[None], pixels=False).region_masks[0]
+        key = hashlib.blake2b(pixels.tobytes(), digest_size=16, person=str(pixels.shape).encode()[:16]).digest()
+        masks = self._cache.get(key)
+        if masks is None:
+            masks = self.grouper(x[None], pixels=False).region_masks[0].clone()
+            self._cache[key] = masks
+            if len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(key)
+        return x, masks.clone()
 
 
 def collate(batch: list[tuple]) -> dict[str, Any]:

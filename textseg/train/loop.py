@@ -14,8 +14,9 @@ import logging
 import math
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -27,11 +28,12 @@ from tqdm import tqdm
 from textseg.config import to_dict
 from textseg.errors import ConfigError, UserError
 from textseg.io import atomic_write_text
-from textseg.losses import image_text_loss, noun_region_loss
+from textseg.losses import image_text_loss, noun_calibration_loss, noun_region_loss
 from textseg.model import TextSegModel
+from textseg.text import encode_text_trimmed, trim_tokens
 from textseg.train import checkpoint as ckpt
 from textseg.train import distributed
-from textseg.train.config import DataConfig, OptimConfig, TrainConfig, TrainLoopConfig
+from textseg.train.config import DataConfig, LossConfig, OptimConfig, TrainConfig, TrainLoopConfig
 from textseg.train.data import BatchStream, NounBatcher, TrainTransform, caption_batches, collate, worker_init
 from textseg.train.distributed import ContrastiveFeatures, gather_features, noun_keys
 
@@ -50,11 +52,12 @@ class TrainStep(nn.Module):
                 noun_tokens: torch.Tensor | None) -> dict[str, torch.Tensor]:
         out = self.model(images, masks)
         clip = self.model.clip
+        # the tokens come trimmed from the host (text.trim_tokens): no length read-back on the device
+        text = encode_text_trimmed(clip, caption_tokens, trimmed=True)
         res = {"regions": F.normalize(out.regions, dim=-1), "image": F.normalize(out.image, dim=-1),
-               "valid": out.valid, "text": F.normalize(clip.encode_text(caption_tokens), dim=-1),
-               "scale": clip.logit_scale.exp()}
+               "valid": out.valid, "text": F.normalize(text, dim=-1), "scale": clip.logit_scale.exp()}
         if noun_tokens is not None and len(noun_tokens):
-            res["nouns"] = F.normalize(clip.encode_text(noun_tokens), dim=-1)
+            res["nouns"] = F.normalize(encode_text_trimmed(clip, noun_tokens, trimmed=True), dim=-1)
         return res
 
 
@@ -289,9 +292,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         for micro in range(accum):
             batch = next(batches)
             shards_read.update(batch["urls"])
-            prompts, noun_ids, noun_image, _ = nouns_of(batch["captions"])
-            caption_tokens = model.tokenizer(batch["captions"]).to(device)
-            noun_tokens = model.tokenizer(prompts).to(device) if prompts and lw.noun_region > 0 else None
+            inputs = step_inputs(model, batch["captions"], nouns_of, lw, device)
             images = batch["images"].to(device, non_blocking=True)
             if grouping == "workers":
                 masks = batch["masks"].to(device, non_blocking=True)
@@ -300,26 +301,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
             sync = micro == accum - 1 or world == 1
             ctx = ddp.no_sync() if not sync and ddp is not None else nullcontext()
             with ctx, torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-                res = net(images, masks, caption_tokens, noun_tokens)
-                scale = res["scale"].clamp(max=MAX_LOGIT_SCALE)
-                feats = _global_features(res, lw.image_text > 0, lw.noun_region > 0, prompts, noun_ids, noun_image)
-                loss = torch.zeros((), device=device)
-                if lw.image_text > 0:
-                    it = image_text_loss(feats.image, feats.text, scale)
-                    loss = loss + lw.image_text * it
-                    _add(logs, "loss_image_text", float(it.detach()) / accum)
-                if lw.noun_region > 0:
-                    if len(feats.nouns):
-                        nr, stats = noun_region_loss(
-                            feats.nouns, feats.noun_image, feats.regions, feats.valid, scale, mode=lw.mode,
-                            positives=feats.positives() if lw.same_noun_positives else None)
-                        _add(logs, "noun_acc", stats["acc"] / accum)
-                    else:  # no noun in the global batch: a zero that still reaches every parameter DDP expects
-                        nr = res["regions"].sum() * 0
-                    loss = loss + lw.noun_region * nr
-                    _add(logs, "loss_noun_region", float(nr.detach()) / accum)
+                res = net(images, masks, inputs.caption_tokens, inputs.noun_tokens)
+                loss, terms = step_loss(res, inputs, lw)
+            for key, value in terms.items():
+                _add(logs, key, value / accum)
             (loss / accum).backward()
-            _add(logs, "loss", float(loss.detach()) / accum)
             seen += len(batch["captions"]) * world
         if cfg.optim.clip_grad:
             torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip_grad)
@@ -362,18 +348,70 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     return summary
 
 
-def _global_features(res: dict[str, torch.Tensor], image_text: bool, noun_region: bool, prompts: list[str],
+@dataclass
+class StepInputs:
+    """A micro-batch's text side: trimmed caption and noun-prompt tokens (on the device) and the noun pairs."""
+
+    caption_tokens: torch.Tensor
+    noun_tokens: torch.Tensor | None
+    prompts: list[str]
+    noun_ids: torch.Tensor
+    noun_image: torch.Tensor
+
+
+def step_inputs(model: TextSegModel, captions: Sequence[str], nouns_of: NounBatcher, lw: LossConfig,
+                device: torch.device) -> StepInputs:
+    """Tokenise a micro-batch's captions and, when a noun term is on, its nouns (trimmed on the host)."""
+    prompts, noun_ids, noun_image, _ = nouns_of(captions)
+    caption_tokens = trim_tokens(model.tokenizer(list(captions))).to(device)
+    noun_tokens = trim_tokens(model.tokenizer(prompts)).to(device) if prompts and lw.uses_nouns else None
+    return StepInputs(caption_tokens, noun_tokens, prompts, noun_ids, noun_image)
+
+
+def step_loss(res: dict[str, torch.Tensor], inputs: StepInputs, lw: LossConfig
+              ) -> tuple[torch.Tensor, dict[str, float]]:
+    """The configured loss of one micro-batch from :class:`TrainStep`'s outputs (features gathered over ranks),
+    and its terms as floats for the log (``loss``, ``loss_image_text``, ``loss_noun_region``, ``noun_acc``,
+    ``loss_noun_calibration``)."""
+    scale = res["scale"].clamp(max=MAX_LOGIT_SCALE)
+    feats = _global_features(res, lw.image_text > 0, lw.uses_nouns, inputs.prompts, inputs.noun_ids,
+                             inputs.noun_image)
+    loss = torch.zeros((), device=res["scale"].device)
+    logs: dict[str, float] = {}
+    if lw.image_text > 0:
+        it = image_text_loss(feats.image, feats.text, scale)
+        loss = loss + lw.image_text * it
+        logs["loss_image_text"] = float(it.detach())
+    if lw.noun_region > 0:
+        if len(feats.nouns):
+            nr, stats = noun_region_loss(feats.nouns, feats.noun_image, feats.regions, feats.valid, scale,
+                                         mode=lw.mode, positives=feats.positives() if lw.same_noun_positives else None)
+            logs["noun_acc"] = stats["acc"]
+        else:  # no noun in the global batch: a zero that still reaches every parameter DDP expects
+            nr = res["regions"].sum() * 0
+        loss = loss + lw.noun_region * nr
+        logs["loss_noun_region"] = float(nr.detach())
+    if lw.noun_calibration > 0:
+        cal = noun_calibration_loss(feats.nouns, feats.noun_image, feats.regions, feats.valid, scale,
+                                    feats.noun_keys)
+        loss = loss + lw.noun_calibration * cal
+        logs["loss_noun_calibration"] = float(cal.detach())
+    logs["loss"] = float(loss.detach())
+    return loss, logs
+
+
+def _global_features(res: dict[str, torch.Tensor], image_text: bool, nouns: bool, prompts: list[str],
                      noun_ids: torch.Tensor, noun_image: torch.Tensor) -> ContrastiveFeatures:
     """The step's float32 features for the losses, gathered over all ranks (:func:`gather_features`)."""
     local = ContrastiveFeatures()
     if image_text:
         local.image, local.text = res["image"].float(), res["text"].float()
-    if noun_region:
+    if nouns:
         device = res["regions"].device
         local.regions, local.valid = res["regions"].float(), res["valid"]
         # a rank without nouns still takes part in the gather, with (0, D) nouns
-        nouns = res["nouns"].float()[noun_ids.to(device)] if "nouns" in res else res["text"].float()[:0]
-        local.nouns, local.noun_image = nouns, noun_image.to(device)
+        pairs = res["nouns"].float()[noun_ids.to(device)] if "nouns" in res else res["text"].float()[:0]
+        local.nouns, local.noun_image = pairs, noun_image.to(device)
         local.noun_keys = noun_keys([prompts[i] for i in noun_ids.tolist()], device)
     return gather_features(local)
 

@@ -86,7 +86,7 @@ def test_invalid_config_value_is_one_line_naming_field_and_value(fault, base, tm
 
 
 def test_no_loss_left_is_one_line(fault, base, tmp_path):
-    fault.error(argv(base, tmp_path / "run", "loss.image_text=0", "loss.noun_region=0"), "loss.image_text", "both 0")
+    fault.error(argv(base, tmp_path / "run", "loss.image_text=0", "loss.noun_region=0"), "loss.image_text", "are all 0")
 
 
 def test_override_without_value_is_one_line(fault, base, tmp_path):

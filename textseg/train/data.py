@@ -487,17 +487,18 @@ class TrainTransform:
     Grouping is frozen and runs here, in the data workers, so it overlaps with the training step. Give it a CPU
     grouper of its own (e.g. ``copy.deepcopy(model.grouper).cpu()``): workers must not touch the GPU. Being frozen
     and deterministic, an image's groups are computed once: later epochs take them from a cache keyed by a hash of
-    the image's pixels (the newest ``cache_size`` images; 0 turns it off).
+    the image's pixels (the newest ``cache_size`` images, bit-packed: 16,384 images of 32 regions on a 14 × 14 grid
+    take 12.5 MB; 0 turns it off).
     """
 
-    def __init__(self, grouper: Grouper, image_size: int, cache_size: int = 65536) -> None:
+    def __init__(self, grouper: Grouper, image_size: int, cache_size: int = 16384) -> None:
         if image_size % grouper.patch_size:
             raise ConfigError(f"data.image_size {image_size} is not a multiple of the model's patch size "
                               f"{grouper.patch_size}")
         self.grouper = grouper.eval()
         self.size = image_size
         self.cache_size = cache_size
-        self._cache: OrderedDict[bytes, torch.Tensor] = OrderedDict()
+        self._cache: OrderedDict[bytes, tuple[np.ndarray, tuple[int, ...]]] = OrderedDict()
 
     @torch.no_grad()
     def __call__(self, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
@@ -508,15 +509,16 @@ class TrainTransform:
         if not self.cache_size:
             return x, self.grouper(x[None], pixels=False).region_masks[0]
         key = hashlib.blake2b(pixels.tobytes(), digest_size=16, person=str(pixels.shape).encode()[:16]).digest()
-        masks = self._cache.get(key)
-        if masks is None:
-            masks = self.grouper(x[None], pixels=False).region_masks[0].clone()
-            self._cache[key] = masks
+        hit = self._cache.get(key)
+        if hit is None:
+            masks = self.grouper(x[None], pixels=False).region_masks[0].bool()
+            self._cache[key] = (np.packbits(masks.numpy()), tuple(masks.shape))
             if len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
-        else:
-            self._cache.move_to_end(key)
-        return x, masks.clone()
+            return x, masks
+        self._cache.move_to_end(key)
+        bits, shape = hit
+        return x, torch.from_numpy(np.unpackbits(bits, count=int(np.prod(shape))).reshape(shape).astype(bool))
 
 
 def collate(batch: list[tuple]) -> dict[str, Any]:

@@ -46,6 +46,8 @@ def test_segment_options_change_single_protocol_fields(tmp_path, capsys):
     assert main([*base, "--background", "none", "--out", str(tmp_path / "b")]) == 0
     none = np.array(Image.open(tmp_path / "b" / "2007_000033_labels.png"))
     assert none.shape == (366, 500) and 0 not in np.unique(none)  # no background rule: every pixel gets a class
+    assert main([*base, "--background", "none", "--group-counts", "2,5", "--out", str(tmp_path / "g")]) == 0
+    assert np.array(Image.open(tmp_path / "g" / "2007_000033_labels.png")).shape == (366, 500)
     rc = main([*base, "--protocol", "nosuch", "--out", str(tmp_path / "c")])
     err = capsys.readouterr().err
     assert rc == 2 and "protocol config 'nosuch' not found" in err and "groupvit, sclip, workbench" in err

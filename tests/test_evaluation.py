@@ -312,11 +312,17 @@ def test_calibrate_bg_score_picks_the_best_constant():
     label[:, :2] = 1  # left half is the class, right half background
 
     class FakeSegmenter:
-        def region_similarities(self, image, names, protocol=None, **overrides):
+        logit_scale = 10.0
+
+        def grouping_similarities(self, image, names, protocol=None, **overrides):
             assert protocol.templates == "single" and not overrides
+            if protocol.group_counts:  # halves with the right one nearer "thing", then the whole image as one region
+                return [{2: (groups, torch.tensor([[0.6], [0.38]])), 1: (np.zeros_like(groups),
+                                                                         torch.tensor([[0.2]]))}[k]
+                        for k in protocol.group_counts]
             # Region 0 (left) is more like "thing"; region 1 is most like the background class "sky".
             sims = {("thing",): [[0.6], [0.3]], ("thing", "sky"): [[0.6, 0.1], [0.3, 0.35]]}[tuple(names)]
-            return groups, torch.tensor(sims)
+            return [(groups, torch.tensor(sims))]
 
     class OneImage:
         class_names = ["background", "thing"]
@@ -339,6 +345,15 @@ def test_calibrate_bg_score_picks_the_best_constant():
     best, scores = calibrate_bg_score(FakeSegmenter(), OneImage(), protocol.replace(background_classes=["sky"]),
                                       candidates=(0.0, 0.7), progress=False)
     assert best == 0.0 and scores == {0.0: 100.0, 0.7: 25.0}
+
+    # Two groupings: pixel probabilities averaged. At 0.35 the halves alone call the right half "thing"
+    # (p = 0.57); with the whole image (0.2, p = 0.18) averaged in it is background (0.38 < 0.5), the left half
+    # stays "thing" ((0.92 + 0.18) / 2 > 0.5).
+    _, alone = calibrate_bg_score(FakeSegmenter(), OneImage(), protocol.replace(group_counts=[2]),
+                                  candidates=(0.35,), progress=False)
+    _, both = calibrate_bg_score(FakeSegmenter(), OneImage(), protocol.replace(group_counts=[2, 1]),
+                                 candidates=(0.35,), progress=False)
+    assert alone == {0.35: 25.0} and both == {0.35: 100.0}
 
     no_bg = OneImage()
     no_bg.has_background = False

@@ -18,7 +18,7 @@ def two_halves(h=64, w=128):
 def fix_text_to_regions(seg, monkeypatch, img):
     """Make class 0 the embedding of the right half's region and class 1 that of the left half's."""
     _, x = seg._prepare(img, Protocol(short_side=None))
-    groups, regions = seg._regions(x)
+    groups, regions = (t[0] for t in seg._regions_batch(x)[0])
     groups = groups.numpy()
     text = torch.stack([regions[groups[0, -1]], regions[groups[0, 0]]])
     monkeypatch.setattr(seg.text, "encode_classes", lambda names, templates=None: text[: len(names)])
@@ -100,7 +100,8 @@ def test_referring_picks_matching_region(color_model, monkeypatch):
     seg = Segmenter(color_model, templates="single", text_cache_dir=False)
     img = two_halves()
     fix_text_to_regions(seg, monkeypatch, img)
-    monkeypatch.setattr(seg.text, "encode_classes", lambda names, templates=None, f=seg.text.encode_classes: f(["x", "y"])[1:])
+    monkeypatch.setattr(seg.text, "encode_classes",
+                        lambda names, templates=None, f=seg.text.encode_classes: f(["x", "y"])[1:])
     ref = seg.predict_referring(img, "the red thing on the left", short_side=None)
     assert ref.mask[:, :64].all() and not ref.mask[:, 64:].any()
     assert ref.score == pytest.approx(1.0, abs=1e-5)
@@ -154,7 +155,8 @@ def test_predict_batch_equals_predict_per_image(tiny_model, overrides, monkeypat
     images = mixed_images()
     classes = ["dog", "grass", "bus"]
     # random text embeddings would give every pixel one class: name the regions of two images instead
-    regions = torch.cat([seg._regions(seg._prepare(im, Protocol(short_side=64))[1])[1] for im in images[3:5]])
+    regions = torch.cat([seg._regions_batch(seg._prepare(im, Protocol(short_side=64))[1])[0][1][0]
+                         for im in images[3:5]])
     monkeypatch.setattr(seg.text, "encode_classes", lambda names, templates=None: regions[: len(names)])
     batched = seg.predict_batch(images, classes, batch_size=3, return_probs=True, **overrides)
     assert len(batched) == len(images)
@@ -236,7 +238,8 @@ def test_labels_do_not_depend_on_the_band_size(color_model, monkeypatch):
 
     seg = Segmenter(color_model, templates="single", text_cache_dir=False)
     img = mixed_images()[0]
-    regions = torch.cat([seg._regions(seg._prepare(im, Protocol(short_side=64))[1])[1] for im in mixed_images()[3:5]])
+    regions = torch.cat([seg._regions_batch(seg._prepare(im, Protocol(short_side=64))[1])[0][1][0]
+                         for im in mixed_images()[3:5]])
     monkeypatch.setattr(seg.text, "encode_classes", lambda names, templates=None: regions[: len(names)])
     kw = dict(short_side=64, window=48, stride=24, bg_threshold=0.4, return_probs=True)
     full = seg.predict(img, ["a", "b", "c"], **kw)
@@ -292,7 +295,7 @@ def test_more_than_255_classes_give_uint16_labels(color_model, monkeypatch):
     seg = Segmenter(color_model, templates="single", text_cache_dir=False)
     img = two_halves()
     _, x = seg._prepare(img, Protocol(short_side=None))
-    groups, regions = seg._regions(x)
+    groups, regions = (t[0] for t in seg._regions_batch(x)[0])
     names = [f"class {i}" for i in range(300)]
     text = torch.nn.functional.normalize(torch.randn(300, regions.shape[1]), dim=-1)
     text[279], text[2] = regions[groups[0, 0]], regions[groups[0, -1]]  # left half is class 279, right class 2
@@ -301,3 +304,51 @@ def test_more_than_255_classes_give_uint16_labels(color_model, monkeypatch):
     assert res.labels.dtype == np.uint16 and len(res.classes) == 301
     assert (res.labels[:, :64] == 280).all() and (res.labels[:, 64:] == 3).all()
     assert res.pixel_share() == {"class 279": 0.5, "class 2": 0.5}
+
+
+def four_quadrants(h=64, w=64):
+    img = np.zeros((h, w, 3), dtype=np.uint8)
+    img[: h // 2, : w // 2] = (220, 30, 30)
+    img[: h // 2, w // 2:] = (20, 200, 40)
+    img[h // 2:, : w // 2] = (20, 40, 200)
+    img[h // 2:, w // 2:] = (230, 230, 30)
+    return img
+
+
+def test_group_counts_average_the_probabilities_of_each_grouping(color_model):
+    seg = Segmenter(color_model, templates="single", text_cache_dir=False)
+    img = four_quadrants()
+    x = seg._prepare(img, Protocol(short_side=None))[1]
+    assert len(np.unique(color_model.group(x).pixels)) == 2  # the model's own k ...
+    assert len(np.unique(color_model.group(x, num_groups=4).pixels)) == 4  # ... and a per-call k
+    assert color_model.grouper.config.num_groups == 2  # left as configured
+    kw = dict(background=None, short_side=None, return_probs=True)
+    two = seg.predict(img, ["a", "b", "c"], group_counts=[2], **kw).probs
+    four = seg.predict(img, ["a", "b", "c"], group_counts=[4], **kw).probs
+    both = seg.predict(img, ["a", "b", "c"], group_counts=[2, 4], **kw)
+    np.testing.assert_allclose(seg.predict(img, ["a", "b", "c"], **kw).probs, two, atol=1e-6)
+    assert np.abs(two - four).max() > 1e-3  # the groupings differ, so the average is not either of them
+    np.testing.assert_allclose(both.probs, (two + four) / 2, atol=1e-6)
+    assert ((both.labels - 1) == both.probs.argmax(0)).all()
+    # several counts in one batch call: each image gets the same as alone
+    batch = seg.predict_batch([img, two_halves(64, 64)], ["a", "b", "c"], group_counts=[2, 4], **kw)
+    np.testing.assert_allclose(batch[0].probs, both.probs, atol=1e-6)
+
+
+def test_group_counts_must_be_positive():
+    with pytest.raises(ConfigError, match="group_counts"):
+        Protocol(group_counts=[])
+    with pytest.raises(ConfigError, match="group_counts"):
+        Protocol(group_counts=[8, 0])
+    assert load_protocol("workbench", ["group_counts=[12,16]"]).group_counts == [12, 16]
+
+
+def test_one_clip_pass_embeds_every_grouping_as_separate_passes_would(color_model):
+    seg = Segmenter(color_model, templates="single", text_cache_dir=False)
+    x = seg._prepare(four_quadrants(), Protocol(short_side=None))[1]
+    joint = seg._regions_batch(x, counts=[2, 4, None])
+    assert [r.shape[1] for _, r in joint] == [2, 4, 2]
+    for (pixels, regions), k in zip(joint, [2, 4, None]):
+        ((alone_pixels, alone),) = seg._regions_batch(x, counts=[k])
+        assert torch.equal(pixels, alone_pixels)
+        torch.testing.assert_close(regions, alone, atol=1e-5, rtol=1e-5)

@@ -262,6 +262,9 @@ class Protocol:
         bg_threshold: the probability threshold of ``threshold``.
         background_classes: names scored like classes and mapped to background (e.g. sky, wall).
         bg_score: a constant background cosine similarity, scored like one more background class.
+        group_counts: k-means group counts to segment with, each a grouping of its own; a pixel's class
+            probabilities are averaged over them (groupings of several granularities). None: the model's own
+            ``grouping.num_groups``.
         per_benchmark: overrides of the fields above by benchmark name (see :meth:`for_benchmark`).
     """
 
@@ -275,6 +278,7 @@ class Protocol:
     bg_threshold: float = 0.5
     background_classes: List[str] = field(default_factory=list)
     bg_score: Optional[float] = None
+    group_counts: Optional[List[int]] = None
     per_benchmark: Dict[str, Dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -298,6 +302,9 @@ class Protocol:
             raise ConfigError("field 'bg_score' needs a background mode ('threshold' or 'classes')")
         if any(not str(c).strip() for c in self.background_classes):
             raise ConfigError("field 'background_classes' holds an empty name")
+        if self.group_counts is not None and (not self.group_counts or min(self.group_counts) < 1):
+            raise ConfigError(f"field 'group_counts' is a non-empty list of group counts >= 1 or null, "
+                              f"got {self.group_counts}")
 
     def replace(self, **changes: Any) -> "Protocol":
         """A copy with some fields replaced (not merged), checked like a loaded protocol."""

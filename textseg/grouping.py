@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -413,18 +413,20 @@ class Grouper(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, *, pixels: bool = True,
-                pixel_size: tuple[int, int] | None = None) -> Groups:
+                pixel_size: tuple[int, int] | None = None, num_groups: int | None = None) -> Groups:
         """Group a (B, 3, H, W) batch in [0, 1] (H, W multiples of :attr:`patch_size`).
 
         Args:
             images: the batch, on the backbone's device.
             pixels: also return pixel-level group maps.
             pixel_size: size of the pixel maps; defaults to (H, W).
+            num_groups: k of k-means for this call; None: the configured ``num_groups``.
         """
         h, w = images.shape[-2:]
         if h % self.region_patch_size or w % self.region_patch_size:
             raise ValueError(f"image size {(h, w)} is not a multiple of the region patch size {self.region_patch_size}")
-        patch = group_feature_maps(self.backbone(images), self.config)
+        cfg = self.config if num_groups is None else replace(self.config, num_groups=num_groups)
+        patch = group_feature_maps(self.backbone(images), cfg)
         grid = (h // self.region_patch_size, w // self.region_patch_size)
         out = Groups(patch=patch, region_masks=groups_to_region_masks(patch, grid))
         if pixels:

@@ -144,12 +144,13 @@ class _CropPlan:
     given: torch.Tensor | None = None  # a region or ground-truth map at the resized scale, while crops are pending
 
     @classmethod
-    def make(cls, index: int, size: tuple[int, int], p: Protocol) -> "_CropPlan":
+    def make(cls, index: int, size: tuple[int, int], p: Protocol, passes: int = 1) -> "_CropPlan":
+        """The windows of image ``index``; each is recorded ``passes`` times (once per grouping)."""
         h, w = resized_size(size, p.short_side, p.max_long_side)
         win_h, win_w = (min(p.window, h), min(p.window, w)) if p.window else (h, w)
         starts = [(y0, x0) for y0 in window_starts(h, win_h, p.stride or h)
                   for x0 in window_starts(w, win_w, p.stride or w)]
-        return cls(index, (h, w), (win_h, win_w), starts, left=len(starts))
+        return cls(index, (h, w), (win_h, win_w), starts, left=len(starts) * passes)
 
     def open(self, image: torch.Tensor, given: torch.Tensor | None = None) -> None:
         self.image, self.given = image, given
@@ -268,28 +269,34 @@ class Segmenter:
 
     @torch.no_grad()
     def _regions_batch(self, crops: torch.Tensor, pixel_size: tuple[int, int] | None = None,
-                       given: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Group a (B, 3, h, w) batch of crops and embed their regions in one pass of each tower: (B, H, W) group
-        maps at ``pixel_size`` (default (h, w)) and (B, K, E) normalised region embeddings, K the most groups of
-        any crop (a crop's padding regions are never named by its group map).
+                       given: torch.Tensor | None = None, counts: Sequence[int | None] = (None,)
+                       ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Group a (B, 3, h, w) batch of crops once per group count (None: the model's k) and embed the regions of
+        all the groupings in one pass of the CLIP: per count, (B, H, W) group maps at ``pixel_size`` (default
+        (h, w)) and (B, K, E) normalised region embeddings, K the most groups of any crop (a crop's padding regions
+        are never named by its group map). One pass is exact: a region reads only its own patches, never another
+        region (:func:`~textseg.region.region_attention_mask`, or pooling).
 
         With ``given`` ((B, h, w) region ids), those regions are embedded instead of the model's groups (no
-        grouping) and returned as the group maps."""
+        grouping) and returned as the group maps (one entry)."""
         if given is None:
-            sized, groups = self._group_batch(crops, pixel_size)
-            pixels, masks = groups.pixels, groups.region_masks
+            groups = [self._group_batch(crops, pixel_size, k) for k in counts]
+            sized, groups = groups[0][0], [g for _, g in groups]
+            pixels, masks = [g.pixels for g in groups], [g.region_masks for g in groups]
         else:
             sized = self._patch_sized(crops)
-            pixels, masks = given, self._region_masks(given, sized.shape[-2:])
-        out = self.model(sized, masks)
-        return pixels, F.normalize(out.regions.float(), dim=-1)
+            pixels, masks = [given], [self._region_masks(given, sized.shape[-2:])]
+        out = self.model(sized, torch.cat(masks, 1) if len(masks) > 1 else masks[0])
+        regions = F.normalize(out.regions.float(), dim=-1).split([m.shape[1] for m in masks], 1)
+        return list(zip(pixels, regions))
 
-    def _group_batch(self, crops: torch.Tensor, pixel_size: tuple[int, int] | None = None
-                     ) -> tuple[torch.Tensor, Groups]:
-        """The (B, 3, h, w) crops resized to the model's patch multiple, and their grouping with (B, H, W) group
-        maps at ``pixel_size`` (default (h, w))."""
+    def _group_batch(self, crops: torch.Tensor, pixel_size: tuple[int, int] | None = None,
+                     num_groups: int | None = None) -> tuple[torch.Tensor, Groups]:
+        """The (B, 3, h, w) crops resized to the model's patch multiple, and their grouping into ``num_groups``
+        (None: the model's k) with (B, H, W) group maps at ``pixel_size`` (default (h, w))."""
         sized = self._patch_sized(crops)
-        return sized, self.model.group(sized, pixel_size=pixel_size or tuple(crops.shape[-2:]))
+        return sized, self.model.group(sized, pixel_size=pixel_size or tuple(crops.shape[-2:]),
+                                       num_groups=num_groups)
 
     def _region_masks(self, pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """(B, K, gh, gw) CLIP-grid masks of (B, h, w) region maps for crops resized to ``size`` (as the model's
@@ -316,12 +323,6 @@ class Segmenter:
         p = self._protocol(protocol, overrides)
         arr, x = self._prepare(image, p)
         return self.model.group(self._patch_sized(x), pixel_size=arr.shape[:2]).pixels[0].cpu().numpy()
-
-    def _regions(self, crop: torch.Tensor, pixel_size: tuple[int, int] | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`_regions_batch` of one (1, 3, h, w) crop: its (H, W) group map and (K, E) region embeddings."""
-        pixels, regions = self._regions_batch(crop, pixel_size)
-        return pixels[0], regions[0]
 
     @torch.no_grad()
     def predict(self, image: ImageLike, classes: Sequence[str], protocol: Protocol | None = None, *,
@@ -446,7 +447,9 @@ class Segmenter:
                 if bad.any():
                     raise UserError(f"a ground-truth map holds the label {int(m[bad][0])}, outside 0..{len(classes)} "
                                     f"and not the ignore index {ignore_index}")
-        plans = [_CropPlan.make(i, a.shape[:2], p) for i, a in enumerate(arrays)]
+        # given regions are labelled as they are; the model's groups (oracle labels included) once per group count
+        counts: list[int | None] = [None] if regions is not None or not p.group_counts else list(p.group_counts)
+        plans = [_CropPlan.make(i, a.shape[:2], p, passes=len(counts)) for i, a in enumerate(arrays)]
         by_size: dict[tuple[int, int], list[_CropPlan]] = {}
         for plan in plans:
             by_size.setdefault(plan.window, []).append(plan)
@@ -462,20 +465,24 @@ class Segmenter:
                 if given is not None:
                     given_batch = torch.stack([plan.given[y0: y0 + win_h, x0: x0 + win_w] for plan, y0, x0 in chunk])
                 if truth is not None:  # the grouping ceiling: each group's majority label, one-hot
-                    pixels = self._group_batch(batch)[1].pixels
-                    best = majority_labels(pixels, given_batch, len(classes) + 1, ignore_index)
-                    region_probs = F.one_hot(torch.where(best > 0, best - 1, len(classes)), len(classes) + 1).float()
+                    passes = [(self._group_batch(batch, num_groups=k)[1].pixels, None) for k in counts]
                 else:
-                    pixels, regions_emb = self._regions_batch(batch, given=None if given is None else given_batch)
-                    sims = regions_emb @ text.T  # (B, K, C)
-                    if p.bg_score is not None:
-                        sims = torch.cat([sims, torch.full_like(sims[..., :1], float(p.bg_score))], -1)
-                    region_probs = (self.model.logit_scale.float() * sims).softmax(-1)  # (B, K, C')
-                for b, (plan, y0, x0) in enumerate(chunk):
-                    plan.add(y0, x0, pixels[b], region_probs[b].T)
-                    if plan.left == 0:
-                        results[plan.index] = self._finish(plan, arrays[plan.index].shape[:2], len(classes),
-                                                           ["background", *classes], p, return_probs)
+                    passes = self._regions_batch(batch, given=None if given is None else given_batch, counts=counts)
+                for pixels, regions_emb in passes:
+                    if regions_emb is None:
+                        best = majority_labels(pixels, given_batch, len(classes) + 1, ignore_index)
+                        region_probs = F.one_hot(torch.where(best > 0, best - 1, len(classes)),
+                                                 len(classes) + 1).float()
+                    else:
+                        sims = regions_emb @ text.T  # (B, K, C)
+                        if p.bg_score is not None:
+                            sims = torch.cat([sims, torch.full_like(sims[..., :1], float(p.bg_score))], -1)
+                        region_probs = (self.model.logit_scale.float() * sims).softmax(-1)  # (B, K, C')
+                    for b, (plan, y0, x0) in enumerate(chunk):
+                        plan.add(y0, x0, pixels[b], region_probs[b].T)
+                        if plan.left == 0:
+                            results[plan.index] = self._finish(plan, arrays[plan.index].shape[:2], len(classes),
+                                                               ["background", *classes], p, return_probs)
         return results  # type: ignore[return-value]
 
     def _map_to_device(self, values: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
@@ -529,11 +536,11 @@ class Segmenter:
 
     @torch.no_grad()
     def _similarities(self, image: ImageLike, names: Sequence[str], templates: str | Sequence[str],
-                      p: Protocol) -> tuple[np.ndarray, torch.Tensor]:
+                      p: Protocol, counts: Sequence[int | None] = (None,)) -> list[tuple[np.ndarray, torch.Tensor]]:
         text = self.text.encode_classes(list(names), templates).to(self.device)
         arr, x = self._prepare(image, p)
-        groups, regions = self._regions(x, pixel_size=arr.shape[:2])
-        return groups.cpu().numpy(), (regions @ text.T).cpu()
+        return [(groups[0].cpu().numpy(), (regions[0] @ text.T).cpu())
+                for groups, regions in self._regions_batch(x, arr.shape[:2], counts=counts)]
 
     @torch.no_grad()
     def region_similarities(self, image: ImageLike, names: Sequence[str], protocol: Protocol | None = None,
@@ -544,7 +551,20 @@ class Segmenter:
             (H, W) group map at the input size and (K, len(names)) cosine similarities of region k to name c.
         """
         p = self._protocol(protocol, overrides)
-        return self._similarities(image, names, p.templates, p)
+        return self._similarities(image, names, p.templates, p)[0]
+
+    @torch.no_grad()
+    def grouping_similarities(self, image: ImageLike, names: Sequence[str], protocol: Protocol | None = None,
+                              **overrides: Any) -> list[tuple[np.ndarray, torch.Tensor]]:
+        """:meth:`region_similarities` once per group count of the protocol's ``group_counts`` (one entry, the
+        model's own k, when it has none): what :meth:`predict` averages."""
+        p = self._protocol(protocol, overrides)
+        return self._similarities(image, names, p.templates, p, p.group_counts or [None])
+
+    @property
+    def logit_scale(self) -> float:
+        """The CLIP's logit scale: region-to-class cosine similarities times this are the logits of a prediction."""
+        return float(self.model.logit_scale.detach())
 
     def refer(self, image: ImageLike, sentence: str, *, proposals: Any = None, method: str = "global-local",
               **options: Any) -> "ReferResult":
@@ -591,7 +611,7 @@ class Segmenter:
         if not sentence or not sentence.strip():
             raise UserError("the referring sentence is empty")
         p = self._protocol(protocol, overrides)
-        groups, sims = self._similarities(image, [sentence], ("{}",), p)
+        groups, sims = self._similarities(image, [sentence], ("{}",), p)[0]
         scores = sims[:, 0]
         best = int(scores.argmax())
         return ReferringResult(mask=groups == best, response=scores.numpy()[groups].astype(np.float32),

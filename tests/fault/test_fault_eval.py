@@ -67,6 +67,8 @@ BAD_OPTIONS = {
     "overlays-negative": (["--overlays", "-1"], "--overlays"),
     "bg-score-out-of-range": (["--bg-score", "5"], "--bg-score"),
     "bg-score-nan": (["--bg-score", "nan"], "--bg-score"),
+    "group-counts-zero": (["--group-counts", "8,0"], "--group-counts", "at least 1"),
+    "group-counts-not-numbers": (["--group-counts", "8;16"], "--group-counts", "separated by commas"),
     "protocol-unknown": (["--protocol", "nosuch"], "nosuch"),
     "split-unknown": (["--split", "nope"], "split 'nope' not found", "splits present: val"),
 }

@@ -50,6 +50,8 @@ BAD_OPTIONS = {
     "model-unknown": (["--model", "nosuch"], "nosuch"),
     "checkpoint-missing": (["--checkpoint", "/nonexistent/ckpt.pt"], "/nonexistent/ckpt.pt"),
     "background-classes-empty": (["--background-classes", ", ,"], "--background-classes"),
+    "group-counts-zero": (["--group-counts", "0"], "--group-counts"),
+    "group-counts-empty": (["--group-counts", ""], "--group-counts"),
 }
 
 

@@ -81,6 +81,21 @@ def parse_names(text: str, option: str) -> list[str]:
     return names
 
 
+def group_counts(text: str) -> list[int]:
+    """``--group-counts``: k-means group counts separated by commas (``12,16,24``), each at least 1."""
+    try:
+        counts = [int(c) for c in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected group counts separated by commas (e.g. 12,16,24), got {text!r}")
+    if min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"group counts must be at least 1, got {text!r}")
+    return counts
+
+
+GROUP_COUNTS_HELP = ("k-means group counts, comma-separated (e.g. 12,16,24): one grouping each, pixel probabilities "
+                     "averaged over them (default: the protocol's, else the model's own k)")
+
+
 def add_promptable_args(p: argparse.ArgumentParser, *, with_sam: bool = True) -> None:
     """Options choosing the promptable segmenter of point prompting (``--method points``); ``with_sam=False``
     when the parser has ``--sam-checkpoint`` and ``--sam-model-type`` already."""

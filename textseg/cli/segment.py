@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping, Sequence, TypeVar
 
-from textseg.cli.common import add_model_args, model_from_args, parse_names
+from textseg.cli.common import GROUP_COUNTS_HELP, add_model_args, group_counts, model_from_args, parse_names
 from textseg.errors import UserError
 
 # --option -> Protocol field; an option left out keeps the value of --protocol (or the defaults).
 _PROTOCOL_OPTIONS = ("templates", "background", "bg_threshold", "bg_score", "short_side", "max_long_side", "window",
-                     "stride")
+                     "stride", "group_counts")
 # Files a folder argument contributes (suffix compared case-insensitively); a file named directly is taken as it is.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 OUTPUT_SUFFIXES = ("_labels.png", "_overlay.png", ".json")
@@ -272,6 +272,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="shrink further so that the long side is at most this (default 2048; 0: no cap)")
     p.add_argument("--window", type=int, help="sliding window size (e.g. 448)")
     p.add_argument("--stride", type=int, help="sliding window stride (e.g. 224)")
+    p.add_argument("--group-counts", type=group_counts, help=GROUP_COUNTS_HELP)
     p.add_argument("--rle", action="store_true", help="add each class's mask as COCO RLE to the JSON summary")
     p.add_argument("--no-text-cache", action="store_true", help="do not read or write the on-disk text cache")
     p.add_argument("--batch-size", type=int, default=32,

@@ -20,8 +20,10 @@ def calibrate_bg_score(segmenter: Any, dataset: Any, protocol: Protocol, *,
     """Choose the constant background score that maximises mIoU on a held-out set.
 
     Use a development split, never the split you report: on the OpenMoji workbench, scenes of another seed. Regions
-    are grouped and scored once per image (``segmenter.region_similarities`` under ``protocol``, with the
-    protocol's background classes); every candidate is then scored from the same similarities.
+    are grouped and scored once per image and grouping (``segmenter.grouping_similarities`` under ``protocol``,
+    with the protocol's background classes); every candidate is then scored from the same similarities. With
+    several groupings (``protocol.group_counts``), pixels take the class of the highest class probability averaged
+    over them, as :meth:`~textseg.segmenter.Segmenter.predict` does.
 
     Returns:
         The best score and the mIoU of every candidate.
@@ -40,12 +42,17 @@ def calibrate_bg_score(segmenter: Any, dataset: Any, protocol: Protocol, *,
     try:
         for i in range(total):
             item = dataset[i]
-            groups, sims = segmenter.region_similarities(item["image"], names + list(protocol.background_classes),
-                                                         protocol)
+            parts = segmenter.grouping_similarities(item["image"], names + list(protocol.background_classes),
+                                                    protocol)
             for c, metric in metrics.items():
-                best = torch.cat([sims, torch.full_like(sims[:, :1], float(c))], 1).argmax(1).numpy()
-                region_label = np.where(best < len(names), best + 1, 0)  # background classes and bg_score -> 0
-                metric.update(region_label[groups], item["label"])
+                if len(parts) == 1:  # one grouping: each region's best score, no probabilities needed
+                    groups, sims = parts[0]
+                    best = torch.cat([sims, torch.full_like(sims[:, :1], float(c))], 1).argmax(1).numpy()[groups]
+                else:
+                    probs = sum((segmenter.logit_scale * torch.cat([sims, torch.full_like(sims[:, :1], float(c))], 1)
+                                 ).softmax(1)[torch.from_numpy(groups)] for groups, sims in parts)
+                    best = probs.argmax(-1).numpy()
+                metric.update(np.where(best < len(names), best + 1, 0), item["label"])  # background names -> 0
             bar.update(1)
     finally:
         bar.close()

@@ -330,6 +330,14 @@ def test_group_counts_average_the_probabilities_of_each_grouping(color_model):
     assert np.abs(two - four).max() > 1e-3  # the groupings differ, so the average is not either of them
     np.testing.assert_allclose(both.probs, (two + four) / 2, atol=1e-6)
     assert ((both.labels - 1) == both.probs.argmax(0)).all()
+    # the grouping backbone runs once per batch whatever the number of groupings
+    calls = []
+    handle = color_model.grouper.backbone.register_forward_hook(lambda m, a, o: calls.append(1))
+    try:
+        seg.predict(img, ["a", "b", "c"], group_counts=[2, 4, 3], **kw)
+    finally:
+        handle.remove()
+    assert len(calls) == 1
     # several counts in one batch call: each image gets the same as alone
     batch = seg.predict_batch([img, two_halves(64, 64)], ["a", "b", "c"], group_counts=[2, 4], **kw)
     np.testing.assert_allclose(batch[0].probs, both.probs, atol=1e-6)

@@ -413,7 +413,8 @@ class Grouper(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, *, pixels: bool = True,
-                pixel_size: tuple[int, int] | None = None, num_groups: int | None = None) -> Groups:
+                pixel_size: tuple[int, int] | None = None, num_groups: int | None = None,
+                features: torch.Tensor | None = None) -> Groups:
         """Group a (B, 3, H, W) batch in [0, 1] (H, W multiples of :attr:`patch_size`).
 
         Args:
@@ -421,12 +422,14 @@ class Grouper(nn.Module):
             pixels: also return pixel-level group maps.
             pixel_size: size of the pixel maps; defaults to (H, W).
             num_groups: k of k-means for this call; None: the configured ``num_groups``.
+            features: the backbone's (B, h, w, C) output for ``images`` when the caller has it already (several
+                groupings of one batch run the backbone once).
         """
         h, w = images.shape[-2:]
         if h % self.region_patch_size or w % self.region_patch_size:
             raise ValueError(f"image size {(h, w)} is not a multiple of the region patch size {self.region_patch_size}")
         cfg = self.config if num_groups is None else replace(self.config, num_groups=num_groups)
-        patch = group_feature_maps(self.backbone(images), cfg)
+        patch = group_feature_maps(self.backbone(images) if features is None else features, cfg)
         grid = (h // self.region_patch_size, w // self.region_patch_size)
         out = Groups(patch=patch, region_masks=groups_to_region_masks(patch, grid))
         if pixels:

@@ -48,10 +48,11 @@ class TextSegModel(nn.Module):
         return self.clip.logit_scale.exp()
 
     def group(self, images: torch.Tensor, *, pixels: bool = True, pixel_size: tuple[int, int] | None = None,
-              num_groups: int | None = None) -> Groups:
-        """Group a (B, 3, H, W) batch in [0, 1]: pixel group maps and CLIP-grid region masks (see :class:`Grouper`);
-        ``num_groups`` overrides the configured k for this call."""
-        return self.grouper(images, pixels=pixels, pixel_size=pixel_size, num_groups=num_groups)
+              num_groups: int | None = None, features: torch.Tensor | None = None) -> Groups:
+        """Group a (B, 3, H, W) batch in [0, 1]: pixel group maps and CLIP-grid region masks (see :class:`Grouper`;
+        ``num_groups`` overrides the configured k for this call, ``features`` are the grouping backbone's output
+        when the caller has it)."""
+        return self.grouper(images, pixels=pixels, pixel_size=pixel_size, num_groups=num_groups, features=features)
 
     def forward(self, images: torch.Tensor, region_masks: torch.Tensor) -> RegionOutput:
         """Region embeddings of (B, 3, H, W) images in [0, 1] for (B, K, gh, gw) region masks."""

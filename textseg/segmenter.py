@@ -280,8 +280,7 @@ class Segmenter:
         With ``given`` ((B, h, w) region ids), those regions are embedded instead of the model's groups (no
         grouping) and returned as the group maps (one entry)."""
         if given is None:
-            groups = [self._group_batch(crops, pixel_size, k) for k in counts]
-            sized, groups = groups[0][0], [g for _, g in groups]
+            sized, groups = self._group_batch(crops, pixel_size, counts)
             pixels, masks = [g.pixels for g in groups], [g.region_masks for g in groups]
         else:
             sized = self._patch_sized(crops)
@@ -291,12 +290,14 @@ class Segmenter:
         return list(zip(pixels, regions))
 
     def _group_batch(self, crops: torch.Tensor, pixel_size: tuple[int, int] | None = None,
-                     num_groups: int | None = None) -> tuple[torch.Tensor, Groups]:
-        """The (B, 3, h, w) crops resized to the model's patch multiple, and their grouping into ``num_groups``
-        (None: the model's k) with (B, H, W) group maps at ``pixel_size`` (default (h, w))."""
+                     counts: Sequence[int | None] = (None,)) -> tuple[torch.Tensor, list[Groups]]:
+        """The (B, 3, h, w) crops resized to the model's patch multiple, and their grouping into each of ``counts``
+        groups (None: the model's k; the grouping backbone runs once) with (B, H, W) group maps at ``pixel_size``
+        (default (h, w))."""
         sized = self._patch_sized(crops)
-        return sized, self.model.group(sized, pixel_size=pixel_size or tuple(crops.shape[-2:]),
-                                       num_groups=num_groups)
+        size = pixel_size or tuple(crops.shape[-2:])
+        features = self.model.grouper.backbone(sized) if len(counts) > 1 else None
+        return sized, [self.model.group(sized, pixel_size=size, num_groups=k, features=features) for k in counts]
 
     def _region_masks(self, pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """(B, K, gh, gw) CLIP-grid masks of (B, h, w) region maps for crops resized to ``size`` (as the model's
@@ -465,7 +466,7 @@ class Segmenter:
                 if given is not None:
                     given_batch = torch.stack([plan.given[y0: y0 + win_h, x0: x0 + win_w] for plan, y0, x0 in chunk])
                 if truth is not None:  # the grouping ceiling: each group's majority label, one-hot
-                    passes = [(self._group_batch(batch, num_groups=k)[1].pixels, None) for k in counts]
+                    passes = [(g.pixels, None) for g in self._group_batch(batch, counts=counts)[1]]
                 else:
                     passes = self._regions_batch(batch, given=None if given is None else given_batch, counts=counts)
                 for pixels, regions_emb in passes:

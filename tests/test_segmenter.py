@@ -5,7 +5,7 @@ import torch
 from textseg.config import Protocol, load_protocol
 from textseg.errors import ConfigError, UserError
 from textseg.io import load_image
-from textseg.segmenter import Segmenter, window_starts
+from textseg.segmenter import Segmenter, region_class_probs, window_starts, with_bg_score
 
 
 def two_halves(h=64, w=128):
@@ -30,6 +30,17 @@ def test_window_starts():
     assert window_starts(10, 4, 4) == [0, 4, 6]
     assert window_starts(3, 4, 2) == [0]
     assert window_starts(448, 448, 224) == [0]
+
+
+def test_region_class_probs_appends_the_background_score_last():
+    sims = torch.tensor([[[0.2, 0.5], [0.6, -0.1]]])  # (B=1, K=2, C=2)
+    assert torch.equal(with_bg_score(sims, None), sims)
+    assert with_bg_score(sims, 0.3)[0, :, 2].tolist() == pytest.approx([0.3, 0.3])
+    probs = region_class_probs(sims, 0.3, 10.0)
+    e = np.exp([2.0, 5.0, 3.0])  # region 0: logits 10 * (0.2, 0.5, bg 0.3)
+    assert probs[0, 0].tolist() == pytest.approx((e / e.sum()).tolist(), abs=1e-6)
+    assert probs[0, 1].argmax() == 0 and probs[0, 0].argmax() == 1  # region 1: 0.6 beats the bg score 0.3
+    assert region_class_probs(sims, None, 10.0).shape == (1, 2, 2)
 
 
 def test_each_region_gets_the_class_whose_text_matches_it(color_model, monkeypatch):

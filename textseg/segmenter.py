@@ -104,6 +104,21 @@ def majority_labels(groups: torch.Tensor, truth: torch.Tensor, num_labels: int, 
     return counts.argmax(-1)  # the first of equal maxima
 
 
+def with_bg_score(sims: torch.Tensor, bg_score: float | None) -> torch.Tensor:
+    """(..., C) region-class similarities with the constant background score appended as a last column (C + 1);
+    unchanged when ``bg_score`` is None."""
+    if bg_score is None:
+        return sims
+    return torch.cat([sims, sims.new_full((*sims.shape[:-1], 1), float(bg_score))], -1)
+
+
+def region_class_probs(sims: torch.Tensor, bg_score: float | None, logit_scale: torch.Tensor | float
+                       ) -> torch.Tensor:
+    """Class probabilities of regions from their (..., C) text similarities: the constant background score
+    appended (:func:`with_bg_score`), scaled by the model's logit scale, softmax over the last dimension."""
+    return (logit_scale * with_bg_score(sims, bg_score)).softmax(-1)
+
+
 def _check_maps(maps: Sequence[np.ndarray], arrays: Sequence[np.ndarray], what: str) -> list[np.ndarray]:
     """One integer (H, W) map per image, at that image's size, as int64 arrays.
 
@@ -475,10 +490,8 @@ class Segmenter:
                         region_probs = F.one_hot(torch.where(best > 0, best - 1, len(classes)),
                                                  len(classes) + 1).float()
                     else:
-                        sims = regions_emb @ text.T  # (B, K, C)
-                        if p.bg_score is not None:
-                            sims = torch.cat([sims, torch.full_like(sims[..., :1], float(p.bg_score))], -1)
-                        region_probs = (self.model.logit_scale.float() * sims).softmax(-1)  # (B, K, C')
+                        region_probs = region_class_probs(regions_emb @ text.T, p.bg_score,
+                                                          self.model.logit_scale.float())  # (B, K, C')
                     for b, (plan, y0, x0) in enumerate(chunk):
                         plan.add(y0, x0, pixels[b], region_probs[b].T)
                         if plan.left == 0:

@@ -33,6 +33,8 @@ def calibrate_bg_score(segmenter: Any, dataset: Any, protocol: Protocol, *,
     """
     import torch
 
+    from textseg.segmenter import region_class_probs, with_bg_score
+
     if not getattr(dataset, "has_background", True):
         raise ConfigError("bg_score calibration needs a dataset whose label 0 is background")
     names = prompt_names(dataset)[1:]
@@ -47,10 +49,10 @@ def calibrate_bg_score(segmenter: Any, dataset: Any, protocol: Protocol, *,
             for c, metric in metrics.items():
                 if len(parts) == 1:  # one grouping: each region's best score, no probabilities needed
                     groups, sims = parts[0]
-                    best = torch.cat([sims, torch.full_like(sims[:, :1], float(c))], 1).argmax(1).numpy()[groups]
+                    best = with_bg_score(sims, c).argmax(1).numpy()[groups]
                 else:
-                    probs = sum((segmenter.logit_scale * torch.cat([sims, torch.full_like(sims[:, :1], float(c))], 1)
-                                 ).softmax(1)[torch.from_numpy(groups)] for groups, sims in parts)
+                    probs = sum(region_class_probs(sims, c, segmenter.logit_scale)[torch.from_numpy(groups)]
+                                for groups, sims in parts)
                     best = probs.argmax(-1).numpy()
                 metric.update(np.where(best < len(names), best + 1, 0), item["label"])  # background names -> 0
             bar.update(1)

@@ -271,3 +271,32 @@ def test_readers_load_generated_sets(builds: dict[str, Path]) -> None:
     refs = [r for r in pickle.loads((builds["a"] / "refer/openmoji_ref/refs(unc).p").read_bytes()) if r["split"] == "val"]
     assert item["sentence"] in {s[k] for r in refs for s in r["sentences"] for k in ("sent", "raw")}
     assert np.asarray(item["mask"]).astype(bool).sum() > 0
+
+
+def test_ablate_trains_each_variant_as_the_quickstart_does(tmp_path: Path, monkeypatch) -> None:
+    from textseg.workbench import quickstart
+    from textseg.workbench.ablate import ablate
+
+    for part, n in (("train", 2), ("objects", 1)):
+        (tmp_path / "wb" / part).mkdir(parents=True)
+        for i in range(n):
+            (tmp_path / "wb" / part / f"shard-{i:06d}.tar").touch()
+    calls = []
+
+    class Stop(Exception):
+        pass
+
+    def run_stage(preset, settings, progress, *, variants=(), overrides=()):
+        calls.append((preset, settings, [Path(v).name for v in variants], list(overrides)))
+        raise Stop
+
+    monkeypatch.setattr(quickstart, "build_dev_set", lambda data, seed, progress=True: tmp_path / "dev")
+    monkeypatch.setattr(quickstart, "run_stage", run_stage)
+    monkeypatch.setattr(quickstart, "data_workers", lambda: 3)
+    with pytest.raises(Stop):
+        ablate(["one_way_pool"], None, tmp_path / "wb", tmp_path / "out", 17, ["optim.lr=5e-4"], progress=False)
+    (preset, settings, variants, overrides), = calls
+    assert preset == "stage2_region" and variants == ["one_way_pool.yaml"] and overrides == ["optim.lr=5e-4"]
+    assert settings["data"] == {"workers": 3, "train": [str(tmp_path / "wb" / "train" / "shard-{000000..000001}.tar"),
+                                                        str(tmp_path / "wb" / "objects" / "shard-{000000..000000}.tar")]}
+    assert settings["train"] == {"steps": 17} and settings["init"] is None and settings["seed"] == 0

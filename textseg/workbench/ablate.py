@@ -20,11 +20,12 @@ def ablate(variants: Sequence[str | Path], init: str | Path | None, data: str | 
            seed: int = 0) -> list[dict[str, Any]]:
     """Train and evaluate every variant (a preset name or a YAML file); returns one row per variant (also written
     to ``out/ablation.{json,md}``). ``init``: a stage-1 checkpoint every variant continues, or None to train each
-    from random weights (the quickstart's recipe)."""
+    from random weights (the quickstart's recipe). Data loading is the quickstart's too (:func:`data_workers`), so
+    the minutes compare."""
     from textseg.config import config_path, list_configs
     from textseg.factory import create_model
     from textseg.io import atomic_write_text
-    from textseg.workbench.quickstart import _shards, build_dev_set, evaluate_workbench, run_stage
+    from textseg.workbench.quickstart import _shards, build_dev_set, data_workers, evaluate_workbench, run_stage
 
     data, out = Path(data), Path(out)
     if init is not None and not Path(init).is_file():
@@ -38,7 +39,7 @@ def ablate(variants: Sequence[str | Path], init: str | Path | None, data: str | 
         run = out / name
         if not (run / "eval" / "results.json").is_file():
             run_stage("stage2_region", {"out": str(run), "init": str(init) if init is not None else None,
-                                        "data": {"train": _shards(data)}, "seed": seed, "train": {"steps": steps}},
+                                        "data": {"train": _shards(data), "workers": data_workers()}, "seed": seed, "train": {"steps": steps}},
                       progress, variants=[path], overrides=overrides)
             model = create_model("labxy-small-workbench", checkpoint=run / "final.pt")
             evaluate_workbench(model, data, run / "eval", overlays=4, limit=eval_limit, progress=progress,

@@ -297,6 +297,7 @@ def test_ablate_trains_each_variant_as_the_quickstart_does(tmp_path: Path, monke
         ablate(["one_way_pool"], None, tmp_path / "wb", tmp_path / "out", 17, ["optim.lr=5e-4"], progress=False)
     (preset, settings, variants, overrides), = calls
     assert preset == "stage2_region" and variants == ["one_way_pool.yaml"] and overrides == ["optim.lr=5e-4"]
-    assert settings["data"] == {"workers": 3, "train": [str(tmp_path / "wb" / "train" / "shard-{000000..000001}.tar"),
-                                                        str(tmp_path / "wb" / "objects" / "shard-{000000..000000}.tar")]}
+    wb = tmp_path / "wb"
+    assert settings["data"] == {"workers": 3, "train": [str(wb / "train" / "shard-{000000..000001}.tar"),
+                                                        str(wb / "objects" / "shard-{000000..000000}.tar")]}
     assert settings["train"] == {"steps": 17} and settings["init"] is None and settings["seed"] == 0

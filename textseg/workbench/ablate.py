@@ -39,7 +39,8 @@ def ablate(variants: Sequence[str | Path], init: str | Path | None, data: str | 
         run = out / name
         if not (run / "eval" / "results.json").is_file():
             run_stage("stage2_region", {"out": str(run), "init": str(init) if init is not None else None,
-                                        "data": {"train": _shards(data), "workers": data_workers()}, "seed": seed, "train": {"steps": steps}},
+                                        "data": {"train": _shards(data), "workers": data_workers()}, "seed": seed,
+                                        "train": {"steps": steps}},
                       progress, variants=[path], overrides=overrides)
             model = create_model("labxy-small-workbench", checkpoint=run / "final.pt")
             evaluate_workbench(model, data, run / "eval", overlays=4, limit=eval_limit, progress=progress,

@@ -48,6 +48,13 @@ def test_segment_options_change_single_protocol_fields(tmp_path, capsys):
     assert none.shape == (366, 500) and 0 not in np.unique(none)  # no background rule: every pixel gets a class
     assert main([*base, "--background", "none", "--group-counts", "2,5", "--out", str(tmp_path / "g")]) == 0
     assert np.array(Image.open(tmp_path / "g" / "2007_000033_labels.png")).shape == (366, 500)
+    assert main([*base, "--grid-shifts", "2", "--out", str(tmp_path / "s")]) == 0
+    assert np.array(Image.open(tmp_path / "s" / "2007_000033_labels.png")).shape == (366, 500)
+    capsys.readouterr()
+    for bad, message in (("0", "grid_shifts"), ("17", "grid_shifts must be in 1..16")):
+        assert main([*base, "--grid-shifts", bad, "--out", str(tmp_path / f"bad{bad}")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
     rc = main([*base, "--protocol", "nosuch", "--out", str(tmp_path / "c")])
     err = capsys.readouterr().err
     assert rc == 2 and "protocol config 'nosuch' not found" in err and "groupvit, sclip, workbench" in err
@@ -57,11 +64,12 @@ def test_eval_commands_through_the_real_tiny_model(tmp_path):
     """`textseg eval semseg|ris` end to end: dataset readers, protocol preset, real tiny model, results files."""
     rc = main(["eval", "semseg", "--dataset", "voc21", "--root", str(DATA / "voc2012"), "--out", str(tmp_path / "sem"),
                "--no-progress", "--model", "tiny", "--no-pretrained", "--text-cache-dir", str(tmp_path / "cache"),
-               "--overlays", "1"])
+               "--overlays", "1", "--grid-shifts", "2"])
     assert rc == 0
     sem = json.loads((tmp_path / "sem" / "results.json").read_text())
     assert sem["n_samples"] == 1 and sem["meta"]["config"]["args"]["model"] == "tiny"
     assert sem["meta"]["config"]["protocol"]["bg_threshold"] == 0.95  # the groupvit preset
+    assert sem["meta"]["config"]["protocol"]["grid_shifts"] == 2  # ... with one field changed
     assert 0.0 <= sem["metrics"]["mIoU"] <= 100.0 and len(sem["per_class"]) == 21
     assert (tmp_path / "sem" / "results.md").is_file() and len(list((tmp_path / "sem" / "overlays").iterdir())) == 1
     _refer_fixture(tmp_path / "refer")

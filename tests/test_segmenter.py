@@ -5,7 +5,8 @@ import torch
 from textseg.config import Protocol, load_protocol
 from textseg.errors import ConfigError, UserError
 from textseg.io import load_image
-from textseg.segmenter import Segmenter, region_class_probs, window_starts, with_bg_score
+from textseg.segmenter import (Segmenter, grid_offsets, region_class_probs, shifted_crop, window_starts,
+                               with_bg_score)
 
 
 def two_halves(h=64, w=128):
@@ -371,3 +372,123 @@ def test_one_clip_pass_embeds_every_grouping_as_separate_passes_would(color_mode
         ((alone_pixels, alone),) = seg._regions_batch(x, counts=[k])
         assert torch.equal(pixels, alone_pixels)
         torch.testing.assert_close(regions, alone, atol=1e-5, rtol=1e-5)
+
+
+def test_grid_offsets():
+    assert grid_offsets(12, 1) == [(0, 0)]
+    assert grid_offsets(12, 2) == [(0, 0), (0, 6), (6, 0), (6, 6)]
+    assert [dx for dy, dx in grid_offsets(12, 4) if dy == 0] == [0, 3, 6, 9] and len(grid_offsets(12, 4)) == 16
+    assert sorted({dy for dy, _ in grid_offsets(16, 3)}) == [0, 5, 11]  # round(16 / 3), round(32 / 3)
+    with pytest.raises(UserError, match="grid_shifts must be in 1..12"):
+        grid_offsets(12, 13)
+    with pytest.raises(ConfigError, match="grid_shifts"):
+        Protocol(grid_shifts=0)
+
+
+def test_shifted_crop_moves_the_patch_grid_right_and_down():
+    # patch 4; region 0 = columns 0-2, region 1 = columns 3-7 of an 8 x 8 crop
+    pixels = torch.zeros(1, 8, 8, dtype=torch.long)
+    pixels[:, :, 3:] = 1
+    image = torch.rand(1, 3, 8, 8)
+    x, masks = shifted_crop(image, pixels, 2, 4, 0, 1)
+    assert x.shape == (1, 3, 12, 12)
+    assert torch.equal(x[..., :8, 1:9], image)  # 0 rows on top, 1 column on the left ...
+    assert torch.equal(x[..., :, 0], x[..., :, 1]) and torch.equal(x[..., 8:, :], x[..., 7:8, :].expand(-1, -1, 4, -1))
+    # columns of patches: [pad, c0, c1, c2] -> region 0 (3/4); [c3..c6] -> region 1; [c7, pad, pad, pad] -> none;
+    # the bottom row of patches is padding only
+    expected = torch.zeros(1, 2, 3, 3, dtype=torch.bool)
+    expected[0, 0, :2, 0] = True
+    expected[0, 1, :2, 1] = True
+    assert torch.equal(masks, expected)
+    _, down = shifted_crop(image, pixels, 2, 4, 1, 0)  # 1 row on top, 3 below: rows of 3, 4 and 1 image rows
+    expected = torch.zeros(1, 2, 3, 3, dtype=torch.bool)
+    expected[0, 0, :2, 0] = True  # 9/16 and 12/16 of the first column of patches; the last row only 3/16
+    expected[0, 1, :2, 1] = True
+    assert torch.equal(down, expected)
+
+
+def test_shifted_crop_masks_follow_the_region_mask_rule_on_random_maps():
+    """Counted per pixel, the masks are those of masks_to_region_masks on the padded one-hot (fallback included)."""
+    from textseg.grouping import masks_to_region_masks
+
+    g = torch.Generator().manual_seed(0)
+    coarse = torch.randint(0, 6, (3, 4, 6), generator=g)  # blobs, plus single pixels of a rare region 6
+    pixels = coarse.repeat_interleave(6, 1).repeat_interleave(6, 2)
+    pixels[0, 5, 7] = pixels[1, 20, 2] = 6
+    image = torch.rand(3, 3, 24, 36, generator=g)
+    for dy, dx in [(0, 0), (3, 5), (11, 1)]:
+        x, masks = shifted_crop(image, pixels, 8, 12, dy, dx)
+        onehot = torch.nn.functional.pad(pixels, (dx, 12 - dx, dy, 12 - dy), value=-1)[:, None] == \
+            torch.arange(8).view(1, 8, 1, 1)
+        assert x.shape == (3, 3, 36, 48)
+        assert torch.equal(masks, masks_to_region_masks(onehot, (3, 4)))  # 36 x 48 pixels, patch 12
+        assert masks[0, 6].sum() == 1 and masks[1, 6].sum() == 1 and not masks[2, 6].any() and not masks[:, 7].any()
+
+
+def test_grid_shifts_average_the_probabilities_of_each_grid(color_model):
+    seg = Segmenter(color_model, templates="single", text_cache_dir=False)
+    img = four_quadrants()
+    kw = dict(background=None, short_side=None, return_probs=True, group_counts=[4])
+    plain = seg.predict(img, ["a", "b", "c"], **kw).probs
+    np.testing.assert_allclose(seg.predict(img, ["a", "b", "c"], grid_shifts=1, **kw).probs, plain, atol=1e-6)
+    shifted = seg.predict(img, ["a", "b", "c"], grid_shifts=2, **kw)
+    # by hand: the model's groups, their regions embedded on the plain grid and on the grids moved by half a patch
+    x = seg._prepare(img, Protocol(short_side=None))[1]
+    groups = color_model.group(x, num_groups=4)
+    text = seg.text.encode_classes(["a", "b", "c"], "single")
+    probs = 0
+    for dy, dx in [(0, 0), (0, 8), (8, 0), (8, 8)]:
+        xs, masks = (x, groups.region_masks) if dy == dx == 0 else shifted_crop(
+            x, groups.pixels, groups.region_masks.shape[1], 16, dy, dx)
+        regions = torch.nn.functional.normalize(color_model(xs, masks).regions.float(), dim=-1)[0]
+        probs = probs + region_class_probs(regions @ text.T, None, color_model.logit_scale.float()) / 4
+    expected = probs[groups.pixels[0]].permute(2, 0, 1).detach().numpy()
+    np.testing.assert_allclose(shifted.probs, expected, atol=1e-5)
+    assert np.abs(shifted.probs - plain).max() > 1e-3  # the other grids do change the result
+    with pytest.raises(UserError, match="grid_shifts must be in 1..16"):
+        seg.predict(img, ["a", "b", "c"], grid_shifts=17, **kw)
+
+
+def test_bg_score_calibration_scores_what_predict_labels(color_model):
+    """With several groupings and grids, the calibration's mIoU of each candidate is that of predict's labels."""
+    from textseg.eval import calibrate_bg_score
+    from textseg.metrics import SemsegMetric
+
+    class TwoImages:
+        class_names = ["background", "red", "green", "blue"]
+        ignore_index = 255
+        has_background = True
+
+        def __init__(self):
+            self.items = []
+            for img in (four_quadrants(), two_halves(64, 64)):
+                label = np.zeros(img.shape[:2], dtype=np.uint8)
+                label[img[..., 0] > 200] = 1
+                label[img[..., 1] > 150] = 2
+                label[img[..., 2] > 150] = 3
+                self.items.append({"image": img, "label": label})
+
+        def __len__(self):
+            return len(self.items)
+
+        def __getitem__(self, i):
+            return self.items[i]
+
+    ds = TwoImages()
+    p = Protocol(short_side=None, templates="single", bg_threshold=0.0, group_counts=[2, 4], grid_shifts=2)
+    seg = Segmenter(color_model, p, text_cache_dir=False)
+    candidates = (-0.2, 0.0, 0.1, 0.3)
+    _, scores = calibrate_bg_score(seg, ds, p, candidates=candidates, progress=False)
+    for c in candidates:
+        metric = SemsegMetric(4, 255)
+        for item in ds.items:
+            metric.update(seg.predict(item["image"], ds.class_names[1:], bg_score=c).labels, item["label"])
+        assert scores[c] == pytest.approx(metric.compute()["mIoU"], abs=1e-6)
+    assert len(set(round(v, 6) for v in scores.values())) > 1  # the candidates are told apart
+    # the parts the calibration reads are those predict averages: one per grouping and grid offset
+    img, names = ds.items[0]["image"], ds.class_names[1:]
+    parts = seg.grouping_similarities(img, names)
+    assert len(parts) == 2 * 4
+    probs = sum(region_class_probs(sims, 0.1, seg.logit_scale)[torch.from_numpy(groups)] for groups, sims in parts)
+    np.testing.assert_allclose(probs.permute(2, 0, 1).numpy() / len(parts),
+                               seg.predict(img, names, bg_score=0.1, return_probs=True).probs, atol=1e-5)

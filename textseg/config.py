@@ -265,6 +265,10 @@ class Protocol:
         group_counts: k-means group counts to segment with, each a grouping of its own; a pixel's class
             probabilities are averaged over them (groupings of several granularities). None: the model's own
             ``grouping.num_groups``.
+        grid_shifts: n lays the CLIP's patch grid at n × n offsets (steps of patch size / n on each axis, the
+            image padded by repeating its edges) and averages each region's class probabilities over them: a
+            region smaller than a patch, or sharing its patches with a neighbour, is seen on grids where it has
+            patches of its own. Costs n² region passes; 1 (the default) is the plain grid.
         per_benchmark: overrides of the fields above by benchmark name (see :meth:`for_benchmark`).
     """
 
@@ -279,6 +283,7 @@ class Protocol:
     background_classes: List[str] = field(default_factory=list)
     bg_score: Optional[float] = None
     group_counts: Optional[List[int]] = None
+    grid_shifts: int = 1
     per_benchmark: Dict[str, Dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -305,6 +310,8 @@ class Protocol:
         if self.group_counts is not None and (not self.group_counts or min(self.group_counts) < 1):
             raise ConfigError(f"field 'group_counts' is a non-empty list of group counts >= 1 or null, "
                               f"got {self.group_counts}")
+        if self.grid_shifts < 1:
+            raise ConfigError(f"field 'grid_shifts' is a number of grid offsets per axis >= 1, got {self.grid_shifts}")
 
     def replace(self, **changes: Any) -> "Protocol":
         """A copy with some fields replaced (not merged), checked like a loaded protocol."""

@@ -14,7 +14,7 @@ from PIL import Image
 
 from textseg.config import Protocol, load_protocol
 from textseg.errors import UserError
-from textseg.grouping import Groups, masks_to_region_masks
+from textseg.grouping import Groups, groups_to_pixels, masks_to_region_masks
 from textseg.io import ImageLike, label_dtype, load_image
 from textseg.model import TextSegModel
 from textseg.text import TextEncoder
@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 # Images with more pixels than this are shrunk on the host (uint8) rather than as a float tensor on the device.
 HOST_SHRINK_PIXELS = 16_000_000
+# The most crops per CLIP call when the shifted patch grids of a batch (Protocol.grid_shifts) are embedded together.
+SHIFT_BATCH = 64
 
 
 def window_starts(length: int, window: int, stride: int) -> list[int]:
@@ -82,6 +84,45 @@ def bilinear_taps(n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor, to
     i0 = src.floor().long().clamp_(max=n_in - 1)
     i1 = (i0 + 1).clamp_(max=n_in - 1)
     return i0, i1, (src - i0).float()
+
+
+def grid_offsets(patch_size: int, n: int) -> list[tuple[int, int]]:
+    """The n × n (dy, dx) offsets at which :attr:`Protocol.grid_shifts` lays the CLIP's patch grid:
+    ``round(i * patch_size / n)`` for i < n on each axis, (0, 0) first."""
+    if not 1 <= n <= patch_size:
+        raise UserError(f"grid_shifts must be in 1..{patch_size} (the CLIP's patch size), got {n}")
+    steps = [round(i * patch_size / n) for i in range(n)]
+    return [(dy, dx) for dy in steps for dx in steps]
+
+
+def shifted_crop(images: torch.Tensor, pixels: torch.Tensor, num_regions: int, patch_size: int, dy: int, dx: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A (B, 3, H, W) batch with its patch grid moved by (dy, dx) pixels, and its regions' masks on that grid.
+
+    The images get ``dy`` rows on top and ``patch_size - dy`` at the bottom (``dx`` / ``patch_size - dx``
+    columns left / right), edge pixels repeated: one patch more per side, a patch boundary now ``dy`` rows below
+    each old one. The padding belongs to no region. The (B, H, W) group map ``pixels`` (ids < ``num_regions``)
+    gives (B, num_regions, H / p + 1, W / p + 1) masks by the rule of
+    :func:`~textseg.grouping.masks_to_region_masks` (a patch belongs to a region that covers at least half of it;
+    a region that covers none that much keeps the patch where its share is largest), computed from pixel counts
+    rather than a (K, H, W) one-hot.
+    """
+    pad = (dx, patch_size - dx, dy, patch_size - dy)
+    x = F.pad(images, pad, mode="replicate")
+    b, h, w = pixels.shape
+    gh, gw = (h + patch_size) // patch_size, (w + patch_size) // patch_size
+    rows = (torch.arange(h, device=pixels.device) + dy) // patch_size
+    cols = (torch.arange(w, device=pixels.device) + dx) // patch_size
+    cell = (rows[:, None] * gw + cols[None, :]).expand(b, h, w)
+    image = torch.arange(b, device=pixels.device).view(b, 1, 1)
+    counts = torch.bincount(((image * num_regions + pixels) * (gh * gw) + cell).flatten(),
+                            minlength=b * num_regions * gh * gw).view(b, num_regions, gh * gw)
+    masks = counts * 2 >= patch_size * patch_size
+    empty = (counts.sum(-1) > 0) & ~masks.any(-1)
+    if bool(empty.any()):
+        i, k = empty.nonzero(as_tuple=True)
+        masks[i, k, counts[i, k].argmax(-1)] = True
+    return x, masks.view(b, num_regions, gh, gw)
 
 
 def majority_labels(groups: torch.Tensor, truth: torch.Tensor, num_labels: int, ignore_index: int = 255
@@ -172,9 +213,15 @@ class _CropPlan:
         self.count = torch.zeros(self.size, device=image.device)
 
     def add(self, y0: int, x0: int, pixels: torch.Tensor, region_probs: torch.Tensor) -> None:
-        """Record one window: its (h, w) group map and (C, K) region probabilities."""
+        """Record one window: its (h, w) group map and (C, K) region probabilities. Passes over the same group map
+        (the grid offsets of one grouping) are summed per region, so that the map is painted once."""
         h, w = pixels.shape
-        self.parts.append((y0, x0, pixels, region_probs))
+        last = self.parts[-1] if self.parts else None
+        if last is not None and last[:2] == (y0, x0) and last[2].data_ptr() == pixels.data_ptr() and \
+                last[2].shape == pixels.shape and last[3].shape == region_probs.shape:
+            self.parts[-1] = (y0, x0, last[2], last[3] + region_probs)
+        else:
+            self.parts.append((y0, x0, pixels, region_probs))
         self.count[y0: y0 + h, x0: x0 + w] += 1
         self.left -= 1
         if self.left == 0:
@@ -284,25 +331,56 @@ class Segmenter:
 
     @torch.no_grad()
     def _regions_batch(self, crops: torch.Tensor, pixel_size: tuple[int, int] | None = None,
-                       given: torch.Tensor | None = None, counts: Sequence[int | None] = (None,)
+                       given: torch.Tensor | None = None, counts: Sequence[int | None] = (None,), shifts: int = 1
                        ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Group a (B, 3, h, w) batch of crops once per group count (None: the model's k) and embed the regions of
-        all the groupings in one pass of the CLIP: per count, (B, H, W) group maps at ``pixel_size`` (default
-        (h, w)) and (B, K, E) normalised region embeddings, K the most groups of any crop (a crop's padding regions
-        are never named by its group map). One pass is exact: a region reads only its own patches, never another
-        region (:func:`~textseg.region.region_attention_mask`, or pooling).
+        all the groupings in one pass of the CLIP per patch-grid offset: per count and offset (count-major), (B, H,
+        W) group maps at ``pixel_size`` (default (h, w)) and (B, K, E) normalised region embeddings, K the most
+        groups of any crop (a crop's padding regions are never named by its group map). One pass is exact: a region
+        reads only its own patches, never another region (:func:`~textseg.region.region_attention_mask`, or
+        pooling).
+
+        With ``shifts`` = n > 1 the CLIP's patch grid is also laid at the n × n offsets of :func:`grid_offsets`
+        (:func:`shifted_crop`): a region that shares its patches with a neighbour on one grid gets patches of its
+        own on another.
 
         With ``given`` ((B, h, w) region ids), those regions are embedded instead of the model's groups (no
-        grouping) and returned as the group maps (one entry)."""
+        grouping) and returned as the group maps (one entry per offset)."""
         if given is None:
             sized, groups = self._group_batch(crops, pixel_size, counts)
             pixels, masks = [g.pixels for g in groups], [g.region_masks for g in groups]
         else:
             sized = self._patch_sized(crops)
             pixels, masks = [given], [self._region_masks(given, sized.shape[-2:])]
-        out = self.model(sized, torch.cat(masks, 1) if len(masks) > 1 else masks[0])
-        regions = F.normalize(out.regions.float(), dim=-1).split([m.shape[1] for m in masks], 1)
-        return list(zip(pixels, regions))
+        offsets = grid_offsets(self.model.region.patch_size, shifts)
+        if len(offsets) > 1:
+            if given is None:  # the groups at the sized scale, where the shifted grids are laid
+                fine = [g.pixels if g.pixels.shape[-2:] == sized.shape[-2:] else
+                        groups_to_pixels(g.patch, sized.shape[-2:]) for g in groups]
+            else:
+                fine = [given if given.shape[-2:] == sized.shape[-2:] else F.interpolate(
+                    given[:, None].float(), size=sized.shape[-2:], mode="nearest-exact")[:, 0].long()]
+        sizes = [m.shape[1] for m in masks]
+        embedded = [self._embed(sized, masks, sizes)]  # per grid offset, per count: (B, K, E); the plain grid first
+        shifted = offsets[1:]
+        per_call = max(1, SHIFT_BATCH // len(sized))  # shifted grids are all one patch larger: several per CLIP call
+        for first in range(0, len(shifted), per_call):
+            chunk = shifted[first: first + per_call]
+            moved, grid_masks = [], [[] for _ in sizes]
+            for dy, dx in chunk:
+                for i, (f, k) in enumerate(zip(fine, sizes)):
+                    x, m = shifted_crop(sized, f, k, self.model.region.patch_size, dy, dx)
+                    grid_masks[i].append(m)
+                moved.append(x)
+            regions = self._embed(torch.cat(moved), [torch.cat(m) for m in grid_masks], sizes)
+            embedded.extend([r.split(len(sized))[j] for r in regions] for j in range(len(chunk)))
+        return [(pixels[i], regions[i]) for i in range(len(pixels)) for regions in embedded]
+
+    def _embed(self, crops: torch.Tensor, masks: list[torch.Tensor], sizes: list[int]) -> list[torch.Tensor]:
+        """Normalised region embeddings of (N, 3, h, w) crops for several groupings' (N, K_i, gh, gw) masks, in one
+        CLIP pass: one (N, K_i, E) tensor per grouping."""
+        out = self.model(crops, torch.cat(masks, 1) if len(masks) > 1 else masks[0])
+        return list(F.normalize(out.regions.float(), dim=-1).split(sizes, 1))
 
     def _group_batch(self, crops: torch.Tensor, pixel_size: tuple[int, int] | None = None,
                      counts: Sequence[int | None] = (None,)) -> tuple[torch.Tensor, list[Groups]]:
@@ -465,7 +543,9 @@ class Segmenter:
                                     f"and not the ignore index {ignore_index}")
         # given regions are labelled as they are; the model's groups (oracle labels included) once per group count
         counts: list[int | None] = [None] if regions is not None or not p.group_counts else list(p.group_counts)
-        plans = [_CropPlan.make(i, a.shape[:2], p, passes=len(counts)) for i, a in enumerate(arrays)]
+        shifts = 1 if truth is not None else p.grid_shifts  # the oracle labels embed nothing
+        passes = len(counts) * len(grid_offsets(self.model.region.patch_size, shifts))
+        plans = [_CropPlan.make(i, a.shape[:2], p, passes=passes) for i, a in enumerate(arrays)]
         by_size: dict[tuple[int, int], list[_CropPlan]] = {}
         for plan in plans:
             by_size.setdefault(plan.window, []).append(plan)
@@ -483,7 +563,8 @@ class Segmenter:
                 if truth is not None:  # the grouping ceiling: each group's majority label, one-hot
                     passes = [(g.pixels, None) for g in self._group_batch(batch, counts=counts)[1]]
                 else:
-                    passes = self._regions_batch(batch, given=None if given is None else given_batch, counts=counts)
+                    passes = self._regions_batch(batch, given=None if given is None else given_batch, counts=counts,
+                                                 shifts=shifts)
                 for pixels, regions_emb in passes:
                     if regions_emb is None:
                         best = majority_labels(pixels, given_batch, len(classes) + 1, ignore_index)
@@ -551,10 +632,12 @@ class Segmenter:
     @torch.no_grad()
     def _similarities(self, image: ImageLike, names: Sequence[str], templates: str | Sequence[str],
                       p: Protocol, counts: Sequence[int | None] = (None,)) -> list[tuple[np.ndarray, torch.Tensor]]:
+        """(group map, (K, len(names)) similarities) of the whole image per group count and grid offset
+        (count-major; :meth:`_regions_batch`)."""
         text = self.text.encode_classes(list(names), templates).to(self.device)
         arr, x = self._prepare(image, p)
         return [(groups[0].cpu().numpy(), (regions[0] @ text.T).cpu())
-                for groups, regions in self._regions_batch(x, arr.shape[:2], counts=counts)]
+                for groups, regions in self._regions_batch(x, arr.shape[:2], counts=counts, shifts=p.grid_shifts)]
 
     @torch.no_grad()
     def region_similarities(self, image: ImageLike, names: Sequence[str], protocol: Protocol | None = None,
@@ -562,16 +645,19 @@ class Segmenter:
         """Group the whole image once (no sliding window) and score every region against every name.
 
         Returns:
-            (H, W) group map at the input size and (K, len(names)) cosine similarities of region k to name c.
+            (H, W) group map at the input size and (K, len(names)) cosine similarities of region k to name c
+            (averaged over the protocol's grid offsets, ``grid_shifts``).
         """
         p = self._protocol(protocol, overrides)
-        return self._similarities(image, names, p.templates, p)[0]
+        parts = self._similarities(image, names, p.templates, p)
+        return parts[0][0], torch.stack([sims for _, sims in parts]).mean(0)
 
     @torch.no_grad()
     def grouping_similarities(self, image: ImageLike, names: Sequence[str], protocol: Protocol | None = None,
                               **overrides: Any) -> list[tuple[np.ndarray, torch.Tensor]]:
-        """:meth:`region_similarities` once per group count of the protocol's ``group_counts`` (one entry, the
-        model's own k, when it has none): what :meth:`predict` averages."""
+        """:meth:`region_similarities` once per group count of the protocol's ``group_counts`` (the model's own k
+        when it has none) and grid offset (``grid_shifts``), count-major, not averaged: :meth:`predict` averages
+        the class probabilities of these parts."""
         p = self._protocol(protocol, overrides)
         return self._similarities(image, names, p.templates, p, p.group_counts or [None])
 
@@ -625,7 +711,8 @@ class Segmenter:
         if not sentence or not sentence.strip():
             raise UserError("the referring sentence is empty")
         p = self._protocol(protocol, overrides)
-        groups, sims = self._similarities(image, [sentence], ("{}",), p)[0]
+        parts = self._similarities(image, [sentence], ("{}",), p)
+        groups, sims = parts[0][0], torch.stack([s for _, s in parts]).mean(0)
         scores = sims[:, 0]
         best = int(scores.argmax())
         return ReferringResult(mask=groups == best, response=scores.numpy()[groups].astype(np.float32),

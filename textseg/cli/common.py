@@ -94,6 +94,8 @@ def group_counts(text: str) -> list[int]:
 
 GROUP_COUNTS_HELP = ("k-means group counts, comma-separated (e.g. 12,16,24): one grouping each, pixel probabilities "
                      "averaged over them (default: the protocol's, else the model's own k)")
+GRID_SHIFTS_HELP = ("embed the regions on N x N CLIP patch grids moved by patch/N pixels and average the probabilities "
+                    "(N^2 region passes; 1: the plain grid; default: the protocol's)")
 
 
 def add_promptable_args(p: argparse.ArgumentParser, *, with_sam: bool = True) -> None:

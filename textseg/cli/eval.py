@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from textseg.cli.common import (GROUP_COUNTS_HELP, add_model_args, add_promptable_args, group_counts, model_from_args,
-                                points_options, promptable_from_args)
+from textseg.cli.common import (GRID_SHIFTS_HELP, GROUP_COUNTS_HELP, add_model_args, add_promptable_args,
+                                group_counts, model_from_args, points_options, promptable_from_args)
 from textseg.errors import UserError
 
 
@@ -58,6 +58,8 @@ def cmd_semseg(args: argparse.Namespace) -> int:
         protocol = protocol.replace(bg_score=args.bg_score)
     if args.group_counts is not None:
         protocol = protocol.replace(group_counts=args.group_counts)
+    if args.grid_shifts is not None:
+        protocol = protocol.replace(grid_shifts=args.grid_shifts)
     dataset = build_semseg_dataset(args.dataset, args.root, args.split)  # a bad dataset fails before the model loads
     segmenter = Segmenter(model_from_args(args), protocol, text_cache_dir=args.text_cache_dir)
     results = run_semseg_benchmark(segmenter, args.dataset, args.root, args.split, protocol, args.out,
@@ -186,6 +188,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help=f"protocol preset ({', '.join(list_configs('protocols'))}) or a YAML file")
     sem.add_argument("--bg-score", type=float, help="constant background similarity (overrides the protocol's)")
     sem.add_argument("--group-counts", type=group_counts, help=GROUP_COUNTS_HELP)
+    sem.add_argument("--grid-shifts", type=int, metavar="N", help=GRID_SHIFTS_HELP)
     sem.add_argument("--diagnose", action="store_true",
                      help="add the error decomposition: mIoU with oracle labels on the model's groups, with the "
                           "model's labels on ground-truth instance regions (needs instance maps, e.g. VOC's "

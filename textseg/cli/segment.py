@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping, Sequence, TypeVar
 
-from textseg.cli.common import GROUP_COUNTS_HELP, add_model_args, group_counts, model_from_args, parse_names
+from textseg.cli.common import (GRID_SHIFTS_HELP, GROUP_COUNTS_HELP, add_model_args, group_counts, model_from_args,
+                                parse_names)
 from textseg.errors import UserError
 
 # --option -> Protocol field; an option left out keeps the value of --protocol (or the defaults).
 _PROTOCOL_OPTIONS = ("templates", "background", "bg_threshold", "bg_score", "short_side", "max_long_side", "window",
-                     "stride", "group_counts")
+                     "stride", "group_counts", "grid_shifts")
 # Files a folder argument contributes (suffix compared case-insensitively); a file named directly is taken as it is.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 OUTPUT_SUFFIXES = ("_labels.png", "_overlay.png", ".json")
@@ -273,6 +274,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--window", type=int, help="sliding window size (e.g. 448)")
     p.add_argument("--stride", type=int, help="sliding window stride (e.g. 224)")
     p.add_argument("--group-counts", type=group_counts, help=GROUP_COUNTS_HELP)
+    p.add_argument("--grid-shifts", type=int, metavar="N", help=GRID_SHIFTS_HELP)
     p.add_argument("--rle", action="store_true", help="add each class's mask as COCO RLE to the JSON summary")
     p.add_argument("--no-text-cache", action="store_true", help="do not read or write the on-disk text cache")
     p.add_argument("--batch-size", type=int, default=32,

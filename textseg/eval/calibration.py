@@ -20,10 +20,11 @@ def calibrate_bg_score(segmenter: Any, dataset: Any, protocol: Protocol, *,
     """Choose the constant background score that maximises mIoU on a held-out set.
 
     Use a development split, never the split you report: on the OpenMoji workbench, scenes of another seed. Regions
-    are grouped and scored once per image and grouping (``segmenter.grouping_similarities`` under ``protocol``,
-    with the protocol's background classes); every candidate is then scored from the same similarities. With
-    several groupings (``protocol.group_counts``), pixels take the class of the highest class probability averaged
-    over them, as :meth:`~textseg.segmenter.Segmenter.predict` does.
+    are grouped and scored once per image, grouping and grid offset (``segmenter.grouping_similarities`` under
+    ``protocol``, with the protocol's background classes); every candidate is then scored from the same
+    similarities. With several groupings (``protocol.group_counts``) or grid offsets (``protocol.grid_shifts``),
+    pixels take the class of the highest class probability averaged over them, as
+    :meth:`~textseg.segmenter.Segmenter.predict` does.
 
     Returns:
         The best score and the mIoU of every candidate.
@@ -46,13 +47,19 @@ def calibrate_bg_score(segmenter: Any, dataset: Any, protocol: Protocol, *,
             item = dataset[i]
             parts = segmenter.grouping_similarities(item["image"], names + list(protocol.background_classes),
                                                     protocol)
+            merged: list[tuple[np.ndarray, list]] = []  # the grid offsets of one grouping share its group map
+            for groups, sims in parts:
+                if merged and merged[-1][0].shape == groups.shape and np.array_equal(merged[-1][0], groups):
+                    merged[-1][1].append(sims)
+                else:
+                    merged.append((groups, [sims]))
             for c, metric in metrics.items():
-                if len(parts) == 1:  # one grouping: each region's best score, no probabilities needed
+                if len(parts) == 1:  # one grouping and grid: each region's best score, no probabilities needed
                     groups, sims = parts[0]
                     best = with_bg_score(sims, c).argmax(1).numpy()[groups]
                 else:
-                    probs = sum(region_class_probs(sims, c, segmenter.logit_scale)[torch.from_numpy(groups)]
-                                for groups, sims in parts)
+                    probs = sum(sum(region_class_probs(sims, c, segmenter.logit_scale) for sims in same)
+                                [torch.from_numpy(groups)] for groups, same in merged)
                     best = probs.argmax(-1).numpy()
                 metric.update(np.where(best < len(names), best + 1, 0), item["label"])  # background names -> 0
             bar.update(1)

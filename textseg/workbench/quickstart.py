@@ -8,8 +8,9 @@
    random weights unless step 3 ran;
 5. evaluate on the workbench's VOC-format val set with the benchmark tools and print the Markdown table, with the
    error decomposition (:mod:`textseg.eval.diagnose`: grouping and recognition ceilings, fg/bg confusion); the
-   protocol groups each scene three times (k = 12, 16, 24) and averages the class probabilities; the constant
-   background score is chosen on a development set of another seed, never on val.
+   protocol groups each scene four times (k = 16, 24, 32, 48), embeds the regions on 16 shifted CLIP patch grids
+   (``grid_shifts``) and averages the class probabilities; the constant background score is chosen on a
+   development set of another seed, never on val.
 
 The schedule is a fixed number of steps (:data:`STAGE1_STEPS`, :data:`STAGE2_STEPS`): the same work on any machine.
 """

@@ -492,3 +492,13 @@ def test_bg_score_calibration_scores_what_predict_labels(color_model):
     probs = sum(region_class_probs(sims, 0.1, seg.logit_scale)[torch.from_numpy(groups)] for groups, sims in parts)
     np.testing.assert_allclose(probs.permute(2, 0, 1).numpy() / len(parts),
                                seg.predict(img, names, bg_score=0.1, return_probs=True).probs, atol=1e-5)
+
+
+def test_region_similarities_are_the_mean_over_the_grids(color_model):
+    seg = Segmenter(color_model, templates="single", text_cache_dir=False, short_side=None, grid_shifts=2)
+    img = four_quadrants()
+    groups, sims = seg.region_similarities(img, ["a", "b"])
+    parts = seg.grouping_similarities(img, ["a", "b"])
+    assert len(parts) == 4 and all((g == groups).all() for g, _ in parts)
+    torch.testing.assert_close(sims, sum(s for _, s in parts) / 4)
+    assert (sims - seg.region_similarities(img, ["a", "b"], grid_shifts=1)[1]).abs().max() > 1e-4

@@ -649,7 +649,11 @@ class Segmenter:
             (averaged over the protocol's grid offsets, ``grid_shifts``).
         """
         p = self._protocol(protocol, overrides)
-        parts = self._similarities(image, names, p.templates, p)
+        return self._grid_mean(self._similarities(image, names, p.templates, p))
+
+    @staticmethod
+    def _grid_mean(parts: list[tuple[np.ndarray, torch.Tensor]]) -> tuple[np.ndarray, torch.Tensor]:
+        """The group map and the similarities averaged over the grid offsets of :meth:`_similarities` (one count)."""
         return parts[0][0], torch.stack([sims for _, sims in parts]).mean(0)
 
     @torch.no_grad()
@@ -711,8 +715,7 @@ class Segmenter:
         if not sentence or not sentence.strip():
             raise UserError("the referring sentence is empty")
         p = self._protocol(protocol, overrides)
-        parts = self._similarities(image, [sentence], ("{}",), p)
-        groups, sims = parts[0][0], torch.stack([s for _, s in parts]).mean(0)
+        groups, sims = self._grid_mean(self._similarities(image, [sentence], ("{}",), p))
         scores = sims[:, 0]
         best = int(scores.argmax())
         return ReferringResult(mask=groups == best, response=scores.numpy()[groups].astype(np.float32),

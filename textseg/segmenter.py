@@ -212,17 +212,12 @@ class _CropPlan:
         self.image, self.given = image, given
         self.count = torch.zeros(self.size, device=image.device)
 
-    def add(self, y0: int, x0: int, pixels: torch.Tensor, region_probs: torch.Tensor) -> None:
-        """Record one window: its (h, w) group map and (C, K) region probabilities. Passes over the same group map
-        (the grid offsets of one grouping) are summed per region, so that the map is painted once."""
+    def add(self, y0: int, x0: int, pixels: torch.Tensor, region_probs: torch.Tensor, weight: int = 1) -> None:
+        """Record one window: its (h, w) group map and (C, K) region probabilities, the sum of ``weight`` passes
+        over that map (the grid offsets of one grouping), so that the map is painted once."""
         h, w = pixels.shape
-        last = self.parts[-1] if self.parts else None
-        if last is not None and last[:2] == (y0, x0) and last[2].data_ptr() == pixels.data_ptr() and \
-                last[2].shape == pixels.shape and last[3].shape == region_probs.shape:
-            self.parts[-1] = (y0, x0, last[2], last[3] + region_probs)
-        else:
-            self.parts.append((y0, x0, pixels, region_probs))
-        self.count[y0: y0 + h, x0: x0 + w] += 1
+        self.parts.append((y0, x0, pixels, region_probs))
+        self.count[y0: y0 + h, x0: x0 + w] += weight
         self.left -= 1
         if self.left == 0:
             self.image = self.given = None
@@ -544,8 +539,8 @@ class Segmenter:
         # given regions are labelled as they are; the model's groups (oracle labels included) once per group count
         counts: list[int | None] = [None] if regions is not None or not p.group_counts else list(p.group_counts)
         shifts = 1 if truth is not None else p.grid_shifts  # the oracle labels embed nothing
-        passes = len(counts) * len(grid_offsets(self.model.region.patch_size, shifts))
-        plans = [_CropPlan.make(i, a.shape[:2], p, passes=passes) for i, a in enumerate(arrays)]
+        grids = len(grid_offsets(self.model.region.patch_size, shifts))
+        plans = [_CropPlan.make(i, a.shape[:2], p, passes=len(counts)) for i, a in enumerate(arrays)]
         by_size: dict[tuple[int, int], list[_CropPlan]] = {}
         for plan in plans:
             by_size.setdefault(plan.window, []).append(plan)
@@ -565,16 +560,17 @@ class Segmenter:
                 else:
                     passes = self._regions_batch(batch, given=None if given is None else given_batch, counts=counts,
                                                  shifts=shifts)
-                for pixels, regions_emb in passes:
+                for first in range(0, len(passes), grids):  # count-major: the grids of one grouping together
+                    pixels, regions_emb = passes[first]
                     if regions_emb is None:
                         best = majority_labels(pixels, given_batch, len(classes) + 1, ignore_index)
                         region_probs = F.one_hot(torch.where(best > 0, best - 1, len(classes)),
                                                  len(classes) + 1).float()
-                    else:
-                        region_probs = region_class_probs(regions_emb @ text.T, p.bg_score,
-                                                          self.model.logit_scale.float())  # (B, K, C')
+                    else:  # (B, K, C'), summed over the grids
+                        region_probs = sum(region_class_probs(emb @ text.T, p.bg_score, self.model.logit_scale.float())
+                                           for _, emb in passes[first: first + grids])
                     for b, (plan, y0, x0) in enumerate(chunk):
-                        plan.add(y0, x0, pixels[b], region_probs[b].T)
+                        plan.add(y0, x0, pixels[b], region_probs[b].T, weight=grids)
                         if plan.left == 0:
                             results[plan.index] = self._finish(plan, arrays[plan.index].shape[:2], len(classes),
                                                                ["background", *classes], p, return_probs)

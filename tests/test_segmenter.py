@@ -5,8 +5,8 @@ import torch
 from textseg.config import Protocol, load_protocol
 from textseg.errors import ConfigError, UserError
 from textseg.io import load_image
-from textseg.segmenter import (Segmenter, grid_offsets, region_class_probs, shifted_crop, window_starts,
-                               with_bg_score)
+from textseg.segmenter import (Segmenter, grid_offsets, region_class_probs, shift_patch_grid, shifted_region_masks,
+                               window_starts, with_bg_score)
 
 
 def two_halves(h=64, w=128):
@@ -385,12 +385,12 @@ def test_grid_offsets():
         Protocol(grid_shifts=0)
 
 
-def test_shifted_crop_moves_the_patch_grid_right_and_down():
+def test_shifted_grid_moves_the_patch_grid_right_and_down():
     # patch 4; region 0 = columns 0-2, region 1 = columns 3-7 of an 8 x 8 crop
     pixels = torch.zeros(1, 8, 8, dtype=torch.long)
     pixels[:, :, 3:] = 1
     image = torch.rand(1, 3, 8, 8)
-    x, masks = shifted_crop(image, pixels, 2, 4, 0, 1)
+    x, masks = shift_patch_grid(image, 4, 0, 1), shifted_region_masks(pixels, 2, 4, 0, 1)
     assert x.shape == (1, 3, 12, 12)
     assert torch.equal(x[..., :8, 1:9], image)  # 0 rows on top, 1 column on the left ...
     assert torch.equal(x[..., :, 0], x[..., :, 1]) and torch.equal(x[..., 8:, :], x[..., 7:8, :].expand(-1, -1, 4, -1))
@@ -400,14 +400,14 @@ def test_shifted_crop_moves_the_patch_grid_right_and_down():
     expected[0, 0, :2, 0] = True
     expected[0, 1, :2, 1] = True
     assert torch.equal(masks, expected)
-    _, down = shifted_crop(image, pixels, 2, 4, 1, 0)  # 1 row on top, 3 below: rows of 3, 4 and 1 image rows
+    down = shifted_region_masks(pixels, 2, 4, 1, 0)  # 1 row on top, 3 below: rows of 3, 4 and 1 image rows
     expected = torch.zeros(1, 2, 3, 3, dtype=torch.bool)
     expected[0, 0, :2, 0] = True  # 9/16 and 12/16 of the first column of patches; the last row only 3/16
     expected[0, 1, :2, 1] = True
     assert torch.equal(down, expected)
 
 
-def test_shifted_crop_masks_follow_the_region_mask_rule_on_random_maps():
+def test_shifted_region_masks_follow_the_region_mask_rule_on_random_maps():
     """Counted per pixel, the masks are those of masks_to_region_masks on the padded one-hot (fallback included)."""
     from textseg.grouping import masks_to_region_masks
 
@@ -417,7 +417,7 @@ def test_shifted_crop_masks_follow_the_region_mask_rule_on_random_maps():
     pixels[0, 5, 7] = pixels[1, 20, 2] = 6
     image = torch.rand(3, 3, 24, 36, generator=g)
     for dy, dx in [(0, 0), (3, 5), (11, 1)]:
-        x, masks = shifted_crop(image, pixels, 8, 12, dy, dx)
+        x, masks = shift_patch_grid(image, 12, dy, dx), shifted_region_masks(pixels, 8, 12, dy, dx)
         onehot = torch.nn.functional.pad(pixels, (dx, 12 - dx, dy, 12 - dy), value=-1)[:, None] == \
             torch.arange(8).view(1, 8, 1, 1)
         assert x.shape == (3, 3, 36, 48)
@@ -438,8 +438,10 @@ def test_grid_shifts_average_the_probabilities_of_each_grid(color_model):
     text = seg.text.encode_classes(["a", "b", "c"], "single")
     probs = 0
     for dy, dx in [(0, 0), (0, 8), (8, 0), (8, 8)]:
-        xs, masks = (x, groups.region_masks) if dy == dx == 0 else shifted_crop(
-            x, groups.pixels, groups.region_masks.shape[1], 16, dy, dx)
+        xs, masks = x, groups.region_masks
+        if (dy, dx) != (0, 0):
+            xs = shift_patch_grid(x, 16, dy, dx)
+            masks = shifted_region_masks(groups.pixels, groups.region_masks.shape[1], 16, dy, dx)
         regions = torch.nn.functional.normalize(color_model(xs, masks).regions.float(), dim=-1)[0]
         probs = probs + region_class_probs(regions @ text.T, None, color_model.logit_scale.float()) / 4
     expected = probs[groups.pixels[0]].permute(2, 0, 1).detach().numpy()

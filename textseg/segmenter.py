@@ -95,20 +95,21 @@ def grid_offsets(patch_size: int, n: int) -> list[tuple[int, int]]:
     return [(dy, dx) for dy in steps for dx in steps]
 
 
-def shifted_crop(images: torch.Tensor, pixels: torch.Tensor, num_regions: int, patch_size: int, dy: int, dx: int
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A (B, 3, H, W) batch with its patch grid moved by (dy, dx) pixels, and its regions' masks on that grid.
+def shift_patch_grid(images: torch.Tensor, patch_size: int, dy: int, dx: int) -> torch.Tensor:
+    """A (B, 3, H, W) batch padded so that its patch grid moves by (dy, dx) pixels: ``dy`` rows on top and
+    ``patch_size - dy`` at the bottom (``dx`` / ``patch_size - dx`` columns left / right), edge pixels repeated.
+    One patch more per side; a patch boundary now lies ``dy`` rows below each old one."""
+    return F.pad(images, (dx, patch_size - dx, dy, patch_size - dy), mode="replicate")
 
-    The images get ``dy`` rows on top and ``patch_size - dy`` at the bottom (``dx`` / ``patch_size - dx``
-    columns left / right), edge pixels repeated: one patch more per side, a patch boundary now ``dy`` rows below
-    each old one. The padding belongs to no region. The (B, H, W) group map ``pixels`` (ids < ``num_regions``)
-    gives (B, num_regions, H / p + 1, W / p + 1) masks by the rule of
-    :func:`~textseg.grouping.masks_to_region_masks` (a patch belongs to a region that covers at least half of it;
-    a region that covers none that much keeps the patch where its share is largest), computed from pixel counts
-    rather than a (K, H, W) one-hot.
+
+def shifted_region_masks(pixels: torch.Tensor, num_regions: int, patch_size: int, dy: int, dx: int) -> torch.Tensor:
+    """(B, num_regions, H / p + 1, W / p + 1) masks of the regions of a (B, H, W) group map (ids < ``num_regions``)
+    on the patch grid of :func:`shift_patch_grid`, where the padding belongs to no region.
+
+    The rule is :func:`~textseg.grouping.masks_to_region_masks`'s (a patch belongs to a region that covers at least
+    half of it; a region that covers none that much keeps the patch where its share is largest), computed from
+    pixel counts rather than a (K, H, W) one-hot.
     """
-    pad = (dx, patch_size - dx, dy, patch_size - dy)
-    x = F.pad(images, pad, mode="replicate")
     b, h, w = pixels.shape
     gh, gw = (h + patch_size) // patch_size, (w + patch_size) // patch_size
     rows = (torch.arange(h, device=pixels.device) + dy) // patch_size
@@ -122,7 +123,7 @@ def shifted_crop(images: torch.Tensor, pixels: torch.Tensor, num_regions: int, p
     if bool(empty.any()):
         i, k = empty.nonzero(as_tuple=True)
         masks[i, k, counts[i, k].argmax(-1)] = True
-    return x, masks.view(b, num_regions, gh, gw)
+    return masks.view(b, num_regions, gh, gw)
 
 
 def majority_labels(groups: torch.Tensor, truth: torch.Tensor, num_labels: int, ignore_index: int = 255
@@ -336,7 +337,7 @@ class Segmenter:
         pooling).
 
         With ``shifts`` = n > 1 the CLIP's patch grid is also laid at the n × n offsets of :func:`grid_offsets`
-        (:func:`shifted_crop`): a region that shares its patches with a neighbour on one grid gets patches of its
+        (:func:`shift_patch_grid`): a region that shares its patches with a neighbour on one grid gets patches of its
         own on another.
 
         With ``given`` ((B, h, w) region ids), those regions are embedded instead of the model's groups (no
@@ -361,13 +362,11 @@ class Segmenter:
         per_call = max(1, SHIFT_BATCH // len(sized))  # shifted grids are all one patch larger: several per CLIP call
         for first in range(0, len(shifted), per_call):
             chunk = shifted[first: first + per_call]
-            moved, grid_masks = [], [[] for _ in sizes]
-            for dy, dx in chunk:
-                for i, (f, k) in enumerate(zip(fine, sizes)):
-                    x, m = shifted_crop(sized, f, k, self.model.region.patch_size, dy, dx)
-                    grid_masks[i].append(m)
-                moved.append(x)
-            regions = self._embed(torch.cat(moved), [torch.cat(m) for m in grid_masks], sizes)
+            patch = self.model.region.patch_size
+            moved = torch.cat([shift_patch_grid(sized, patch, dy, dx) for dy, dx in chunk])
+            grid_masks = [torch.cat([shifted_region_masks(f, k, patch, dy, dx) for dy, dx in chunk])
+                          for f, k in zip(fine, sizes)]
+            regions = self._embed(moved, grid_masks, sizes)
             embedded.extend([r.split(len(sized))[j] for r in regions] for j in range(len(chunk)))
         return [(pixels[i], regions[i]) for i in range(len(pixels)) for regions in embedded]
 

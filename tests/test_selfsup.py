@@ -1,6 +1,7 @@
 """The self-supervised grouping backbone: DINO loss, centring, EMA, multi-crop, a training step, the backbone file
 and `textseg pretrain-grouping`."""
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -228,7 +229,8 @@ def test_cli_backbone_file_loads_into_the_model_and_resumes_exactly(workbench, t
     by_config = textseg.create_model(textseg.get_model_config("learned-small-workbench",
                                                               {"backbone": {"weights": str(final)}}))
     assert all(torch.equal(v, by_config.grouper.backbone.model.state_dict()[k]) for k, v in vit.items())
-    assert model.grouper.backbone(torch.rand(1, 3, 96, 96)).shape == (1, 12, 12, 128)  # last-block keys
+    # last-block keys, one per 4 x 4 pixels: the config enlarges the image 2 x for the patch-8 ViT
+    assert model.grouper.backbone(torch.rand(1, 3, 96, 96)).shape == (1, 24, 24, 128)
 
     # interrupted after step 1: the rerun resumes from its checkpoint and ends with the same weights
     assert _run(workbench, tmp_path / "b") == 0
@@ -275,3 +277,42 @@ def test_cli_missing_data_is_exit_2(tmp_path, capsys):
     assert main(["pretrain-grouping", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert "textseg workbench build" in err and len(err.splitlines()) == 1
+
+
+def test_upsampled_backbone_is_the_vit_on_the_enlarged_image():
+    model = textseg.create_model("learned-small-workbench", pretrained=False, seed=0)
+    features = model.grouper.backbone
+    assert features.upsample == 2 and features.patch_size == 4 and model.grouper.patch_size == 12
+    x = torch.rand(2, 3, 48, 72)
+    big = F.interpolate(x, size=(96, 144), mode="bilinear", align_corners=False)
+    store = {}
+    attn = features.model.blocks[-1].attn
+    handle = attn.qkv.register_forward_hook(lambda m, i, o: store.__setitem__("qkv", o))
+    features.model.forward_features(features.normalize(big))
+    handle.remove()
+    keys = store["qkv"][:, 1:, 128:256].reshape(2, 12, 18, 128)  # 96 x 144 in patches of 8
+    torch.testing.assert_close(features(x), keys)
+    # a different input size is a different grid, not a crop: the asymmetric 48 x 72 keeps its 2:3 aspect
+    assert features(x).shape == (2, 12, 18, 128)
+
+
+def test_upsample_is_checked_and_not_part_of_the_weights(tmp_path):
+    from textseg.errors import ConfigError
+    from textseg.train.checkpoint import save_checkpoint
+
+    for bad, message in [(0, "whole number >= 1"), (3, "does not divide the patch size 8"),
+                         (1.5, "backbone.upsample.*could not be converted")]:
+        with pytest.raises(ConfigError, match=message):
+            textseg.create_model(textseg.get_model_config("learned-small-workbench",
+                                                          {"backbone": {"upsample": bad}}), pretrained=False)
+    with pytest.raises(ConfigError, match="timm backbones only"):
+        textseg.get_model_config("labxy-small-workbench", {"backbone": {"upsample": 2}})
+    # a checkpoint saved before the field existed has the same weights: naming the upsampled model loads it, and
+    # the model keeps the grouping it was trained with (no upsampling)
+    model = textseg.create_model("learned-small-workbench", pretrained=False, seed=0)
+    saved = dataclasses.asdict(textseg.get_model_config("learned-small-workbench"))
+    del saved["backbone"]["upsample"]
+    save_checkpoint(tmp_path / "old.pt", model.state_dict(), step=1, model_config=saved)
+    loaded = textseg.create_model("learned-small-workbench", checkpoint=tmp_path / "old.pt")
+    assert loaded.grouper.backbone.upsample == 1 and loaded.grouper.backbone.patch_size == 8
+    assert textseg.create_model(None, checkpoint=tmp_path / "old.pt").grouper.backbone.upsample == 1

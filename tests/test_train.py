@@ -98,6 +98,12 @@ def test_config_presets_variants_overrides_and_errors(tmp_path):
         load_train_config(None, ["data.train={a: 1}"])
     with pytest.raises(ConfigError, match="presets: stage1_image_text, stage2_region"):
         load_train_config("stage3")
+    # a value that is not YAML (braces inside a flow list) names the override, in one line, not a parser traceback
+    with pytest.raises(ConfigError, match=r"override 'data.train=\[a\{0..1\},b\]': its value is not valid YAML") as err:
+        load_train_config(None, ["optim.lr=1e-4", "data.train=[a{0..1},b]"])
+    assert "\n" not in str(err.value)
+    quoted = load_train_config(None, ["data.train=['a{0..1}.tar','b.tar']", "optim.lr=2e-4", "optim.lr=3e-4"])
+    assert quoted.data.train == ["a{0..1}.tar", "b.tar"] and quoted.optim.lr == 3e-4  # the later override wins
 
 
 def test_noun_batcher_pairs_and_shared_noun_positives():
@@ -367,3 +373,15 @@ def test_trim_metrics_keeps_each_step_once_after_a_kill(tmp_path):
     assert path.read_text() == ""
     trim_metrics(tmp_path / "absent.jsonl", 5)
     assert not (tmp_path / "absent.jsonl").exists()
+
+
+def test_a_random_frozen_grouping_backbone_is_warned_of(caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="textseg.train.loop"):
+        build_model(load_train_config(None, ["model=learned-small-workbench"]))
+    assert "groups come from a random ViT; pretrained=true loads runs/grouping/final.pt" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="textseg.train.loop"):
+        build_model(load_train_config(None, ["model=labxy-small-workbench"]))  # colour groups: nothing to load
+    assert "random ViT" not in caplog.text

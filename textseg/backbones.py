@@ -30,21 +30,31 @@ class TimmViTFeatures(nn.Module):
         feature: ``"tokens"`` (last block output) or ``"keys"`` (last block's attention keys, often cleaner for
             grouping).
         mean, std: input normalisation of the model.
+        upsample: enlarge the images by this integer factor (bilinear) before the ViT: one feature per
+            ``patch / upsample`` input pixels (:attr:`patch_size`), a denser grid for small images.
     """
 
-    def __init__(self, model: nn.Module, feature: str = "tokens", mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    def __init__(self, model: nn.Module, feature: str = "tokens", mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                 upsample: int = 1):
         super().__init__()
         if feature not in ("tokens", "keys"):
             raise ValueError(f"feature must be 'tokens' or 'keys', got {feature!r}")
+        vit_patch = int(model.patch_embed.patch_size[0])
+        if upsample < 1 or vit_patch % upsample:
+            raise ValueError(f"upsample must be a whole number >= 1 that divides the ViT's patch size {vit_patch}, "
+                             f"got {upsample}")
         self.model = model
         self.feature = feature
-        self.patch_size = int(model.patch_embed.patch_size[0])
+        self.upsample = int(upsample)
+        self.patch_size = vit_patch // self.upsample  # in input pixels
         self.normalize = Normalize(mean, std)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Map (B, 3, H, W) images in [0, 1] to (B, H/p, W/p, C) patch features."""
+        """Map (B, 3, H, W) images in [0, 1] to (B, H/p, W/p, C) patch features (p: :attr:`patch_size`)."""
         b, _, h, w = images.shape
         gh, gw = h // self.patch_size, w // self.patch_size
+        if self.upsample > 1:
+            images = F.interpolate(images, scale_factor=self.upsample, mode="bilinear", align_corners=False)
         x = self.normalize(images)
         prefix = getattr(self.model, "num_prefix_tokens", 1)
         if self.feature == "tokens":

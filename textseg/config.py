@@ -96,6 +96,7 @@ def load_structured(schema: Type[T], *sources: Source, overrides: Sequence[str] 
     Raises:
         ConfigError: an unknown field, a wrong type, an unreadable file; the message names source and field.
     """
+    import yaml
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
@@ -112,11 +113,14 @@ def load_structured(schema: Type[T], *sources: Source, overrides: Sequence[str] 
     for item in overrides:
         if "=" not in item or not item.split("=", 1)[0].strip():
             raise ConfigError(f"override {item!r} is not of the form key.sub=value")
-    if overrides:
+    for item in overrides:  # one at a time, so that an error names the override it is in
         try:
-            items.append(("override", OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)))))
+            items.append(("override", OmegaConf.to_container(OmegaConf.from_dotlist([item]))))
         except OmegaConfBaseException as err:
-            raise ConfigError(f"override: {_describe(err)}") from None
+            raise ConfigError(f"override {item!r}: {_describe(err)}") from None
+        except yaml.YAMLError as err:  # the value is parsed as YAML: an unclosed [ or {, or a stray quote
+            raise ConfigError(f"override {item!r}: its value is not valid YAML ({str(err).splitlines()[0]}); "
+                              "quote values that hold commas or braces, e.g. key=['a,b']") from None
     for where, data in items:
         try:
             merged = OmegaConf.merge(merged, data)
@@ -158,6 +162,9 @@ class BackboneConfig:
         weights: a local weight file of a ``timm`` backbone, loaded when the model is built with pretrained
             weights (``backbone_pretrained=`` overrides it): a ``textseg pretrain-grouping`` file (``final.pt``)
             or a timm state dict. A relative path is taken from the working directory.
+        upsample: a ``timm`` backbone sees the image enlarged by this integer factor (bilinear), so its features
+            lie on a grid ``upsample`` times denser: a patch-8 ViT gives one feature per 4 × 4 pixels at 2. The
+            ViT's patch size must be divisible by it. Not part of the weights (a checkpoint loads at any value).
     """
 
     type: str = MISSING
@@ -166,12 +173,18 @@ class BackboneConfig:
     patch_size: int = 8
     kwargs: Dict[str, Any] = field(default_factory=dict)
     weights: Optional[str] = None
+    upsample: int = 1
 
     def __post_init__(self) -> None:
         check_choice("backbone.type", self.type, ("timm", "color"))
         check_choice("backbone.feature", self.feature, ("tokens", "keys"))
         if self.type == "timm" and not self.name:
             raise ConfigError("field 'backbone.name' is required for a timm backbone")
+        if not isinstance(self.upsample, int) or isinstance(self.upsample, bool) or self.upsample < 1:
+            raise ConfigError(f"field 'backbone.upsample' must be a whole number >= 1, got {self.upsample!r}")
+        if self.upsample != 1 and self.type != "timm":
+            raise ConfigError("field 'backbone.upsample' applies to timm backbones only (the color backbone's "
+                              "grid is set by backbone.patch_size)")
 
 
 @dataclass

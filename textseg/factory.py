@@ -104,7 +104,10 @@ def _build_backbone(cfg: BackboneConfig, pretrained: bool, weight_file: str | No
         raise UserError(f"cannot load backbone weights {file} into {cfg.name}: {mismatch_detail(err)}") from None
     mean = model.pretrained_cfg.get("mean") or (0.485, 0.456, 0.406)
     std = model.pretrained_cfg.get("std") or (0.229, 0.224, 0.225)
-    return TimmViTFeatures(model, feature=cfg.feature, mean=mean, std=std)
+    if int(model.patch_embed.patch_size[0]) % cfg.upsample:
+        raise ConfigError(f"field 'backbone.upsample' {cfg.upsample} does not divide the patch size "
+                          f"{model.patch_embed.patch_size[0]} of {cfg.name}")
+    return TimmViTFeatures(model, feature=cfg.feature, mean=mean, std=std, upsample=cfg.upsample)
 
 
 def _build_clip(cfg: ClipConfig, pretrained: bool, weight_file: str | None):

@@ -172,8 +172,8 @@ def _field(config: Mapping[str, Any], dotted: str) -> Any:
 
 def _architecture(config: Mapping[str, Any], dotted: str) -> Any:
     value = _field(config, dotted)
-    if dotted == "backbone" and isinstance(value, Mapping):  # where the weights came from is not what they are
-        value = {k: v for k, v in value.items() if k != "weights"}
+    if dotted == "backbone" and isinstance(value, Mapping):  # where the weights came from, and the input's
+        value = {k: v for k, v in value.items() if k not in ("weights", "upsample")}  # scale, are not what they are
     return value
 
 

@@ -85,6 +85,11 @@ def build_model(cfg: TrainConfig) -> TextSegModel:
 
     torch.manual_seed(cfg.seed)
     model = create_model(get_model_config(cfg.model, cfg.model_overrides), pretrained=cfg.pretrained)
+    backbone = model.config.backbone
+    if not cfg.pretrained and not cfg.init and backbone.type == "timm":  # the grouper is frozen: it stays random
+        _log.warning("model %s: the grouping backbone %s has random weights (pretrained: false) and is not "
+                     "trained, so the groups come from a random ViT; pretrained=true loads %s", model.config.name,
+                     backbone.name, backbone.weights or "its timm weights")
     if cfg.init:
         state, saved = ckpt.load_model_weights(cfg.init)
         if saved is not None:

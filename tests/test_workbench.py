@@ -301,3 +301,49 @@ def test_ablate_trains_each_variant_as_the_quickstart_does(tmp_path: Path, monke
     assert settings["data"] == {"workers": 3, "train": [str(wb / "train" / "shard-{000000..000001}.tar"),
                                                         str(wb / "objects" / "shard-{000000..000000}.tar")]}
     assert settings["train"] == {"steps": 17} and settings["init"] is None and settings["seed"] == 0
+
+
+def test_quickstart_learned_grouping_trains_the_backbone_then_groups_with_it(tmp_path: Path, monkeypatch) -> None:
+    from textseg.errors import UserError
+    from textseg.train import selfsup
+    from textseg.workbench import quickstart
+
+    wb = tmp_path / "wb"
+    for part in ("train", "objects"):
+        (wb / part).mkdir(parents=True)
+        (wb / part / "shard-000000.tar").touch()
+    (wb / "manifest.json").write_text("{}")
+    calls = []
+
+    class Stop(Exception):
+        pass
+
+    def pretrain(cfg, data, out, device="cpu", progress=True):
+        calls.append(("grouping", cfg.seed, Path(data), Path(out)))
+        return {"seconds": 60.0, "final": str(Path(out) / "final.pt")}
+
+    def run_stage(preset, settings, progress, *, variants=(), overrides=()):
+        calls.append((preset, settings))
+        raise Stop
+
+    monkeypatch.setattr(quickstart, "build_dev_set", lambda data, seed, progress=True: tmp_path / "dev")
+    monkeypatch.setattr(quickstart, "estimate_minutes", lambda *a: {"stage1_s_per_step": 0.0,
+                                                                    "stage2_s_per_step": 0.4, "training_minutes": 1})
+    monkeypatch.setattr(quickstart, "evaluate_workbench", lambda *a, **k: {"metrics": {"mIoU": 0.0}})
+    monkeypatch.setattr(selfsup, "pretrain_grouping", pretrain)
+    monkeypatch.setattr(quickstart, "run_stage", run_stage)
+    with pytest.raises(Stop):
+        quickstart.quickstart(tmp_path / "out", wb, seed=3, progress=False, grouping="learned")
+    (kind, seed, data, out), (preset, settings) = calls
+    assert kind == "grouping" and seed == 3 and data == wb and out == tmp_path / "out" / "grouping"
+    assert preset == "stage2_region" and settings["model"] == "learned-small-workbench" and settings["pretrained"]
+    assert settings["model_overrides"] == {"backbone": {"weights": str(tmp_path / "out" / "grouping" / "final.pt")}}
+    calls.clear()
+    with pytest.raises(Stop):
+        quickstart.quickstart(tmp_path / "out2", wb, progress=False)
+    ((preset, settings),) = calls  # the default: Lab + x,y, no backbone to train
+    assert settings["model"] == "labxy-small-workbench" and "pretrained" not in settings
+    with pytest.raises(UserError, match="grouping must be one of labxy, learned"):
+        quickstart.quickstart(tmp_path / "out3", wb, grouping="dino")
+    with pytest.raises(UserError, match="without stage 1"):
+        quickstart.quickstart(tmp_path / "out3", wb, grouping="learned", stage1_steps=10)

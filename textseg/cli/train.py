@@ -36,7 +36,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     steps = {k: v for k, v in (("stage1_steps", args.stage1_steps), ("stage2_steps", args.stage2_steps))
              if v is not None}
     quickstart(args.out, args.data, minutes=args.minutes, seed=args.seed, progress=not args.no_progress,
-               eval_limit=args.eval_limit, **steps)
+               eval_limit=args.eval_limit, grouping=args.grouping, **steps)
     return 0
 
 
@@ -65,6 +65,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--stage1-steps", type=int, help="image-caption pretraining steps before stage 2, 0 for none "
                    "(default: the fixed schedule, README)")
     q.add_argument("--stage2-steps", type=int, help="default: the fixed schedule (README)")
+    q.add_argument("--grouping", choices=["labxy", "learned"], default="labxy",
+                   help="labxy: Lab colour + x,y k-means (default); learned: train the self-supervised grouping "
+                        "backbone first (textseg pretrain-grouping, ~6 min more on 2 cores) and group its keys")
     q.add_argument("--eval-limit", type=int, help="evaluate only the first N val images")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--no-progress", action="store_true")

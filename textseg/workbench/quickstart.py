@@ -3,9 +3,12 @@
 1. build the OpenMoji workbench (if it is not there yet) and print the schedule's time estimate for this machine;
 2. evaluate the untrained model (the "before" row);
 3. optionally (``stage1_steps`` > 0; the default is 0) image-caption contrastive pretraining of the small CLIP;
-4. region training with the one-way noun-to-region loss on frozen Lab colour + x,y k-means groups (k = 16; a
-   grouping that needs no pretrained weights), regions embedded as the ``stage2_region`` training preset says; from
-   random weights unless step 3 ran;
+   with ``grouping="learned"``, first the self-supervised grouping backbone (``textseg pretrain-grouping``, DINO on
+   the workbench's images, the ``workbench`` self-supervised preset's steps);
+4. region training with the one-way noun-to-region loss on frozen k-means groups (k = 16) of Lab colour + x,y (the
+   default; a grouping that needs no pretrained weights) or of the learned backbone's keys + x,y
+   (``learned-small-workbench``), regions embedded as the ``stage2_region`` training preset says; from random
+   weights unless step 3 pretrained the CLIP;
 5. evaluate on the workbench's VOC-format val set with the benchmark tools and print the Markdown table, with the
    error decomposition (:mod:`textseg.eval.diagnose`: grouping and recognition ceilings, fg/bg confusion); the
    protocol groups each scene four times (k = 16, 24, 32, 48), embeds the regions on 16 shifted CLIP patch grids
@@ -30,6 +33,10 @@ STAGE2_STEPS = 1700
 # on 2 idle cores (README "Results"); the untrained model's evaluation before training takes about 2.6 more.
 EVAL_MINUTES = 6.0
 BEFORE_EVAL_MINUTES = 2.6
+# grouping="learned": the model it trains, and the grouping backbone's self-distillation (800 steps: 6.0 min on 2
+# idle cores of this project's machine)
+GROUPING_MODELS = {"labxy": "labxy-small-workbench", "learned": "learned-small-workbench"}
+GROUPING_MINUTES = 6.0
 
 
 def data_workers() -> int:
@@ -121,17 +128,27 @@ def estimate_minutes(stage1_steps: int, stage2_steps: int, seed: int = 0) -> dic
 
 def quickstart(out: str | Path = "runs/quickstart", data: str | Path = "workbench/openmoji", *,
                minutes: float | None = None, stage1_steps: int = STAGE1_STEPS, stage2_steps: int = STAGE2_STEPS,
-               seed: int = 0, progress: bool = True, eval_limit: int | None = None) -> dict[str, Any]:
+               seed: int = 0, progress: bool = True, eval_limit: int | None = None,
+               grouping: str = "labxy") -> dict[str, Any]:
     """Run the quickstart; returns (and writes to ``out/quickstart.json``) the before/after metrics.
 
     The schedule is a fixed number of steps (the same work on any machine). ``minutes`` is an opt-in time budget:
-    training stops early to keep it, and the summary says how many steps each stage ran.
+    training stops early to keep it, and the summary says how many steps each stage ran. ``grouping``: ``labxy``
+    (Lab colour + x,y; the default) or ``learned`` (a grouping backbone trained first by self-distillation on the
+    workbench's images, into ``out/grouping``; about 10 more minutes, README "Results").
     """
     from textseg.factory import create_model
     from textseg.io import atomic_write_text
     from textseg.train import build_model, load_train_config
     from textseg.workbench.build import build_workbench
 
+    from textseg.errors import UserError
+
+    if grouping not in GROUPING_MODELS:
+        raise UserError(f"grouping must be one of {', '.join(GROUPING_MODELS)}, got {grouping!r}")
+    if grouping == "learned" and stage1_steps:
+        raise UserError("the learned grouping trains without stage 1 (stage 1 trains the Lab + x,y model): "
+                        "give stage 1 no steps")
     start = time.time()
     out, data = Path(out), Path(data)
     out.mkdir(parents=True, exist_ok=True)
@@ -148,6 +165,8 @@ def quickstart(out: str | Path = "runs/quickstart", data: str | Path = "workbenc
     print(f"      schedule: {first}stage 2 {stage2_steps} steps (~{estimate['stage2_s_per_step']:.2f} s each here): "
           f"about {estimate['training_minutes']:.0f} min of training on this machine, plus about "
           f"{EVAL_MINUTES + BEFORE_EVAL_MINUTES:.0f} min of evaluation" +
+          (f" and about {GROUPING_MINUTES:.0f} min (on 2 CPU cores) of grouping-backbone training"
+           if grouping == "learned" else "") +
           (f"; --minutes {minutes:g}: training stops early to keep that budget" if minutes is not None else ""))
 
     print("[2/5] evaluating the untrained model ...")
@@ -163,15 +182,31 @@ def quickstart(out: str | Path = "runs/quickstart", data: str | Path = "workbenc
         return round(max(1.0, left * share), 2)
 
     data_settings = {"train": shards, "workers": data_workers()}
+    stage2: dict[str, Any] = {"model": GROUPING_MODELS[grouping]}
+    grouping_minutes = 0.0
+    if grouping == "learned":
+        import torch
+
+        from textseg.train.selfsup import load_selfsup_config, pretrain_grouping
+
+        cfg = load_selfsup_config("workbench", [f"seed={seed}"])
+        print(f"[3/5] grouping backbone: DINO self-distillation on the workbench's images ({cfg.train.steps} "
+              "steps) ...")
+        g = pretrain_grouping(cfg, data, out / "grouping", device="cuda" if torch.cuda.is_available() else "cpu",
+                              progress=progress)
+        grouping_minutes = round(g["seconds"] / 60, 1)
+        stage2.update(pretrained=True, model_overrides={"backbone": {"weights": str(g["final"])}})
     if stage1_steps:
         print(f"[3/5] stage 1: image-caption contrastive pretraining ({stage1_steps} steps) ...")
         s1 = run_stage("stage1_image_text", {"out": str(out / "stage1"), "data": data_settings, "seed": seed,
                                              "train": {"steps": stage1_steps, "max_minutes": budget(0.55)}}, progress)
     else:
-        print("[3/5] stage 1: none (stage 2 trains the CLIP from random weights)")
+        print("[3/5] stage 1: none (stage 2 trains the CLIP from random weights)" if grouping == "labxy" else
+              "      stage 1: none (stage 2 trains the CLIP from random weights)")
         s1 = {"steps": 0, "minutes": 0.0}
-    print(f"[4/5] stage 2: region training, one-way noun-to-region loss ({stage2_steps} steps) ...")
-    s2 = run_stage("stage2_region", {"out": str(out / "stage2"), "data": data_settings, "seed": seed,
+    print(f"[4/5] stage 2: region training, one-way noun-to-region loss on {grouping} groups ({stage2_steps} steps)"
+          " ...")
+    s2 = run_stage("stage2_region", {**stage2, "out": str(out / "stage2"), "data": data_settings, "seed": seed,
                                      "init": str(out / "stage1" / "final.pt") if stage1_steps else None,
                                      "train": {"steps": stage2_steps, "max_minutes": budget(1.0)}}, progress)
     steps_run = {"stage1": s1["steps"], "stage2": s2["steps"]}
@@ -179,12 +214,13 @@ def quickstart(out: str | Path = "runs/quickstart", data: str | Path = "workbenc
         print(f"      --minutes {minutes:g}: stage 1 ran {s1['steps']} of {stage1_steps} steps, stage 2 "
               f"{s2['steps']} of {stage2_steps}")
     print("[5/5] evaluating on the workbench VOC val set ...")
-    model = create_model("labxy-small-workbench", checkpoint=out / "stage2" / "final.pt")
+    model = create_model(GROUPING_MODELS[grouping], checkpoint=out / "stage2" / "final.pt")
     after = evaluate_workbench(model, data, out / "eval", overlays=12, limit=eval_limit, progress=progress, dev=dev)
     generic = evaluate_workbench(model, data, out / "eval_generic", overlays=0, limit=eval_limit, progress=progress,
                                  dev=dev, diagnose=False, protocol="workbench-generic")
-    summary = {"minutes": round((time.time() - start) / 60, 1), "training_minutes": {
-                   "stage1": s1["minutes"], "stage2": s2["minutes"], "estimated": estimate["training_minutes"]},
+    summary = {"minutes": round((time.time() - start) / 60, 1), "grouping": grouping, "training_minutes": {
+                   "grouping": grouping_minutes, "stage1": s1["minutes"], "stage2": s2["minutes"],
+                   "estimated": estimate["training_minutes"]},
                "steps": {"stage1": stage1_steps, "stage2": stage2_steps}, "steps_run": steps_run,
                "time_budget_minutes": minutes, "seed": seed, "mIoU_before": before["metrics"]["mIoU"],
                "mIoU_after": after["metrics"]["mIoU"], "mIoU_after_generic_background": generic["metrics"]["mIoU"],

@@ -318,3 +318,16 @@ def test_image_cache_keeps_the_most_recent_images():
     assert calls == [1, 2, 3, 2]
     get(np.full((3, 2, 2), 1, np.uint8))  # a's bytes in another shape: another key, computed again
     assert calls == [1, 2, 3, 2, 1]
+
+
+def test_decode_image_reads_bytes_in_memory_with_the_same_checks() -> None:
+    from textseg.io import decode_image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (3, 2), (1, 2, 3)).save(buf, format="PNG")
+    out = decode_image(buf.getvalue())
+    assert out.shape == (2, 3, 3) and out[1, 2].tolist() == [1, 2, 3]
+    with pytest.raises(UserError, match=r"^cannot read 'a.txt': UnidentifiedImageError$"):
+        decode_image(b"plain text", "'a.txt'")
+    with pytest.raises(UserError, match=r"^the upload is 3x2 \(0 MP\), above the limit of 0 MP$"):
+        decode_image(buf.getvalue(), max_pixels=5)

@@ -14,7 +14,7 @@ CHECKS = """
 import json, sys
 from pathlib import Path
 import textseg
-from textseg.assets import voc_sample_image
+from textseg.assets import demo_page, voc_sample_image
 from textseg.config import config_path, list_configs, load_protocol
 from textseg.train import load_train_config
 assert Path(textseg.__file__).resolve().is_relative_to(Path(sys.argv[1]).resolve()), textseg.__file__
@@ -26,7 +26,8 @@ models = {m: textseg.get_model_config(m).clip.arch for m in textseg.list_models(
 small = textseg.create_model("labxy-small-workbench", pretrained=False)
 selfsup = list_configs("selfsup")
 print(json.dumps({"protocols": protocols, "stages": stages, "variants": variants, "models": models,
-                  "selfsup": selfsup, "sample": voc_sample_image().is_file(), "small_patch": small.patch_size}))
+                  "selfsup": selfsup, "sample": voc_sample_image().is_file(), "small_patch": small.patch_size,
+                  "demo_page": 'id="overlay"' in demo_page()}))
 """
 
 
@@ -59,4 +60,4 @@ def test_installed_wheel_works_from_any_folder(tmp_path):
     assert found["stages"] == {"stage1_image_text": "labxy-small-workbench", "stage2_region": "labxy-small-workbench"}
     assert found["variants"]["two_way_pool"] == "two_way" and len(found["variants"]) == 5
     assert found["models"]["tiny"] == "textseg-tiny-vit16" and found["models"]["dino-s16-clip-b16"] == "ViT-B-16"
-    assert found["sample"] and found["small_patch"] == 12
+    assert found["sample"] and found["small_patch"] == 12 and found["demo_page"]

@@ -144,7 +144,7 @@ MAX_PIXELS = 256_000_000
 _PIL_LIMIT = threading.Lock()
 
 
-def _open_without_pil_limit(path: str | Path) -> Image.Image:
+def _open_without_pil_limit(path: str | Path | BinaryIO) -> Image.Image:
     """``Image.open`` with Pillow's decompression-bomb check (made in ``open``) switched off for this call only:
     :func:`load_image` applies its own limit from the header."""
     with _PIL_LIMIT:
@@ -209,23 +209,35 @@ def load_image(image: ImageLike, max_pixels: int | None = MAX_PIXELS) -> np.ndar
             an image's.
     """
     if isinstance(image, (str, Path)):
-        path = image
-        try:
-            with _open_without_pil_limit(path) as im, warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # Pillow warns, over several lines, of corrupt EXIF and the like
-                w, h = im.size
-                if max_pixels is not None and w * h > max_pixels:
-                    raise UserError(f"image {path} is {w}x{h} ({w * h / 1e6:.0f} MP), above the limit of "
-                                    f"{max_pixels / 1e6:.0f} MP (raise it with --max-pixels, or max_pixels=, if "
-                                    "you trust the file)")
-                im.load()
-                ImageOps.exif_transpose(im, in_place=True)
-                return _pil_to_rgb(im)
-        except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-            raise UserError(f"cannot read image {path}: {err.__class__.__name__}") from None
+        return _decode(image, f"image {image}", max_pixels,
+                       "(raise it with --max-pixels, or max_pixels=, if you trust the file)")
     if isinstance(image, Image.Image):
         return _pil_to_rgb(image)
     return _array_to_rgb(np.asarray(image))
+
+
+def decode_image(data: bytes, name: str = "the upload", max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
+    """:func:`load_image` of an encoded image file's bytes (an upload), decoded in memory.
+
+    Raises:
+        UserError: ``name`` is not an image Pillow can read, or is over ``max_pixels`` (from its header).
+    """
+    return _decode(io.BytesIO(data), name, max_pixels)
+
+
+def _decode(source: str | Path | BinaryIO, name: str, max_pixels: int | None, hint: str = "") -> np.ndarray:
+    try:
+        with _open_without_pil_limit(source) as im, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow warns, over several lines, of corrupt EXIF and the like
+            w, h = im.size
+            if max_pixels is not None and w * h > max_pixels:
+                raise UserError(f"{name} is {w}x{h} ({w * h / 1e6:.0f} MP), above the limit of "
+                                f"{max_pixels / 1e6:.0f} MP" + (f" {hint}" if hint else ""))
+            im.load()
+            ImageOps.exif_transpose(im, in_place=True)
+            return _pil_to_rgb(im)
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise UserError(f"cannot read {name}: {err.__class__.__name__}") from None
 
 
 def _encode(image: Image.Image, fmt: str, **options: Any) -> bytes:

@@ -16,7 +16,7 @@ from typing import Sequence
 from textseg.errors import UserError
 
 COMMAND_MODULES = ("segment", "refer", "eval", "train", "grouping", "promptable", "points", "workbench", "data",
-                   "bench")
+                   "bench", "demo")
 
 
 class _Parser(argparse.ArgumentParser):

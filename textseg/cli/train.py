@@ -67,7 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--stage2-steps", type=int, help="default: the fixed schedule (README)")
     q.add_argument("--grouping", choices=["labxy", "learned"], default="labxy",
                    help="labxy: Lab colour + x,y k-means (default); learned: train the self-supervised grouping "
-                        "backbone first (textseg pretrain-grouping, ~6 min more on 2 cores) and group its keys")
+                        "backbone first (textseg pretrain-grouping) and group its keys: about 13 min more on 2 cores")
     q.add_argument("--eval-limit", type=int, help="evaluate only the first N val images")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--no-progress", action="store_true")

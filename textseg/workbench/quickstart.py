@@ -135,7 +135,8 @@ def quickstart(out: str | Path = "runs/quickstart", data: str | Path = "workbenc
     The schedule is a fixed number of steps (the same work on any machine). ``minutes`` is an opt-in time budget:
     training stops early to keep it, and the summary says how many steps each stage ran. ``grouping``: ``labxy``
     (Lab colour + x,y; the default) or ``learned`` (a grouping backbone trained first by self-distillation on the
-    workbench's images, into ``out/grouping``; about 10 more minutes, README "Results").
+    workbench's images, into ``out/grouping``; about 13 more minutes on 2 cores, past the 30-minute budget: README
+    "Results").
     """
     from textseg.factory import create_model
     from textseg.io import atomic_write_text

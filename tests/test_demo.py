@@ -279,3 +279,28 @@ def test_page_in_headless_chromium(server, tmp_path):
             assert page.is_hidden("#error")
         finally:
             browser.close()
+
+
+def test_point_method_is_offered_with_a_promptable_segmenter(tmp_path, demo):
+    from textseg.ris.promptable import PromptableSegmenter, build_workbench_segmenter, save_workbench_segmenter
+
+    small = {"img_size": 64, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2, "out_chans": 32,
+             "decoder_depth": 1, "decoder_mlp_dim": 64, "decoder_heads": 2, "iou_head_hidden_dim": 32}
+    torch.manual_seed(0)
+    save_workbench_segmenter(build_workbench_segmenter(**small), tmp_path / "seg.pt", small)
+    points = load_demo_model("labxy-small-workbench", pretrained=False, points=lambda: {
+        "promptable": PromptableSegmenter.from_workbench(tmp_path / "seg.pt", device="cpu"), "generator": None,
+        "n_positive": 1, "n_negative": 0})
+    service = DemoService(points)
+    assert service.methods() == ["global-local", "region", "points"]
+    ans = service.refer({"sentence": "the plane", "method": "points"}, example=True)
+    w, h = Image.open(EXAMPLE).size
+    assert ans["size"] == [h, w] and np.array(_image(ans["mask_png"])).shape == (h, w)
+    (point,) = ans["points"]  # the baseline: one positive point, inside the image
+    assert point["label"] == 1 and 0 <= point["x"] < w and 0 <= point["y"] < h
+    assert ans["no_target"] == (not np.array(_image(ans["mask_png"])).any())
+    # a broken promptable file is a message on the page, not a crash
+    (tmp_path / "bad.pt").write_bytes(b"junk")
+    broken = load_demo_model("labxy-small-workbench", pretrained=False, points=lambda: {
+        "promptable": PromptableSegmenter.from_workbench(tmp_path / "bad.pt", device="cpu")})
+    assert broken.model is None and "bad.pt" in broken.error

@@ -65,8 +65,12 @@ def test_segment_example_gives_overlay_legend_and_shares(client):
     assert r.status_code == 200, r.text
     ans = r.json()
     w, h = Image.open(EXAMPLE).size
-    assert _image(ans["overlay"]).size == (w, h) and _image(ans["label_colours"]).size == (w, h)
-    labels = np.array(_image(ans["labels_png"]))
+    assert _image(ans["overlay"]).size == (w, h)
+    label_png = _image(ans["labels_png"])
+    assert label_png.size == (w, h) and label_png.mode == "P"  # the page shows it: VOC colours, as the legend's
+    assert [e["colour"] for e in ans["legend"]] == [
+        "#" + bytes(label_png.getpalette()[3 * i: 3 * i + 3]).hex() for i in range(4)]
+    labels = np.array(label_png)
     assert labels.shape == (h, w) and labels.max() <= 3
     names = [e["name"] for e in ans["legend"]]
     assert names == ["background", "aeroplane", "person", "car"]

@@ -33,6 +33,7 @@ import numpy as np
 from textseg.assets import demo_page, voc_sample_image
 from textseg.config import Protocol
 from textseg.errors import UserError
+from textseg.io import decode_image
 
 _log = logging.getLogger(__name__)
 
@@ -69,8 +70,8 @@ class DemoModel:
     points: dict[str, Any] | None = None
 
 
-def _workbench_model(config: Mapping[str, Any] | None) -> bool:
-    return bool(config) and str(config.get("name", "")).endswith("-workbench")
+def _workbench_model(name: Any) -> bool:
+    return isinstance(name, str) and name.endswith("-workbench")
 
 
 def find_workbench_checkpoint(runs: str | Path = "runs", limit: int = 200) -> Path | None:
@@ -88,7 +89,7 @@ def find_workbench_checkpoint(runs: str | Path = "runs", limit: int = 200) -> Pa
             config = read_checkpoint(path).get("model_config")
         except UserError:
             continue
-        if _workbench_model(config):
+        if _workbench_model((config or {}).get("name")):
             return path
     return None
 
@@ -131,13 +132,17 @@ def load_demo_model(model: str | None = None, checkpoint: str | Path | None = No
     except UserError as err:  # MissingWeightsError and ConfigError are UserErrors
         what = f"checkpoint {checkpoint}" if checkpoint is not None else f"model {model or DEFAULT_MODEL}"
         return DemoModel(None, what, warnings=warnings, error=str(err))
-    protocol = load_protocol("workbench") if _workbench_model(dataclasses.asdict(net.config)) else Protocol()
+    protocol = load_protocol("workbench") if _workbench_model(net.config.name) else Protocol()
     return DemoModel(net.eval(), source, protocol, warnings, points=point_options)
 
 
 # ---------------------------------------------------------------------------------------------------- requests
 def _data_url(data: bytes, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def _checked(form: Mapping[str, Any], name: str) -> bool:
+    return str(form.get(name, "")).lower() in ("1", "true", "on", "yes")
 
 
 def _hex(colour: np.ndarray) -> str:
@@ -208,6 +213,7 @@ class DemoService:
         self.segmenter = None if demo.model is None else Segmenter(demo.model, demo.protocol, text_cache_dir=False)
         self._lock = threading.Lock()
         self.example = voc_sample_image().read_bytes()
+        self._example_image = decode_image(self.example, "the example")
 
     def methods(self) -> list[str]:
         return ["global-local", "region"] + (["points"] if self.demo.points is not None else [])
@@ -225,12 +231,10 @@ class DemoService:
                            "classes": MAX_CLASSES, "sentence_chars": MAX_SENTENCE}}
 
     def _image(self, upload: bytes | None, name: str, example: bool) -> tuple[np.ndarray, str]:
-        from textseg.io import decode_image
-
         if self.segmenter is None:
             raise UserError(f"no model is loaded: {self.demo.error}")
         if example:
-            return decode_image(self.example, "the example"), voc_sample_image().name
+            return self._example_image, voc_sample_image().name
         if not upload:
             raise UserError("no image: choose a file (or use the example)")
         if len(upload) > MAX_UPLOAD_BYTES:
@@ -241,7 +245,7 @@ class DemoService:
     def segment(self, form: Mapping[str, Any], upload: bytes | None = None, name: str = "upload",
                 example: bool = False) -> dict[str, Any]:
         """Class mode: the image's label map for the form's classes, as the page shows it."""
-        from textseg.io import encode_jpeg, encode_png, label_png_bits, encode_label_png, labels_to_rles
+        from textseg.io import encode_jpeg, encode_label_png, labels_to_rles
         from textseg.segmenter import check_class_names
         from textseg.visualize import overlay, voc_palette
 
@@ -253,21 +257,18 @@ class DemoService:
             result = self.segmenter.predict(image, classes, protocol)
         seconds = time.perf_counter() - start
         labels = result.labels
-        counts = np.bincount(labels.ravel().astype(np.int64), minlength=len(result.classes))
+        counts = result.pixel_counts()
         shares = counts / max(1, labels.size)
-        palette = voc_palette(max(256, len(result.classes)))
-        legend = [{"label": i, "name": n, "colour": _hex(palette[i]) if i else "#000000",
+        palette = voc_palette()  # at most MAX_CLASSES + 1 labels: the label PNG is a palette PNG in these colours
+        legend = [{"label": i, "name": n, "colour": _hex(palette[i]),
                    "pixels": int(counts[i]), "share": float(shares[i])} for i, n in enumerate(result.classes)]
         summary = {"image": name, "size": [int(labels.shape[0]), int(labels.shape[1])], "classes": result.classes,
                    "shares": {e["name"]: round(e["share"], 6) for e in legend}, "model": self.demo.source,
                    "protocol": dataclasses.asdict(protocol), "seconds": round(seconds, 3)}
-        colours = palette[labels.astype(np.int64)]
-        colours[labels == 0] = 0
         out = {"summary": summary, "legend": legend, "size": summary["size"],
                "overlay": _data_url(encode_jpeg(overlay(image, labels), quality=90), "image/jpeg"),
-               "label_colours": _data_url(encode_png(colours.astype(np.uint8)), "image/png"),
-               "labels_png": _data_url(encode_label_png(labels, label_png_bits(len(result.classes))), "image/png")}
-        if str(form.get("rle", "")).lower() in ("1", "true", "on", "yes"):
+               "labels_png": _data_url(encode_label_png(labels, 8), "image/png")}
+        if _checked(form, "rle"):
             out["rle"] = labels_to_rles(labels, result.classes)
         return out
 
@@ -315,7 +316,7 @@ class DemoService:
         out = {"summary": summary, "size": summary["size"], "no_target": bool(no_target), "score": score,
                "points": points, "overlay": _data_url(encode_jpeg(over, quality=90), "image/jpeg"),
                "mask_png": _data_url(encode_png((mask * 255).astype(np.uint8)), "image/png")}
-        if str(form.get("rle", "")).lower() in ("1", "true", "on", "yes"):
+        if _checked(form, "rle"):
             out["rle"] = mask_to_rle(mask)
         return out
 

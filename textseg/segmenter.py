@@ -255,13 +255,17 @@ class SegmentationResult:
     classes: list[str]
     probs: np.ndarray | None = None
 
-    def pixel_share(self) -> dict[str, float]:
-        """Share of the image's pixels per class name (classes with no pixel left out)."""
+    def pixel_counts(self) -> np.ndarray:
+        """(len(classes),) int64 number of pixels of each label, background (0) first."""
         counts = np.zeros(len(self.classes), dtype=np.int64)
         for rows in np.array_split(self.labels, max(1, self.labels.size // (1 << 22))):  # bincount copies to int64
             counts += np.bincount(rows.ravel(), minlength=len(self.classes))[: len(self.classes)]
+        return counts
+
+    def pixel_share(self) -> dict[str, float]:
+        """Share of the image's pixels per class name (classes with no pixel left out)."""
         total = max(1, self.labels.size)
-        return {self.classes[i]: float(c) / total for i, c in enumerate(counts) if c > 0}
+        return {self.classes[i]: float(c) / total for i, c in enumerate(self.pixel_counts()) if c > 0}
 
 
 @dataclass

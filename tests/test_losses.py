@@ -73,6 +73,40 @@ def test_one_way_unmatched_regions_get_exactly_zero_gradient():
     assert grad[0, 0, 0].item() == pytest.approx(0.5 * 10 * (p - 1), abs=1e-9)
 
 
+def test_soft_maximum_over_regions_hand_computed_and_shares_the_gradient():
+    """region_temperature t: s(n, j) = t * log sum_k exp(cos_nk / t) over image j's valid regions.
+
+    two_image_case, t = 1, scale 10. t0 = (1, 0): image 0 cosines [1, 0.6, -1], image 1 [0, 0.8, 0];
+    t1 = (0, 1): image 0 [0, 0.8, 0], image 1 [1, 0.6, -1] -- each noun sees its own image as [1, 0.6, -1] and the
+    other as [0, 0.8, 0].
+    """
+    nouns, noun_image, regions, valid = two_image_case()
+    t = 1.0
+    own = math.log(math.exp(1.0) + math.exp(0.6) + math.exp(-1.0))  # 1.59090...
+    other = math.log(math.exp(0.0) + math.exp(0.8) + math.exp(0.0))  # 1.44115...
+    expected = log1pexp(10 * (other - own))  # the same for both nouns
+    hard = log1pexp(10 * (0.8 - 1.0))  # the max: 1 against 0.8
+    assert abs(expected - hard) > 0.05
+    regions = regions.clone().requires_grad_(True)
+    loss, stats = noun_region_loss(nouns, noun_image, regions, valid, 10.0, region_temperature=t)
+    assert loss.item() == pytest.approx(expected, abs=1e-9)
+    assert stats["best_sim"] == pytest.approx(own)
+    loss.backward()
+    # the second-best region of t0's own image (r01) now gets a share of the pull towards t0: its weight in the
+    # soft maximum is softmax([1, 0.6, -1])[1]; with the max it would get t1's push only
+    w = math.exp(0.6) / (math.exp(1.0) + math.exp(0.6) + math.exp(-1.0))
+    p_own = 1.0 / (1.0 + math.exp(10 * (other - own)))
+    assert regions.grad[0, 1, 0].item() == pytest.approx(0.5 * 10 * (p_own - 1) * w, abs=1e-9)
+    assert torch.all(regions.grad[0, 2] != 0)  # even the worst region gets a (tiny) share: no exact zero
+    # a small temperature is the max again
+    near, _ = noun_region_loss(nouns, noun_image, regions.detach(), valid, 10.0, region_temperature=1e-4)
+    assert near.item() == pytest.approx(hard, abs=1e-6)
+    with pytest.raises(ValueError, match="region_temperature"):
+        noun_region_loss(nouns, noun_image, regions, valid, 10.0, mode="region_batch", region_temperature=t)
+    with pytest.raises(ValueError, match="region_temperature"):
+        noun_region_loss(nouns, noun_image, regions, valid, 10.0, region_temperature=-1.0)
+
+
 def test_invalid_region_with_huge_similarity_changes_nothing():
     nouns, noun_image, regions, valid = two_image_case()
     ref, ref_stats = noun_region_loss(nouns, noun_image, regions, valid, 10.0)
@@ -140,6 +174,14 @@ def test_nouns_of_images_without_regions_are_dropped():
     assert loss.item() == pytest.approx(0.0, abs=1e-12)  # a softmax over one image
     loss.backward()
     assert torch.isfinite(scale.grad)
+    # the soft maximum too: the region-less image's value is masked, and no NaN reaches any gradient
+    for mode in ("one_way", "two_way"):
+        nouns_g = nouns.clone().requires_grad_(True)
+        regions_g = regions.clone().requires_grad_(True)
+        loss, stats = noun_region_loss(nouns_g, noun_image, regions_g, valid, 10.0, mode=mode, region_temperature=0.05)
+        assert stats["nouns_dropped"] == 1 and torch.isfinite(loss)
+        loss.backward()
+        assert torch.isfinite(nouns_g.grad).all() and torch.isfinite(regions_g.grad).all()
 
 
 def test_no_noun_left_returns_zero_with_grad_fn():

@@ -334,6 +334,9 @@ def test_group_counts_average_the_probabilities_of_each_grouping(color_model):
     assert len(np.unique(color_model.group(x).pixels)) == 2  # the model's own k ...
     assert len(np.unique(color_model.group(x, num_groups=4).pixels)) == 4  # ... and a per-call k
     assert color_model.grouper.config.num_groups == 2  # left as configured
+    feats = color_model.group_features(x)  # computed once, reused by another k: the same groups as from scratch
+    assert torch.equal(color_model.group(x, num_groups=4, features=feats).pixels,
+                       color_model.group(x, num_groups=4).pixels)
     kw = dict(background=None, short_side=None, return_probs=True)
     two = seg.predict(img, ["a", "b", "c"], group_counts=[2], **kw).probs
     four = seg.predict(img, ["a", "b", "c"], group_counts=[4], **kw).probs

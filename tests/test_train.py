@@ -94,6 +94,13 @@ def test_config_presets_variants_overrides_and_errors(tmp_path):
         load_train_config(None, ["train.steps=[1]"])
     with pytest.raises(ConfigError, match="'data.batch_size' must be >= 1"):
         load_train_config(None, ["data.batch_size=0"])
+    # the soft maximum over regions: the preset's default; region_batch has no per-image pooling to soften
+    assert load_train_config("stage2_region").loss.region_temperature == 0.05
+    assert load_train_config(None).loss.region_temperature == 0.0
+    with pytest.raises(ConfigError, match="'loss.region_temperature' must be >= 0"):
+        load_train_config(None, ["loss.region_temperature=-0.1"])
+    with pytest.raises(ConfigError, match="loss.region_temperature.*region_batch"):
+        load_train_config("stage2_region", ["loss.mode=region_batch"])
     with pytest.raises(ConfigError, match="data.train"):
         load_train_config(None, ["data.train={a: 1}"])
     with pytest.raises(ConfigError, match="presets: stage1_image_text, stage2_region"):

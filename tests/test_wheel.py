@@ -58,6 +58,7 @@ def test_installed_wheel_works_from_any_folder(tmp_path):
     assert found["protocols"] == {"groupvit": 448, "sclip": 336, "workbench": 96, "workbench-generic": 96}
     assert found["selfsup"] == ["workbench"] and found["models"]["learned-small-workbench"] == "textseg-small-vit12-96"
     assert found["stages"] == {"stage1_image_text": "labxy-small-workbench", "stage2_region": "labxy-small-workbench"}
-    assert found["variants"]["two_way_pool"] == "two_way" and len(found["variants"]) == 5
+    assert found["variants"]["two_way_pool"] == "two_way" and len(found["variants"]) == 6
+    assert found["variants"]["one_way_pool_max"] == "one_way"
     assert found["models"]["tiny"] == "textseg-tiny-vit16" and found["models"]["dino-s16-clip-b16"] == "ViT-B-16"
     assert found["sample"] and found["small_patch"] == 12 and found["demo_page"]

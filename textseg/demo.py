@@ -43,9 +43,9 @@ MAX_CLASSES = 150
 MAX_SENTENCE = 500
 EXAMPLE_CLASSES = "aeroplane, person, car"
 EXAMPLE_SENTENCE = "the large airplane in the middle"
-RANDOM_WARNING = ("random weights: no trained model was found, so the output is meaningless (it shows that the "
-                  "pipeline runs, not what a model sees). Pass --checkpoint FILE, or train one with "
-                  "`textseg quickstart`.")
+RANDOM_NOTE = ("the output is meaningless (it shows that the pipeline runs, not what a model sees). Pass "
+               "--checkpoint FILE, or train one with `textseg quickstart`.")
+RANDOM_WARNING = f"random weights: no trained model was found, so {RANDOM_NOTE}"
 
 
 @dataclass
@@ -127,7 +127,7 @@ def load_demo_model(model: str | None = None, checkpoint: str | Path | None = No
             net = create_model(model, pretrained=pretrained, device=device, seed=0)
             source = f"{model} ({'pretrained weights' if pretrained else 'random weights'})"
             if not pretrained:
-                warnings.append(RANDOM_WARNING.replace("no trained model was found, so ", ""))
+                warnings.append(f"random weights: {RANDOM_NOTE}")
         point_options = points() if points is not None else None
     except UserError as err:  # MissingWeightsError and ConfigError are UserErrors
         what = f"checkpoint {checkpoint}" if checkpoint is not None else f"model {model or DEFAULT_MODEL}"

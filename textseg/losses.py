@@ -48,6 +48,7 @@ def noun_region_loss(
     logit_scale: Tensor | float,
     mode: NounRegionMode = "one_way",
     positives: Tensor | None = None,
+    region_temperature: float = 0.0,
 ) -> tuple[Tensor, dict[str, float]]:
     """Contrastive loss matching caption nouns to image regions.
 
@@ -57,8 +58,9 @@ def noun_region_loss(
         regions: (B, K, D) region embeddings.
         region_valid: (B, K) bool, False for padding regions.
         logit_scale: exponentiated inverse temperature.
-        mode: ``"one_way"``: s(n, j) = scale * max over valid k of <t_n, r_jk>, cross-entropy over images j with
-            target ``noun_image[n]``; regions that match no noun get no gradient. ``"region_batch"``: softmax
+        mode: ``"one_way"``: s(n, j) = scale * max over valid k of <t_n, r_jk> (or the soft maximum of
+            ``region_temperature``), cross-entropy over images j with target ``noun_image[n]``; with the max,
+            regions that match no noun get no gradient. ``"region_batch"``: softmax
             over all valid regions of the batch, target = best valid region of the noun's own image (chosen
             without gradient), so the noun is also pushed away from its own image's other regions.
             ``"two_way"``: mean of the one-way term and a region->noun term (for every valid region of an image
@@ -75,6 +77,8 @@ def noun_region_loss(
     """
     if mode not in ("one_way", "region_batch", "two_way"):
         raise ValueError(f"unknown noun-region loss mode {mode!r}")
+    if region_temperature < 0 or (region_temperature > 0 and mode == "region_batch"):
+        raise ValueError(f"region_temperature must be >= 0, and 0 in mode 'region_batch'; got {region_temperature}")
     _check_inputs(nouns, noun_image, regions, region_valid)
     B, K, _ = regions.shape
 
@@ -95,7 +99,10 @@ def noun_region_loss(
     valid = region_valid.unsqueeze(0).expand_as(sim)
     # -inf on padding so max ignores it; images without any valid region are masked after scaling instead
     # (a -inf inside scale * best would make the gradient of a learnable scale NaN).
-    best, _ = sim.masked_fill(~valid, float("-inf")).max(dim=2)  # (M', B)
+    if region_temperature > 0:
+        best = region_temperature * torch.logsumexp(sim.masked_fill(~valid, float("-inf")) / region_temperature, 2)
+    else:
+        best, _ = sim.masked_fill(~valid, float("-inf")).max(dim=2)  # (M', B)
     best = torch.where(has_region.unsqueeze(0), best, torch.zeros_like(best))
     image_logits = (logit_scale * best).masked_fill(~has_region.unsqueeze(0), float("-inf"))
     rows = torch.arange(t.shape[0], device=t.device)

@@ -47,6 +47,11 @@ class TextSegModel(nn.Module):
     def logit_scale(self) -> torch.Tensor:
         return self.clip.logit_scale.exp()
 
+    def group_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The grouping backbone's (B, h, w, C) features of a (B, 3, H, W) batch in [0, 1]: pass them as
+        ``features`` to several :meth:`group` calls of one batch (other ``num_groups``), so the backbone runs once."""
+        return self.grouper.backbone(images)
+
     def group(self, images: torch.Tensor, *, pixels: bool = True, pixel_size: tuple[int, int] | None = None,
               num_groups: int | None = None, features: torch.Tensor | None = None) -> Groups:
         """Group a (B, 3, H, W) batch in [0, 1]: pixel group maps and CLIP-grid region masks (see :class:`Grouper`;

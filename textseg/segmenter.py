@@ -387,7 +387,7 @@ class Segmenter:
         (default (h, w))."""
         sized = self._patch_sized(crops)
         size = pixel_size or tuple(crops.shape[-2:])
-        features = self.model.grouper.backbone(sized) if len(counts) > 1 else None
+        features = self.model.group_features(sized) if len(counts) > 1 else None
         return sized, [self.model.group(sized, pixel_size=size, num_groups=k, features=features) for k in counts]
 
     def _region_masks(self, pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

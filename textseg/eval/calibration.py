@@ -47,12 +47,9 @@ def calibrate_bg_score(segmenter: Any, dataset: Any, protocol: Protocol, *,
             item = dataset[i]
             parts = segmenter.grouping_similarities(item["image"], names + list(protocol.background_classes),
                                                     protocol)
-            merged: list[tuple[np.ndarray, list]] = []  # the grid offsets of one grouping share its group map
-            for groups, sims in parts:
-                if merged and merged[-1][0].shape == groups.shape and np.array_equal(merged[-1][0], groups):
-                    merged[-1][1].append(sims)
-                else:
-                    merged.append((groups, [sims]))
+            # count-major: the grid offsets of one grouping come together and share its group map
+            per = len(parts) // len(protocol.group_counts or [None])
+            merged = [(parts[i][0], [sims for _, sims in parts[i: i + per]]) for i in range(0, len(parts), per)]
             for c, metric in metrics.items():
                 if len(parts) == 1:  # one grouping and grid: each region's best score, no probabilities needed
                     groups, sims = parts[0]

@@ -87,6 +87,9 @@ class LossConfig:
         same_noun_positives: a noun shared by several captions of the batch is not a negative.
         max_nouns: nouns taken per caption.
         keep_background_nouns: background words (stripes, checkerboard, ...) count as nouns too.
+        region_temperature: how a noun scores an image from its regions in the ``one_way`` and ``two_way`` losses:
+            0 takes the best region (a hard max); t > 0 a soft maximum, ``t * logsumexp(cos / t)`` over the regions,
+            so every region nearly as close as the best (another part of the object) shares the gradient.
     """
 
     image_text: float = 1.0
@@ -96,10 +99,15 @@ class LossConfig:
     same_noun_positives: bool = True
     max_nouns: int = 3
     keep_background_nouns: bool = True
+    region_temperature: float = 0.0
 
     def __post_init__(self) -> None:
         check_choice("loss.mode", self.mode, LOSS_MODES)
-        _at_least("loss", self, {"image_text": 0, "noun_region": 0, "noun_calibration": 0, "max_nouns": 1})
+        _at_least("loss", self, {"image_text": 0, "noun_region": 0, "noun_calibration": 0, "max_nouns": 1,
+                                 "region_temperature": 0})
+        if self.mode == "region_batch" and self.region_temperature > 0:
+            raise ConfigError("field 'loss.region_temperature' applies to the one_way and two_way modes; "
+                              "loss.mode=region_batch takes a softmax over all regions and has none: set it to 0")
         if self.image_text == 0 and self.noun_region == 0 and self.noun_calibration == 0:
             raise ConfigError("fields 'loss.image_text', 'loss.noun_region' and 'loss.noun_calibration' are all 0: "
                               "nothing to train")

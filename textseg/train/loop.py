@@ -390,7 +390,8 @@ def step_loss(res: dict[str, torch.Tensor], inputs: StepInputs, lw: LossConfig
     if lw.noun_region > 0:
         if len(feats.nouns):
             nr, stats = noun_region_loss(feats.nouns, feats.noun_image, feats.regions, feats.valid, scale,
-                                         mode=lw.mode, positives=feats.positives() if lw.same_noun_positives else None)
+                                         mode=lw.mode, positives=feats.positives() if lw.same_noun_positives else None,
+                                         region_temperature=lw.region_temperature)
             logs["noun_acc"] = stats["acc"]
         else:  # no noun in the global batch: a zero that still reaches every parameter DDP expects
             nr = res["regions"].sum() * 0

@@ -5,8 +5,9 @@
 3. optionally (``stage1_steps`` > 0; the default is 0) image-caption contrastive pretraining of the small CLIP;
    with ``grouping="learned"``, first the self-supervised grouping backbone (``textseg pretrain-grouping``, DINO on
    the workbench's images, the ``workbench`` self-supervised preset's steps);
-4. region training with the one-way noun-to-region loss on frozen k-means groups (k = 16) of Lab colour + x,y (the
-   default; a grouping that needs no pretrained weights) or of the learned backbone's keys + x,y
+4. region training with the one-way noun-to-region loss (a noun scores an image by the soft maximum of its
+   similarities over the image's regions, ``loss.region_temperature``) on frozen k-means groups (k = 16) of Lab
+   colour + x,y (the default; a grouping that needs no pretrained weights) or of the learned backbone's keys + x,y
    (``learned-small-workbench``), regions embedded as the ``stage2_region`` training preset says; from random
    weights unless step 3 pretrained the CLIP;
 5. evaluate on the workbench's VOC-format val set with the benchmark tools and print the Markdown table, with the

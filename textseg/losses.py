@@ -99,10 +99,11 @@ def noun_region_loss(
     valid = region_valid.unsqueeze(0).expand_as(sim)
     # -inf on padding so max ignores it; images without any valid region are masked after scaling instead
     # (a -inf inside scale * best would make the gradient of a learnable scale NaN).
+    padded = sim.masked_fill(~valid, float("-inf"))
     if region_temperature > 0:
-        best = region_temperature * torch.logsumexp(sim.masked_fill(~valid, float("-inf")) / region_temperature, 2)
+        best = region_temperature * torch.logsumexp(padded / region_temperature, 2)
     else:
-        best, _ = sim.masked_fill(~valid, float("-inf")).max(dim=2)  # (M', B)
+        best, _ = padded.max(dim=2)  # (M', B)
     best = torch.where(has_region.unsqueeze(0), best, torch.zeros_like(best))
     image_logits = (logit_scale * best).masked_fill(~has_region.unsqueeze(0), float("-inf"))
     rows = torch.arange(t.shape[0], device=t.device)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from textseg.errors import UserError
-from textseg.train import checkpoint as ckpt
+from textseg import artifacts as ckpt
 
 
 def small_state(value: float = 1.0) -> dict[str, torch.Tensor]:

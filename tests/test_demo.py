@@ -26,7 +26,7 @@ from textseg.assets import voc_sample_image  # noqa: E402
 from textseg.cli import main  # noqa: E402
 from textseg.demo import (MAX_CLASSES, RANDOM_WARNING, DemoService, create_app, find_workbench_checkpoint,  # noqa: E402
                           load_demo_model)
-from textseg.train.checkpoint import save_backbone_weights, save_checkpoint  # noqa: E402
+from textseg.artifacts import save_backbone_weights, save_checkpoint  # noqa: E402
 
 EXAMPLE = voc_sample_image()
 CLASSES = "aeroplane, person, car"

@@ -52,7 +52,7 @@ def setup(tmp_path_factory):
     import torch
 
     import textseg
-    from textseg.train.checkpoint import save_checkpoint
+    from textseg.artifacts import save_checkpoint
 
     root = tmp_path_factory.mktemp("evalkill")
     make_voc(root / "voc", N_IMAGES)

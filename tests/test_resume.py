@@ -19,7 +19,7 @@ from PIL import Image
 
 from test_train import read_log, tiny_overrides, write_shards
 from textseg.train import load_train_config, train
-from textseg.train import checkpoint as ckpt
+from textseg import artifacts as ckpt
 from textseg.train.data import BatchStream, caption_batches
 
 REPO = Path(__file__).resolve().parents[1]

@@ -298,7 +298,7 @@ def test_upsampled_backbone_is_the_vit_on_the_enlarged_image():
 
 def test_upsample_is_checked_and_not_part_of_the_weights(tmp_path):
     from textseg.errors import ConfigError
-    from textseg.train.checkpoint import save_checkpoint
+    from textseg.artifacts import save_checkpoint
 
     for bad, message in [(0, "whole number >= 1"), (3, "does not divide the patch size 8"),
                          (1.5, "backbone.upsample.*could not be converted")]:

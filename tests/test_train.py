@@ -17,7 +17,7 @@ from textseg.errors import ConfigError, UserError
 from textseg.grouping import Grouper
 from textseg.io import ShardWriter
 from textseg.train import TrainConfig, load_train_config, train
-from textseg.train.checkpoint import load_model_weights, weights_checksum
+from textseg.artifacts import load_model_weights, weights_checksum
 from textseg.train.data import NounBatcher, TrainTransform, collate
 from textseg.train.loop import build_model
 

@@ -123,7 +123,7 @@ def test_train_and_object_shards(builds: dict[str, Path]) -> None:
 
 
 def test_refer_train_pairs_hold_no_masks(builds: dict[str, Path]) -> None:
-    from textseg.workbench.build import _text_rng
+    from textseg.workbench.build import text_rng
 
     manifest = json.loads((builds["a"] / "manifest.json").read_text())
     counts = manifest["counts"]
@@ -137,7 +137,7 @@ def test_refer_train_pairs_hold_no_masks(builds: dict[str, Path]) -> None:
                 index = int(key.split("_")[1])
                 scene = make_scene(0, index, 64, stream="ref_train", min_objects=2, same_class_prob=0.5)
                 sentence = tar.extractfile(f"{key}.txt").read().decode()
-                exprs = referring_expressions(scene, _text_rng(0, "ref_train", index))
+                exprs = referring_expressions(scene, text_rng(0, "ref_train", index))
                 assert any(sentence in s for s in exprs.values()), (key, sentence)
                 n += 1
     assert n == counts["refer_train_pairs"]

@@ -78,7 +78,7 @@ def find_workbench_checkpoint(runs: str | Path = "runs", limit: int = 200) -> Pa
     """The newest textseg checkpoint under ``runs`` (recursively) of a workbench model (a model config named
     ``*-workbench``; a run's step checkpoints count), or None. Other files (grouping backbones, point generators,
     unreadable files) are passed over; at most the ``limit`` newest ``*.pt`` files are opened."""
-    from textseg.train.checkpoint import read_checkpoint
+    from textseg.artifacts import read_checkpoint
 
     root = Path(runs)
     if not root.is_dir():

@@ -69,14 +69,14 @@ def _config_weights(path: str) -> Path:
     return file
 
 
-def _build_backbone(cfg: BackboneConfig, pretrained: bool, weight_file: str | None) -> torch.nn.Module:
+def build_backbone(cfg: BackboneConfig, pretrained: bool, weight_file: str | None) -> torch.nn.Module:
     from textseg.backbones import ColorXYFeatures, TimmViTFeatures
 
     if cfg.type == "color":
         return ColorXYFeatures(patch_size=cfg.patch_size)
     import timm
 
-    from textseg.train.checkpoint import mismatch_detail, read_backbone_weights
+    from textseg.artifacts import mismatch_detail, read_backbone_weights
     from textseg.weights import resolve_timm_weights
 
     file = None
@@ -156,7 +156,7 @@ def create_model(name_or_config: str | Path | Mapping[str, Any] | ModelConfig | 
     """
     from textseg.grouping import Grouper
     from textseg.model import TextSegModel
-    from textseg.train.checkpoint import check_same_architecture, load_model_weights, mismatch_detail
+    from textseg.artifacts import check_same_architecture, load_model_weights, mismatch_detail
 
     if name_or_config is None and checkpoint is None:
         name_or_config = DEFAULT_MODEL
@@ -180,7 +180,7 @@ def create_model(name_or_config: str | Path | Mapping[str, Any] | ModelConfig | 
         if seed is not None:
             torch.manual_seed(seed)
         try:
-            backbone = _build_backbone(cfg.backbone, pretrained, backbone_pretrained)
+            backbone = build_backbone(cfg.backbone, pretrained, backbone_pretrained)
             clip, tokenizer = _build_clip(cfg.clip, pretrained, clip_pretrained)
         except MissingWeightsError as err:
             raise MissingWeightsError(f"model {cfg.name}: {err}") from None

@@ -14,7 +14,7 @@ from conftest import VOC_IMAGE
 from faults import TINY, fault  # noqa: F401  (fixture)
 from test_train import BAD_SAMPLES, read_log, tiny_overrides, write_shards
 from textseg.config import to_dict
-from textseg.train import checkpoint as ckpt
+from textseg import artifacts as ckpt
 from textseg.train import load_train_config, train
 
 

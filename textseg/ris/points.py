@@ -221,7 +221,7 @@ def load_point_generator(path: str | Path, device: str | torch.device | None = N
     path = Path(path)
     if not path.is_file():
         raise MissingWeightsError(f"point generator {path} not found: train one with `textseg train-points`")
-    from textseg.train.checkpoint import load_weights_only
+    from textseg.artifacts import load_weights_only
 
     ckpt = load_weights_only(path, f"point generator {path} cannot be read")
     if not isinstance(ckpt, dict) or ckpt.get("kind") != "textseg-point-generator":

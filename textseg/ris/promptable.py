@@ -111,13 +111,13 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 def _read(path: Path, what: str) -> Any:
     """``torch.load(path, weights_only=True)`` on CPU; a one-line UserError naming the file otherwise."""
-    from textseg.train.checkpoint import load_weights_only
+    from textseg.artifacts import load_weights_only
 
     return load_weights_only(path, f"{what} {path} cannot be read")
 
 
 def _load_strict(model: torch.nn.Module, state: Any, message: str) -> None:
-    from textseg.train.checkpoint import mismatch_detail
+    from textseg.artifacts import mismatch_detail
 
     if not (isinstance(state, Mapping) and state and all(isinstance(v, torch.Tensor) for v in state.values())):
         raise UserError(f"{message} (no state dict of tensors)")

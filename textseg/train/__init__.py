@@ -1,7 +1,7 @@
 """Caption-shard training: region-adapted CLIP with a noun-to-region loss, on one process or under torchrun/DDP.
 
 Modules: :mod:`~textseg.train.config` (the typed config), :mod:`~textseg.train.data` (caption pipeline, the
-grouping transform, collate, noun batching), :mod:`~textseg.train.checkpoint` (the only checkpoint reader and
+grouping transform, collate, noun batching), :mod:`~textseg.artifacts` (the only checkpoint reader and
 writer), :mod:`~textseg.train.distributed` and :mod:`~textseg.train.loop` (:func:`train`, :func:`build_model`);
 :mod:`~textseg.train.selfsup` trains the self-supervised grouping backbone (DINO on images alone).
 """

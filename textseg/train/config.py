@@ -20,7 +20,7 @@ TRAINABLE = ("all", "last_blocks")
 GROUP_ON = ("auto", "workers", "device")
 
 
-def _at_least(section: str, config: Any, minimums: dict[str, float]) -> None:
+def check_at_least(section: str, config: Any, minimums: dict[str, float]) -> None:
     """Each named field is a finite number >= its minimum (NaN and infinities fail too)."""
     for name, low in minimums.items():
         value = getattr(config, name)
@@ -28,7 +28,7 @@ def _at_least(section: str, config: Any, minimums: dict[str, float]) -> None:
             raise ConfigError(f"field '{section}.{name}' must be >= {low}, got {value}")
 
 
-def _in_range(section: str, name: str, value: Any, low: float, high: float, high_open: bool = False) -> None:
+def check_in_range(section: str, name: str, value: Any, low: float, high: float, high_open: bool = False) -> None:
     """``low <= value <= high`` (``< high`` when ``high_open``), a finite number."""
     ok = math.isfinite(value) and low <= value and (value < high if high_open else value <= high)
     if not ok:
@@ -36,7 +36,7 @@ def _in_range(section: str, name: str, value: Any, low: float, high: float, high
                           f"got {value}")
 
 
-def _positive(section: str, name: str, value: Any) -> None:
+def check_positive(section: str, name: str, value: Any) -> None:
     if not (math.isfinite(value) and value > 0):
         raise ConfigError(f"field '{section}.{name}' must be > 0, got {value}")
 
@@ -71,7 +71,7 @@ class DataConfig:
         if urls is not None and not (isinstance(urls, list) and all(isinstance(u, str) and u for u in urls)):
             raise ConfigError(f"field 'data.train' must be a shard URL string or a list of them, got {self.train!r}")
         check_choice("data.group_on", self.group_on, GROUP_ON)
-        _at_least("data", self, {"batch_size": 1, "workers": 0, "shuffle_buffer": 0, "image_size": 1})
+        check_at_least("data", self, {"batch_size": 1, "workers": 0, "shuffle_buffer": 0, "image_size": 1})
 
 
 @dataclass
@@ -103,7 +103,7 @@ class LossConfig:
 
     def __post_init__(self) -> None:
         check_choice("loss.mode", self.mode, LOSS_MODES)
-        _at_least("loss", self, {"image_text": 0, "noun_region": 0, "noun_calibration": 0, "max_nouns": 1,
+        check_at_least("loss", self, {"image_text": 0, "noun_region": 0, "noun_calibration": 0, "max_nouns": 1,
                                  "region_temperature": 0})
         if self.mode == "region_batch" and self.region_temperature > 0:
             raise ConfigError("field 'loss.region_temperature' applies to the one_way and two_way modes; "
@@ -139,13 +139,13 @@ class OptimConfig:
     clip_grad: float = 1.0
 
     def __post_init__(self) -> None:
-        _positive("optim", "lr", self.lr)
+        check_positive("optim", "lr", self.lr)
         if len(self.betas) != 2:
             raise ConfigError(f"field 'optim.betas' must be two numbers, got {list(self.betas)}")
         for i, beta in enumerate(self.betas):
-            _in_range("optim", f"betas[{i}]", beta, 0, 1, high_open=True)
-        _at_least("optim", self, {"weight_decay": 0, "warmup": 0, "grad_accum": 1, "clip_grad": 0})
-        _in_range("optim", "min_lr_ratio", self.min_lr_ratio, 0, 1)
+            check_in_range("optim", f"betas[{i}]", beta, 0, 1, high_open=True)
+        check_at_least("optim", self, {"weight_decay": 0, "warmup": 0, "grad_accum": 1, "clip_grad": 0})
+        check_in_range("optim", "min_lr_ratio", self.min_lr_ratio, 0, 1)
 
 
 @dataclass
@@ -188,10 +188,10 @@ class TrainLoopConfig:
         check_choice("train.trainable", self.trainable, TRAINABLE)
         check_choice("train.amp", self.amp, ("auto", True, False))
         positive = ("steps", "trainable_blocks", "log_every", "ckpt_every", "keep_last")
-        _at_least("train", self, dict.fromkeys(positive, 1))
-        _positive("train", "init_temperature", self.init_temperature)
+        check_at_least("train", self, dict.fromkeys(positive, 1))
+        check_positive("train", "init_temperature", self.init_temperature)
         if self.max_minutes is not None:
-            _positive("train", "max_minutes", self.max_minutes)
+            check_positive("train", "max_minutes", self.max_minutes)
 
 
 @dataclass

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from textseg.losses import same_noun_positives
 
-from textseg.train.checkpoint import rng_state
+from textseg.artifacts import rng_state
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def any_rank(flag: bool, device: torch.device) -> bool:
 
 
 def gather_rng_states() -> list[dict[str, Any]]:
-    """Every rank's :func:`~textseg.train.checkpoint.rng_state`, in rank order, on every rank."""
+    """Every rank's :func:`~textseg.artifacts.rng_state`, in rank order, on every rank."""
     if not dist.is_initialized():
         return [rng_state()]
     states: list[Any] = [None] * dist.get_world_size()

@@ -25,13 +25,14 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+from textseg import artifacts as ckpt
 from textseg.config import to_dict
 from textseg.errors import ConfigError, UserError
 from textseg.io import atomic_write_text
 from textseg.losses import image_text_loss, noun_calibration_loss, noun_region_loss
 from textseg.model import TextSegModel
 from textseg.text import encode_text_trimmed, trim_tokens
-from textseg.train import checkpoint as ckpt
+from textseg.train import schedule
 from textseg.train import distributed
 from textseg.train.config import DataConfig, LossConfig, OptimConfig, TrainConfig, TrainLoopConfig
 from textseg.train.data import BatchStream, NounBatcher, TrainTransform, caption_batches, collate, worker_init
@@ -135,29 +136,19 @@ def select_trainable(model: TextSegModel, t: TrainLoopConfig) -> list[nn.Paramet
 
 def build_optimizer(model: nn.Module, o: OptimConfig, steps: int,
                     fused: bool | None = None) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW (no weight decay on gains, biases, embeddings and the temperature) with linear warmup + cosine.
+    """AdamW (no weight decay on gains, biases, embeddings and the temperature) with linear warmup + cosine
+    (:func:`~textseg.train.schedule.build_optimizer`, :func:`~textseg.train.schedule.lr_scheduler`).
 
     ``fused``: torch's fused AdamW kernel; by default when every trained parameter is on CUDA.
     """
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        plain = p.ndim < 2 or "embedding" in name or "logit_scale" in name
-        (no_decay if plain else decay).append(p)
-    if fused is None:
-        fused = all(p.is_cuda for p in decay + no_decay) and bool(decay + no_decay)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=o.lr, betas=tuple(o.betas),
-                            **({"fused": True} if fused else {}))
+    opt = schedule.build_optimizer(model.named_parameters(), lr=o.lr, weight_decay=o.weight_decay, betas=o.betas,
+                                   no_decay=no_decay_clip, fused=fused)
+    return opt, schedule.lr_scheduler(opt, steps, warmup=o.warmup, end=o.min_lr_ratio)
 
-    def factor(step: int) -> float:
-        if step < o.warmup:
-            return (step + 1) / o.warmup
-        progress = (step - o.warmup) / max(1, steps - o.warmup)
-        return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+def no_decay_clip(name: str, p: nn.Parameter) -> bool:
+    """The trainer's parameters without weight decay: gains, biases, embeddings and the temperature."""
+    return p.ndim < 2 or "embedding" in name or "logit_scale" in name
 
 
 def _add(logs: dict[str, float], key: str, value: float) -> None:

@@ -8,7 +8,7 @@ sees the global views with some patches replaced by a learned mask token and pre
 those patches.
 
 The teacher's backbone is saved as a grouping-backbone file (``out/final.pt``,
-:func:`textseg.train.checkpoint.save_backbone_weights`) that :func:`textseg.create_model` loads as a model's
+:func:`textseg.artifacts.save_backbone_weights`) that :func:`textseg.create_model` loads as a model's
 grouping backbone (``backbone.weights`` in the model config, or ``backbone_pretrained=``): its last-block keys,
 grouped by k-means, are the model's regions (model ``learned-small-workbench``).
 
@@ -39,8 +39,8 @@ from tqdm import tqdm
 from textseg.config import BackboneConfig, check_choice, config_path, load_structured, to_dict
 from textseg.errors import ConfigError, DatasetError, UserError
 from textseg.io import atomic_write_text, check_writable_folder
-from textseg.train import checkpoint as ckpt
-from textseg.train.config import _at_least, _in_range, _positive
+from textseg import artifacts as ckpt
+from textseg.train.config import check_at_least, check_in_range, check_positive
 from textseg.train.data import IMAGE_EXTS, BatchStream, SkipCounter, decode_sample_image, expand_urls, worker_init
 
 _log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class SelfSupData:
     def __post_init__(self) -> None:
         if not self.shards or not all(isinstance(s, str) and s for s in self.shards):
             raise ConfigError(f"field 'data.shards' must be a non-empty list of shard patterns, got {self.shards!r}")
-        _at_least("data", self, {"image_size": 8, "batch_size": 1, "workers": 0, "shuffle_buffer": 0})
+        check_at_least("data", self, {"image_size": 8, "batch_size": 1, "workers": 0, "shuffle_buffer": 0})
 
 
 @dataclass
@@ -102,7 +102,7 @@ class HeadConfig:
     norm_last_layer: bool = True
 
     def __post_init__(self) -> None:
-        _at_least("head", self, {"out_dim": 2, "hidden_dim": 1, "bottleneck_dim": 1, "layers": 1})
+        check_at_least("head", self, {"out_dim": 2, "hidden_dim": 1, "bottleneck_dim": 1, "layers": 1})
 
 
 @dataclass
@@ -137,15 +137,15 @@ class CropConfig:
     solarize_prob: float = 0.2
 
     def __post_init__(self) -> None:
-        _at_least("crops", self, {"global_size": 1, "local_number": 0, "local_size": 1})
+        check_at_least("crops", self, {"global_size": 1, "local_number": 0, "local_size": 1})
         _check_range("crops", "global_scale", self.global_scale, 1e-3, 1.0)
         _check_range("crops", "local_scale", self.local_scale, 1e-3, 1.0)
         _check_range("crops", "blur_sigma", self.blur_sigma, 1e-3, 10.0)
         for name in ("flip_prob", "jitter_prob", "gray_prob", "solarize_prob"):
-            _in_range("crops", name, getattr(self, name), 0, 1)
+            check_in_range("crops", name, getattr(self, name), 0, 1)
         for name in ("brightness", "contrast", "saturation"):
-            _in_range("crops", name, getattr(self, name), 0, 1)
-        _in_range("crops", "hue", self.hue, 0, 0.5)
+            check_in_range("crops", name, getattr(self, name), 0, 1)
+        check_in_range("crops", "hue", self.hue, 0, 0.5)
         if len(self.blur_prob) != 3 or not all(math.isfinite(p) and 0 <= p <= 1 for p in self.blur_prob):
             raise ConfigError(f"field 'crops.blur_prob' must be 3 probabilities (global 1, global 2, local), "
                               f"got {list(self.blur_prob)}")
@@ -171,9 +171,9 @@ class DinoLossConfig:
 
     def __post_init__(self) -> None:
         for name in ("student_temp", "teacher_temp", "warmup_teacher_temp"):
-            _positive("loss", name, getattr(self, name))
-        _at_least("loss", self, {"teacher_temp_warmup": 0})
-        _in_range("loss", "center_momentum", self.center_momentum, 0, 1)
+            check_positive("loss", name, getattr(self, name))
+        check_at_least("loss", self, {"teacher_temp_warmup": 0})
+        check_in_range("loss", "center_momentum", self.center_momentum, 0, 1)
 
 
 @dataclass
@@ -194,8 +194,8 @@ class IBotConfig:
     mask_ratio: List[float] = field(default_factory=lambda: [0.1, 0.5])
 
     def __post_init__(self) -> None:
-        _at_least("ibot", self, {"weight": 0})
-        _in_range("ibot", "mask_prob", self.mask_prob, 0, 1)
+        check_at_least("ibot", self, {"weight": 0})
+        check_in_range("ibot", "mask_prob", self.mask_prob, 0, 1)
         _check_range("ibot", "mask_ratio", self.mask_ratio, 0.0, 1.0)
 
 
@@ -224,14 +224,14 @@ class SelfSupOptim:
     freeze_last_layer: int = 0
 
     def __post_init__(self) -> None:
-        _positive("optim", "lr", self.lr)
-        _at_least("optim", self, {"min_lr": 0, "warmup": 0, "weight_decay": 0, "weight_decay_end": 0,
+        check_positive("optim", "lr", self.lr)
+        check_at_least("optim", self, {"min_lr": 0, "warmup": 0, "weight_decay": 0, "weight_decay_end": 0,
                                   "clip_grad": 0, "freeze_last_layer": 0})
         if len(self.betas) != 2:
             raise ConfigError(f"field 'optim.betas' must be two numbers, got {list(self.betas)}")
         for i, beta in enumerate(self.betas):
-            _in_range("optim", f"betas[{i}]", beta, 0, 1, high_open=True)
-        _in_range("optim", "teacher_momentum", self.teacher_momentum, 0, 1)
+            check_in_range("optim", f"betas[{i}]", beta, 0, 1, high_open=True)
+        check_in_range("optim", "teacher_momentum", self.teacher_momentum, 0, 1)
 
 
 @dataclass
@@ -251,7 +251,7 @@ class SelfSupLoop:
     amp: Union[bool, str] = "auto"
 
     def __post_init__(self) -> None:
-        _at_least("train", self, {"steps": 1, "ckpt_every": 1, "keep_last": 1})
+        check_at_least("train", self, {"steps": 1, "ckpt_every": 1, "keep_last": 1})
         check_choice("train.amp", self.amp, ("auto", True, False))
 
 
@@ -544,9 +544,9 @@ class DINOHead(nn.Module):
 def build_vit(arch: ViTArch) -> nn.Module:
     """The grouping backbone (a :class:`textseg.backbones.TimmViTFeatures` over a randomly initialised timm
     ViT) exactly as :func:`textseg.create_model` builds a ``timm`` backbone with these name and kwargs."""
-    from textseg.factory import _build_backbone
+    from textseg.factory import build_backbone
 
-    return _build_backbone(BackboneConfig(type="timm", name=arch.name, feature="keys", kwargs=dict(arch.kwargs)),
+    return build_backbone(BackboneConfig(type="timm", name=arch.name, feature="keys", kwargs=dict(arch.kwargs)),
                            pretrained=False, weight_file=None)
 
 

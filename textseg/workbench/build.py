@@ -31,7 +31,7 @@ def _cache() -> GlyphCache:
     return _CACHE
 
 
-def _text_rng(seed: int, stream: str, index: int) -> np.random.Generator:
+def text_rng(seed: int, stream: str, index: int) -> np.random.Generator:
     # Separate from the scene's generator so caption changes never move the pixels.
     return np.random.default_rng([int(seed), STREAMS[stream], int(index), 1])
 
@@ -39,7 +39,7 @@ def _text_rng(seed: int, stream: str, index: int) -> np.random.Generator:
 def train_sample(seed: int, index: int, size: int) -> tuple[str, dict[str, bytes]]:
     """One caption-training sample: key and {"jpg", "txt", "json"} bytes."""
     scene = make_scene(seed, index, size, stream="train", cache=_cache())
-    caption = scene_caption(scene, _text_rng(seed, "train", index))
+    caption = scene_caption(scene, text_rng(seed, "train", index))
     meta = {"classes": scene.class_ids(), "background": scene.background}
     return f"train_{index:07d}", {
         "jpg": encode_jpeg(scene.image),
@@ -55,7 +55,7 @@ def object_sample(seed: int, index: int, size: int) -> tuple[str, dict[str, byte
     meta = {"class_id": obj.class_id, "name": obj.name, "codepoint": f"U+{obj.codepoint:04X}"}
     return f"object_{index:07d}", {
         "jpg": encode_jpeg(scene.image),
-        "txt": object_caption(obj, _text_rng(seed, "object", index)).encode(),
+        "txt": object_caption(obj, text_rng(seed, "object", index)).encode(),
         "json": json.dumps(meta, sort_keys=True).encode(),
     }
 
@@ -77,7 +77,7 @@ def ref_sample(seed: int, index: int, size: int) -> tuple[int, bytes, list[tuple
     """One refer-format scene: index, JPEG bytes, and (class id, visible mask, sentences) per labelled object
     with visible pixels (sentences empty when the object cannot be referred to unambiguously)."""
     scene = ref_scene(seed, index, size)
-    exprs = referring_expressions(scene, _text_rng(seed, "ref", index))
+    exprs = referring_expressions(scene, text_rng(seed, "ref", index))
     objs = [
         (o.class_id, o.visible, exprs.get(k, []))
         for k, o in enumerate(scene.objects)
@@ -90,7 +90,7 @@ def refer_train_sample(seed: int, index: int, size: int) -> tuple[str, dict[str,
     """One image-sentence pair for weakly supervised referring training: key and {"jpg", "txt"} bytes, where the
     sentence refers to one object of the scene (None when no object can be referred to). No mask is written."""
     scene = make_scene(seed, index, size, stream="ref_train", cache=_cache(), min_objects=2, same_class_prob=0.5)
-    rng = _text_rng(seed, "ref_train", index)
+    rng = text_rng(seed, "ref_train", index)
     exprs = referring_expressions(scene, rng)
     if not exprs:
         return None

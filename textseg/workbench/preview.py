@@ -9,7 +9,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from textseg.io import save_png
 from textseg.visualize import overlay
-from textseg.workbench.build import _text_rng
+from textseg.workbench.build import text_rng
 from textseg.workbench.captions import scene_caption
 from textseg.workbench.glyphs import GlyphCache
 from textseg.workbench.scenes import make_scene
@@ -35,7 +35,7 @@ def preview_grid(
         x, y = (i % cols) * cell_w + 3, (i // cols) * cell_h + 3
         grid.paste(Image.fromarray(scene.image), (x, y))
         grid.paste(overlay(scene.image, scene.label, alpha=alpha), (x + size, y))
-        caption = scene_caption(scene, _text_rng(seed, "preview", i))
+        caption = scene_caption(scene, text_rng(seed, "preview", i))
         lines = textwrap.wrap(caption, width=2 * size // 6)[:2]
         draw.multiline_text((x, y + size + 2), "\n".join(lines), fill="black", font=font, spacing=2)
     out = Path(out_path)

@@ -51,7 +51,7 @@ def data_workers() -> int:
     return min(8, os.cpu_count() or 1) if torch.cuda.is_available() else 0
 
 
-def _shards(data: Path) -> list[str]:
+def workbench_shards(data: Path) -> list[str]:
     """Brace-notation URLs of a workbench's caption shards and object-centric shards."""
     out = []
     for part in ("train", "objects"):
@@ -159,7 +159,7 @@ def quickstart(out: str | Path = "runs/quickstart", data: str | Path = "workbenc
         build_workbench(data, train_scenes=10000, val_scenes=1000, size=96, seed=seed, workers=2, progress=progress)
     else:
         print(f"[1/5] using the OpenMoji workbench in {data}")
-    shards = _shards(data)
+    shards = workbench_shards(data)
     dev = build_dev_set(data, seed, progress=progress)  # background-score calibration, never on val
     estimate = estimate_minutes(stage1_steps, stage2_steps, seed)
     first = (f"stage 1 {stage1_steps} steps (~{estimate['stage1_s_per_step']:.2f} s each here), " if stage1_steps

@@ -1,4 +1,4 @@
-"""Writing image-caption shards from a folder and a captions file (textseg.data.captions)."""
+"""Writing image-caption shards from a folder and a captions file (textseg.data.caption_shards)."""
 
 import io
 import json
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from textseg.data.captions import CaptionRow, make_shards, read_caption_file, write_shards
+from textseg.data.caption_shards import CaptionRow, make_shards, read_caption_file, write_shards
 from textseg.errors import DatasetError, UserError
 
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "yellow": (255, 255, 0)}

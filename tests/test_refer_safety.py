@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from test_data import _refer_fixture
 
-from textseg.data.refer import RefDataset, load_refs
+from textseg.data.refcoco import RefDataset, load_refs
 from textseg.errors import DatasetError
 
 # Written by Python 2.7.18's cPickle.dumps(refs, 2), as the public RefCOCO files were: keys and most values are

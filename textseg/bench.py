@@ -934,7 +934,7 @@ def bench_refer(model: str = "dino-s16-clip-b16", *, image: str | Path | np.ndar
     from textseg.io import load_image
     from textseg.ris.global_local import random_box_masks
     from textseg.ris.proposals import Proposals
-    from textseg.ris.refer import Referrer
+    from textseg.ris.referrer import Referrer
     from textseg.segmenter import Segmenter
 
     dev = _device(device)

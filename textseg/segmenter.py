@@ -20,7 +20,7 @@ from textseg.model import TextSegModel
 from textseg.text import TextEncoder
 
 if TYPE_CHECKING:
-    from textseg.ris.refer import ReferResult
+    from textseg.ris.referrer import ReferResult
 
 # Images with more pixels than this are shrunk on the host (uint8) rather than as a float tensor on the device.
 HOST_SHRINK_PIXELS = 16_000_000
@@ -701,7 +701,7 @@ class Segmenter:
             if key not in self._referrers:
                 self._referrers[key] = PointReferrer(self, **options)
             return self._referrers[key](image, sentence)
-        from textseg.ris.refer import Referrer
+        from textseg.ris.referrer import Referrer
 
         if key not in self._referrers:
             self._referrers[key] = Referrer(self, method=method, **options)

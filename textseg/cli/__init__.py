@@ -15,7 +15,7 @@ from typing import Sequence
 
 from textseg.errors import UserError
 
-COMMAND_MODULES = ("segment", "refer", "eval", "train", "grouping", "promptable", "points", "workbench", "data",
+COMMAND_MODULES = ("segment", "referring", "eval", "train", "grouping", "promptable", "points", "workbench", "data",
                    "bench", "demo")
 
 

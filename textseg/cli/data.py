@@ -15,7 +15,7 @@ def _where(lines: list[int]) -> str:
 
 def cmd_make_shards(args: argparse.Namespace) -> int:
     """Write caption shards; print the skipped rows per reason (with their first lines) and a summary."""
-    from textseg.data.captions import make_shards
+    from textseg.data.caption_shards import make_shards
 
     report = make_shards(args.images_dir, args.captions_file, args.out_dir, max_count=args.max_count,
                          max_size_mb=args.max_size_mb, overwrite=args.overwrite)

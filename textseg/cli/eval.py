@@ -86,7 +86,7 @@ def _refer_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_ris(args: argparse.Namespace) -> int:
     from textseg.config import Protocol
-    from textseg.data.refer import RefDataset
+    from textseg.data.refcoco import RefDataset
     from textseg.eval import run_ris_benchmark, summary_line
     from textseg.segmenter import Segmenter
 

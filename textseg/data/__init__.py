@@ -3,11 +3,12 @@
 Importing this package does not import torch (writing shards does, through webdataset).
 """
 
-from textseg.data.captions import CaptionRow, ShardReport, SkippedItem, make_shards, read_caption_file, write_shards
+from textseg.data.caption_shards import (CaptionRow, ShardReport, SkippedItem, make_shards, read_caption_file,
+                                         write_shards)
 from textseg.data.coco_masks import decode_segmentation
 from textseg.data.coco_object import convert_coco_object
 from textseg.data.names import BENCHMARKS, IGNORE_INDEX, get_class_names
-from textseg.data.refer import RefDataset
+from textseg.data.refcoco import RefDataset
 from textseg.data.semseg import (
     ADE20K,
     SEMSEG_DATASETS,

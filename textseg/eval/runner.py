@@ -452,7 +452,7 @@ def evaluate_ris(predictor: RISPredictor, dataset: Any, out_dir: str | Path, *, 
 
     Args:
         predictor: ``(image, sentence) -> RISOutput | bool mask | None``.
-        dataset: A :class:`textseg.data.refer.RefDataset` (items with image, mask, sentence, ref_id, sent_id).
+        dataset: A :class:`textseg.data.refcoco.RefDataset` (items with image, mask, sentence, ref_id, sent_id).
         out_dir: Output folder (created).
         overlays: Write overlays (image | prediction red | ground truth green) of the first N samples.
         resume, meta, progress, limit, key: As in :func:`evaluate_semseg`.

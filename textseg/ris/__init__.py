@@ -5,7 +5,7 @@ from textseg.ris.points import CentrePointOracle, PointGenerator, PointReferResu
 from textseg.ris.promptable import PromptableSegmenter, load_sam
 from textseg.ris.proposals import (GroupingProposer, Proposals, SamProposer, deduplicate, grouping_proposals,
                                    load_mask_proposals)
-from textseg.ris.refer import METHODS, Referrer, ReferResult
+from textseg.ris.referrer import METHODS, Referrer, ReferResult
 
 __all__ = ["CentrePointOracle", "GlobalLocalCLIP", "GlobalLocalScores", "GroupingProposer", "METHODS",
            "PointGenerator", "PointReferResult", "PointReferrer", "PromptableSegmenter", "Proposals", "ReferResult",

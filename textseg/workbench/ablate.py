@@ -25,7 +25,8 @@ def ablate(variants: Sequence[str | Path], init: str | Path | None, data: str | 
     from textseg.config import config_path, list_configs
     from textseg.factory import create_model
     from textseg.io import atomic_write_text
-    from textseg.workbench.quickstart import workbench_shards, build_dev_set, data_workers, evaluate_workbench, run_stage
+    from textseg.workbench.quickstart import (build_dev_set, data_workers, evaluate_workbench, run_stage,
+                                              workbench_shards)
 
     data, out = Path(data), Path(out)
     if init is not None and not Path(init).is_file():
@@ -39,8 +40,8 @@ def ablate(variants: Sequence[str | Path], init: str | Path | None, data: str | 
         run = out / name
         if not (run / "eval" / "results.json").is_file():
             run_stage("stage2_region", {"out": str(run), "init": str(init) if init is not None else None,
-                                        "data": {"train": workbench_shards(data), "workers": data_workers()}, "seed": seed,
-                                        "train": {"steps": steps}},
+                                        "data": {"train": workbench_shards(data), "workers": data_workers()},
+                                        "seed": seed, "train": {"steps": steps}},
                       progress, variants=[path], overrides=overrides)
             model = create_model("labxy-small-workbench", checkpoint=run / "final.pt")
             evaluate_workbench(model, data, run / "eval", overlays=4, limit=eval_limit, progress=progress,

@@ -14,7 +14,7 @@ import numpy as np
 from textseg.data.names import get_class_names
 from textseg.errors import UserError
 from textseg.io import ShardWriter, atomic_write_text, encode_jpeg, encode_label_png
-from textseg.workbench.captions import object_caption, referring_expressions, scene_caption
+from textseg.workbench.scene_captions import object_caption, referring_expressions, scene_caption
 from textseg.workbench.glyphs import FONT_LICENSE, GlyphCache, distractor_codepoints, font_path
 from textseg.workbench.scenes import STREAMS, Scene, make_object_scene, make_scene
 from textseg.workbench.writers import RefWriter, VOCWriter

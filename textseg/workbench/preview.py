@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw, ImageFont
 from textseg.io import save_png
 from textseg.visualize import overlay
 from textseg.workbench.build import text_rng
-from textseg.workbench.captions import scene_caption
+from textseg.workbench.scene_captions import scene_caption
 from textseg.workbench.glyphs import GlyphCache
 from textseg.workbench.scenes import make_scene
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from textseg.data.names import get_class_names
 from textseg.io import atomic_write_bytes, atomic_write_text, mask_to_rle
-from textseg.workbench.captions import tokenize
+from textseg.workbench.scene_captions import tokenize
 
 
 def mask_bbox(mask: np.ndarray) -> list[float]:

@@ -78,7 +78,7 @@ def run_ris_benchmark(segmenter: Any, root: str | Path, dataset_name: str, split
         image_root: Image folder (default: ``<root>/images``).
         overlays, limit, resume, progress: As in :func:`textseg.eval.evaluate_ris`.
         meta: Extra metadata for results.json; the protocol is added as ``meta["config"]["protocol"]``.
-        dataset: The :class:`~textseg.data.refer.RefDataset` these arguments describe if already built; None builds
+        dataset: The :class:`~textseg.data.refcoco.RefDataset` these arguments describe if already built; None builds
             it here.
         key: As in :func:`run_semseg_benchmark`.
         method, refer_options: As in :class:`~textseg.eval.predictors.SegmenterRISPredictor`; both are part of
@@ -88,7 +88,7 @@ def run_ris_benchmark(segmenter: Any, root: str | Path, dataset_name: str, split
     Returns:
         The results dict written to ``out/results.json``.
     """
-    from textseg.data.refer import RefDataset
+    from textseg.data.refcoco import RefDataset
 
     if dataset is None:
         dataset = RefDataset(root, dataset_name, split_by, split, image_root=image_root)

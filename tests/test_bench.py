@@ -17,6 +17,7 @@ from textseg.bench import (SEGMENT_FRAMES, SEGMENT_GAPS, STAGES, StageTimeline, 
                            train_markdown, write_report)
 from textseg.cli import main
 from textseg.io import load_image
+from textseg.labels import CropPlan
 from textseg.segmenter import Segmenter
 
 MACHINE_FIELDS = ("cpu", "cpu_count", "torch_threads", "gpu")
@@ -55,15 +56,18 @@ def test_instrument_keeps_results_and_restores_the_segmenter(tiny_model):
     image = load_image(VOC_IMAGE)
     plain = seg.predict_batch([image, image[::2]], ["cat", "dog"], window=32, stride=16)
     tl = StageTimeline(SEGMENT_FRAMES, SEGMENT_GAPS)
+    label = CropPlan.label
     with instrument(seg, tl):
+        assert CropPlan.label is not label and "to_device" in vars(seg.pipeline)
         timed, stages, wall = tl.run("call", lambda: seg.predict_batch([image, image[::2]], ["cat", "dog"],
                                                                        window=32, stride=16))
     for a, b in zip(plain, timed):
         np.testing.assert_array_equal(a.labels, b.labels)
     assert {"preprocess", "features", "grouping", "region", "classification", "upsampling"} <= set(stages)
     assert all(v >= 0 for v in stages.values()) and sum(stages.values()) <= wall
-    assert not {"_to_device", "_regions_batch", "_finish"} & set(seg.__dict__)
-    assert "encode_classes" not in seg.text.__dict__
+    assert not {"to_device", "regions_batch"} & set(vars(seg.pipeline))
+    assert "encode_classes" not in vars(seg.text)
+    assert CropPlan.label is label  # wrapped on the class while inside, the original after
     for module in (tiny_model.grouper, tiny_model.grouper.backbone, tiny_model.region):
         assert not module._forward_hooks and not module._forward_pre_hooks
 
@@ -197,3 +201,24 @@ def test_training_step_seconds_times_the_configs_step_without_reading_init(tmp_p
     assert not (tmp_path / "not-made-yet.pt").exists()
     with pytest.raises(ValueError):
         training_step_seconds(cfg, steps=0)
+
+
+def test_optimizer_step_clips_steps_schedules_frees_and_caps_the_temperature():
+    # the one update the training loop and the training benchmarks share (textseg.train.loop.optimizer_step)
+    import math
+
+    from textseg.train.loop import MAX_LOGIT_SCALE, optimizer_step
+
+    p = torch.nn.Parameter(torch.tensor([3.0, 4.0]))
+    p.grad = torch.tensor([3.0, 4.0])  # norm 5: clipped to norm 1 -> (0.6, 0.8)
+    opt = torch.optim.SGD([p], lr=1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 ** s)
+    scale = torch.nn.Parameter(torch.tensor(math.log(2 * MAX_LOGIT_SCALE)))
+    optimizer_step([p], opt, sched, 1.0, scale)
+    torch.testing.assert_close(p.detach(), torch.tensor([2.4, 3.2]))
+    assert p.grad is None and opt.param_groups[0]["lr"] == 0.5
+    assert float(scale.detach()) == pytest.approx(math.log(MAX_LOGIT_SCALE))
+    p.grad = torch.tensor([3.0, 4.0])
+    optimizer_step([p], opt, sched, 0.0, scale)  # 0: no clipping; lr 0.5 -> (2.4 - 1.5, 3.2 - 2.0)
+    torch.testing.assert_close(p.detach(), torch.tensor([0.9, 1.2]))
+    assert opt.param_groups[0]["lr"] == 0.25

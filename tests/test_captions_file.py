@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from textseg.data.caption_shards import CaptionRow, make_shards, read_caption_file, write_shards
+from textseg.data.caption_files import CaptionRow, read_caption_file
+from textseg.data.caption_shards import make_shards, write_shards
 from textseg.errors import DatasetError, UserError
 
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "yellow": (255, 255, 0)}

@@ -15,10 +15,11 @@ from textseg.config import Protocol
 from textseg.data import VOCSegmentation
 from textseg.errors import DatasetError, UserError
 from textseg.eval import SegmenterSemsegPredictor, evaluate_semseg
-from textseg.eval.diagnose import (NO_INSTANCES, Diagnosis, SegmenterDiagnoser, diagnosis_markdown, fg_bg_confusion,
-                                   instance_regions)
+from textseg.eval.diagnose import (NO_INSTANCES, Diagnosis, SegmenterDiagnoser, fg_bg_confusion, instance_regions,
+                                   label_regions, majority_labels, oracle_labels)
+from textseg.eval.report import diagnosis_markdown
 from textseg.io import load_image
-from textseg.segmenter import Segmenter, majority_labels
+from textseg.segmenter import Segmenter
 
 # A hand-made group map and ground truth (labels 0 background, 1, 2; 255 void).
 GROUPS = np.array([[0, 0, 1, 1],
@@ -121,7 +122,7 @@ def test_given_regions_equal_to_the_model_groups_label_as_the_model(color_model)
     groups = seg.group_map(img)
     assert sorted(np.unique(groups)) == [0, 1] and len(np.unique(groups[:, :32])) == 1
     (a,) = seg.predict_batch([img], classes, return_probs=True)
-    (c,) = seg.label_regions([img], [groups], classes, return_probs=True)
+    (c,) = label_regions(seg, [img], [groups], classes, return_probs=True)
     assert np.array_equal(a.labels, c.labels) and np.array_equal(a.probs, c.probs)
     # through the diagnosis: instances equal to the groups make (c) = (a); ground truth that follows the groups
     # makes (b) perfect
@@ -145,15 +146,15 @@ def test_oracle_labels_follow_the_model_group_map(tiny_model):
     truth[:10] = 255
     groups = torch.from_numpy(seg.group_map(img))
     expected = majority_labels(groups[None], torch.from_numpy(truth)[None], 3)[0][groups].numpy()
-    (b,) = seg.oracle_labels([img], [truth], ["cat", "dog"])
+    (b,) = oracle_labels(seg, [img], [truth], ["cat", "dog"])
     assert np.array_equal(b.labels, expected)
     # windows and resizing: a constant ground truth is the answer everywhere
     windows = dict(short_side=64, window=48, stride=32)
     for value in (0, 2):
-        (b,) = seg.oracle_labels([img], [np.full(img.shape[:2], value)], ["cat", "dog"], **windows)
+        (b,) = oracle_labels(seg, [img], [np.full(img.shape[:2], value)], ["cat", "dog"], **windows)
         assert b.labels.shape == img.shape[:2] and (b.labels == value).all()
     with pytest.raises(UserError, match="label 3, outside 0..2"):
-        seg.oracle_labels([img], [np.full(img.shape[:2], 3)], ["cat", "dog"])
+        oracle_labels(seg, [img], [np.full(img.shape[:2], 3)], ["cat", "dog"])
 
 
 def test_given_regions_get_one_label_each_and_work_with_windows(tiny_model):
@@ -163,19 +164,19 @@ def test_given_regions_get_one_label_each_and_work_with_windows(tiny_model):
     regions = np.zeros(img.shape[:2], np.int64)
     regions[20:60, 30:90] = 1
     regions[70:, :40] = 5  # ids 2..4 unused
-    (c,) = seg.label_regions([img], [regions], ["aeroplane", "sky", "grass"])
+    (c,) = label_regions(seg, [img], [regions], ["aeroplane", "sky", "grass"])
     assert all(len(np.unique(c.labels[regions == k])) == 1 for k in (0, 1, 5))
     # under windows and resizing the result is still one label per pixel, the same for one call or two
     windows = dict(short_side=64, window=48, stride=32)
-    both = seg.label_regions([img, img[:, ::-1]], [regions, regions[:, ::-1]], ["aeroplane", "sky"], **windows)
-    (one,) = seg.label_regions([img], [regions], ["aeroplane", "sky"], **windows)
+    both = label_regions(seg, [img, img[:, ::-1]], [regions, regions[:, ::-1]], ["aeroplane", "sky"], **windows)
+    (one,) = label_regions(seg, [img], [regions], ["aeroplane", "sky"], **windows)
     assert both[0].labels.shape == img.shape[:2] and np.array_equal(both[0].labels, one.labels)
     with pytest.raises(UserError, match="region map 0 is"):
-        seg.label_regions([img], [regions[1:]], ["aeroplane"])
+        label_regions(seg, [img], [regions[1:]], ["aeroplane"])
     with pytest.raises(UserError, match="negative region id"):
-        seg.label_regions([img], [regions - 1], ["aeroplane"])
+        label_regions(seg, [img], [regions - 1], ["aeroplane"])
     with pytest.raises(UserError, match="1 region maps given for 2 images"):
-        seg.label_regions([img, img], [regions], ["aeroplane"])
+        label_regions(seg, [img, img], [regions], ["aeroplane"])
 
 
 class _Dataset:

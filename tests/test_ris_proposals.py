@@ -10,9 +10,10 @@ from PIL import Image
 import textseg
 from textseg.errors import DatasetError, MissingWeightsError, UserError
 from textseg.io import mask_to_rle, write_label_png
+from textseg.ris.mask_files import load_mask_proposals
 from textseg.ris.proposals import (
     SAM_CHECKPOINT_URLS, GroupingProposer, Proposals, SamProposer, connected_components, deduplicate,
-    grouping_proposals, load_mask_proposals, mask_iou, merge_small_components, region_adjacency, sam_to_proposals,
+    grouping_proposals, mask_iou, merge_small_components, region_adjacency, sam_to_proposals,
 )
 
 

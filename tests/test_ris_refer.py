@@ -100,7 +100,7 @@ def test_response_map_paints_each_pixel_with_its_best_covering_proposal(color_se
     img, left, right = two_discs()
     both = left | right
     res = color_seg.refer(img, "a disc", proposals=np.stack([left, both, right]))
-    resp = res.response()
+    resp = res.response
     s = res.scores
     assert resp.shape == left.shape and resp.dtype == np.float32
     np.testing.assert_allclose(resp[left], max(s[0], s[1]), rtol=1e-6)

@@ -5,8 +5,16 @@ import torch
 from textseg.config import Protocol, load_protocol
 from textseg.errors import ConfigError, UserError
 from textseg.io import load_image
-from textseg.segmenter import (Segmenter, grid_offsets, region_class_probs, shift_patch_grid, shifted_region_masks,
-                               window_starts, with_bg_score)
+from textseg.io import load_image
+from textseg.labels import CropPlan, bilinear_taps, region_class_probs, window_starts, with_bg_score
+from textseg.pipeline import grid_offsets, resized_size, shift_patch_grid, shifted_region_masks
+from textseg.segmenter import Segmenter
+
+
+def prepare(seg, image, protocol):
+    """The image as an array and as the model's input tensor at the protocol's size."""
+    arr = load_image(image)
+    return arr, seg.pipeline.to_device(arr, protocol)
 
 
 def two_halves(h=64, w=128):
@@ -18,8 +26,8 @@ def two_halves(h=64, w=128):
 
 def fix_text_to_regions(seg, monkeypatch, img):
     """Make class 0 the embedding of the right half's region and class 1 that of the left half's."""
-    _, x = seg._prepare(img, Protocol(short_side=None))
-    groups, regions = (t[0] for t in seg._regions_batch(x)[0])
+    _, x = prepare(seg, img, Protocol(short_side=None))
+    groups, regions = (t[0] for t in seg.pipeline.regions_batch(x)[0])
     groups = groups.numpy()
     text = torch.stack([regions[groups[0, -1]], regions[groups[0, 0]]])
     monkeypatch.setattr(seg.text, "encode_classes", lambda names, templates=None: text[: len(names)])
@@ -167,7 +175,7 @@ def test_predict_batch_equals_predict_per_image(tiny_model, overrides, monkeypat
     images = mixed_images()
     classes = ["dog", "grass", "bus"]
     # random text embeddings would give every pixel one class: name the regions of two images instead
-    regions = torch.cat([seg._regions_batch(seg._prepare(im, Protocol(short_side=64))[1])[0][1][0]
+    regions = torch.cat([seg.pipeline.regions_batch(prepare(seg, im, Protocol(short_side=64))[1])[0][1][0]
                          for im in images[3:5]])
     monkeypatch.setattr(seg.text, "encode_classes", lambda names, templates=None: regions[: len(names)])
     batched = seg.predict_batch(images, classes, batch_size=3, return_probs=True, **overrides)
@@ -229,9 +237,7 @@ def test_predict_batch_edge_cases(tiny_model):
 
 
 def test_bilinear_taps_match_torch_interpolate():
-    """The banded upsampling of _finish reads the same source rows and weights as F.interpolate (up and down)."""
-    from textseg.segmenter import bilinear_taps
-
+    """The banded upsampling of CropPlan.label reads the same source rows and weights as F.interpolate."""
     torch.manual_seed(1)
     for (h, w), (H, W) in [((7, 5), (20, 13)), ((9, 12), (9, 12)), ((30, 17), (11, 40))]:
         src = torch.rand(3, h, w)
@@ -246,27 +252,24 @@ def test_bilinear_taps_match_torch_interpolate():
 def test_labels_do_not_depend_on_the_band_size(color_model, monkeypatch):
     """Bands of 1 row, of a few rows and of the whole image give the same labels and probabilities as one
     full-size upsampling of the averaged window probabilities."""
-    from textseg.segmenter import Segmenter as S
-
     seg = Segmenter(color_model, templates="single", text_cache_dir=False)
     img = mixed_images()[0]
-    regions = torch.cat([seg._regions_batch(seg._prepare(im, Protocol(short_side=64))[1])[0][1][0]
+    regions = torch.cat([seg.pipeline.regions_batch(prepare(seg, im, Protocol(short_side=64))[1])[0][1][0]
                          for im in mixed_images()[3:5]])
     monkeypatch.setattr(seg.text, "encode_classes", lambda names, templates=None: regions[: len(names)])
     kw = dict(short_side=64, window=48, stride=24, bg_threshold=0.4, return_probs=True)
     full = seg.predict(img, ["a", "b", "c"], **kw)
     assert len(np.unique(full.labels)) >= 2  # something to disagree about
-    finish = S._finish
+    label = CropPlan.label
     for elements in (1, 3 * 90 * 5):
-        monkeypatch.setattr(S, "_finish", staticmethod(lambda *a, e=elements, **k: finish(*a, tile_elements=e, **k)))
+        monkeypatch.setattr(CropPlan, "label", lambda *a, e=elements, **k: label(*a, tile_elements=e, **k))
         banded = seg.predict(img, ["a", "b", "c"], **kw)
         np.testing.assert_array_equal(banded.labels, full.labels)
         np.testing.assert_allclose(banded.probs, full.probs, atol=1e-6)
 
 
 def test_long_side_is_capped_and_resizing_shrinks_on_the_host(color_model, monkeypatch):
-    import textseg.segmenter as segmenter_module
-    from textseg.segmenter import resized_size
+    import textseg.pipeline as pipeline_module
 
     assert resized_size((20000, 50), 448, 2048) == (2048, 5)  # not 179200 x 448
     assert resized_size((50, 20000), 448, None) == (448, 179200)
@@ -276,11 +279,11 @@ def test_long_side_is_capped_and_resizing_shrinks_on_the_host(color_model, monke
     seg = Segmenter(color_model, templates="single", text_cache_dir=False, max_long_side=256)
     img = np.zeros((40, 2000, 3), np.uint8)
     img[:, 1000:] = 255
-    x = seg._to_device(img, seg.protocol)
+    x = seg.pipeline.to_device(img, seg.protocol)
     assert tuple(x.shape) == (1, 3, 5, 256) and x.dtype == torch.float32
     assert x[0, :, :, :120].max() < 0.01 and x[0, :, :, 136:].min() > 0.99  # the two halves survive the shrink
-    monkeypatch.setattr(segmenter_module, "HOST_SHRINK_PIXELS", 1000)  # the same through the uint8 host path
-    y = seg._to_device(img, seg.protocol)
+    monkeypatch.setattr(pipeline_module, "HOST_SHRINK_PIXELS", 1000)  # the same through the uint8 host path
+    y = seg.pipeline.to_device(img, seg.protocol)
     assert tuple(y.shape) == (1, 3, 5, 256) and (y - x).abs().max() < 0.05
     assert y[0, :, :, :120].max() < 0.01 and y[0, :, :, 136:].min() > 0.99
     res = seg.predict(img, ["a", "b"], background=None)
@@ -306,8 +309,8 @@ def test_class_names_are_checked(color_model, monkeypatch):
 def test_more_than_255_classes_give_uint16_labels(color_model, monkeypatch):
     seg = Segmenter(color_model, templates="single", text_cache_dir=False)
     img = two_halves()
-    _, x = seg._prepare(img, Protocol(short_side=None))
-    groups, regions = (t[0] for t in seg._regions_batch(x)[0])
+    _, x = prepare(seg, img, Protocol(short_side=None))
+    groups, regions = (t[0] for t in seg.pipeline.regions_batch(x)[0])
     names = [f"class {i}" for i in range(300)]
     text = torch.nn.functional.normalize(torch.randn(300, regions.shape[1]), dim=-1)
     text[279], text[2] = regions[groups[0, 0]], regions[groups[0, -1]]  # left half is class 279, right class 2
@@ -330,7 +333,7 @@ def four_quadrants(h=64, w=64):
 def test_group_counts_average_the_probabilities_of_each_grouping(color_model):
     seg = Segmenter(color_model, templates="single", text_cache_dir=False)
     img = four_quadrants()
-    x = seg._prepare(img, Protocol(short_side=None))[1]
+    x = prepare(seg, img, Protocol(short_side=None))[1]
     assert len(np.unique(color_model.group(x).pixels)) == 2  # the model's own k ...
     assert len(np.unique(color_model.group(x, num_groups=4).pixels)) == 4  # ... and a per-call k
     assert color_model.grouper.config.num_groups == 2  # left as configured
@@ -368,11 +371,11 @@ def test_group_counts_must_be_positive():
 
 def test_one_clip_pass_embeds_every_grouping_as_separate_passes_would(color_model):
     seg = Segmenter(color_model, templates="single", text_cache_dir=False)
-    x = seg._prepare(four_quadrants(), Protocol(short_side=None))[1]
-    joint = seg._regions_batch(x, counts=[2, 4, None])
+    x = prepare(seg, four_quadrants(), Protocol(short_side=None))[1]
+    joint = seg.pipeline.regions_batch(x, counts=[2, 4, None])
     assert [r.shape[1] for _, r in joint] == [2, 4, 2]
     for (pixels, regions), k in zip(joint, [2, 4, None]):
-        ((alone_pixels, alone),) = seg._regions_batch(x, counts=[k])
+        ((alone_pixels, alone),) = seg.pipeline.regions_batch(x, counts=[k])
         assert torch.equal(pixels, alone_pixels)
         torch.testing.assert_close(regions, alone, atol=1e-5, rtol=1e-5)
 
@@ -436,7 +439,7 @@ def test_grid_shifts_average_the_probabilities_of_each_grid(color_model):
     np.testing.assert_allclose(seg.predict(img, ["a", "b", "c"], grid_shifts=1, **kw).probs, plain, atol=1e-6)
     shifted = seg.predict(img, ["a", "b", "c"], grid_shifts=2, **kw)
     # by hand: the model's groups, their regions embedded on the plain grid and on the grids moved by half a patch
-    x = seg._prepare(img, Protocol(short_side=None))[1]
+    x = prepare(seg, img, Protocol(short_side=None))[1]
     groups = color_model.group(x, num_groups=4)
     text = seg.text.encode_classes(["a", "b", "c"], "single")
     probs = 0

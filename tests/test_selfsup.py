@@ -13,9 +13,9 @@ import torch.nn.functional as F
 import textseg
 from textseg.cli import main
 from textseg.errors import MissingWeightsError, UserError
-from textseg.train.selfsup import (CropConfig, MultiCrop, SelfSupTrainer, cosine_schedule, dino_loss, ema_update,
-                                   image_batches, load_selfsup_config, masked_patch_loss, resolve_shards,
-                                   update_center)
+from textseg.train.schedule import warmup_cosine
+from textseg.train.selfsup import (CropConfig, MultiCrop, SelfSupTrainer, dino_loss, ema_update, image_batches,
+                                   load_selfsup_config, masked_patch_loss, resolve_shards, update_center)
 
 # The packaged config's ViT (so its file loads into learned-small-workbench) on few, small crops.
 TINY = ["data.batch_size=2", "data.workers=0", "data.shuffle_buffer=4", "crops.global_size=32",
@@ -102,10 +102,47 @@ def test_ema_update_by_hand():
 
 
 def test_schedules():
-    assert cosine_schedule(0, 10, 1.0, 0.0, warmup=4) == pytest.approx(0.2)  # the first step already learns
-    assert cosine_schedule(4, 10, 1.0, 0.0, warmup=4) == pytest.approx(1.0)
-    assert cosine_schedule(10, 10, 1.0, 0.0, warmup=4) == pytest.approx(0.0)
-    assert cosine_schedule(5, 10, 0.996, 1.0) == pytest.approx(0.998)  # the teacher momentum halfway to 1
+    # DINO's warm-up, start * (step + 1) / (warmup + 1): the first step already learns, the peak comes after it
+    assert warmup_cosine(0, 10, start=1.0, end=0.0, warmup=4, warmup_offset=1) == pytest.approx(0.2)
+    assert warmup_cosine(3, 10, start=1.0, end=0.0, warmup=4, warmup_offset=1) == pytest.approx(0.8)
+    assert warmup_cosine(4, 10, start=1.0, end=0.0, warmup=4, warmup_offset=1) == pytest.approx(1.0)
+    assert warmup_cosine(10, 10, start=1.0, end=0.0, warmup=4, warmup_offset=1) == pytest.approx(0.0)
+    assert warmup_cosine(5, 10, start=0.996, end=1.0) == pytest.approx(0.998)  # the teacher momentum halfway to 1
+
+
+def test_trainer_schedules_and_weight_decay_groups():
+    cfg = load_selfsup_config(overrides=TINY + [
+        "train.steps=10", "optim.warmup=4", "optim.lr=1.0", "optim.min_lr=0.1", "optim.weight_decay=0.1",
+        "optim.weight_decay_end=0.3", "optim.teacher_momentum=0.996", "loss.teacher_temp_warmup=2",
+        "loss.warmup_teacher_temp=0.02", "loss.teacher_temp=0.04", "ibot.enabled=true"])
+    trainer = SelfSupTrainer(cfg)
+    s = [trainer.schedules(step) for step in (0, 1, 3, 7, 10)]
+    assert [x["lr"] for x in s] == pytest.approx([0.2, 0.4, 0.8, 0.55, 0.1])  # 0.1 + 0.9 * (1 + cos(pi/2)) / 2
+    assert [x["wd"] for x in s] == pytest.approx([0.1, 0.1 + 0.2 * 0.0244717, 0.1 + 0.2 * 0.2061074,
+                                                  0.1 + 0.2 * 0.7938926, 0.3], rel=1e-6)  # no warm-up
+    assert s[3]["momentum"] == pytest.approx(0.996 + 0.004 * 0.7938926) and s[4]["momentum"] == 1.0
+    assert [x["teacher_temp"] for x in s] == pytest.approx([0.02, 0.03, 0.04, 0.04, 0.04])
+    # decayed: matrices (and the cls token, 3-d); not decayed: biases, norm gains and the mask token
+    groups = {g["decay"]: g for g in trainer.optimizer.param_groups}
+    named = dict(trainer.model.named_parameters())
+    ids = {flag: {id(p) for p in g["params"]} for flag, g in groups.items()}
+    for name in ("student.backbone.model.blocks.0.attn.qkv.weight", "student.head.mlp.0.weight",
+                 "student.backbone.model.cls_token"):
+        assert id(named[name]) in ids[True], name
+    for name in ("student.backbone.model.blocks.0.attn.qkv.bias", "student.backbone.model.norm.weight",
+                 "student.head.mlp.0.bias", "mask_token"):
+        assert id(named[name]) in ids[False], name
+    assert not any(id(p) in ids[True] | ids[False] for n, p in named.items() if n.startswith("teacher."))
+    trainer.train_step(torch.randint(0, 256, (2, 3, 96, 96), dtype=torch.uint8))
+    assert groups[True]["weight_decay"] == s[0]["wd"] and groups[False]["weight_decay"] == 0.0
+    assert all(g["lr"] == pytest.approx(0.2) for g in groups.values())
+    # a state whose groups lack the flag (checkpoints written before it was named "decay") resumes with it
+    state = trainer.state_dict()
+    for g in state["optimizer"]["param_groups"]:
+        g["apply_wd"] = g.pop("decay")
+    again = SelfSupTrainer(cfg)
+    again.load_state_dict(state)
+    assert [g["decay"] for g in again.optimizer.param_groups] == [True, False] and again.step == 1
 
 
 def test_multicrop_shapes_range_and_seed():

@@ -6,7 +6,8 @@ from textseg.errors import MissingWeightsError, UserError  # noqa: E402
 
 _LAZY = {
     "create_model": "textseg.factory", "list_models": "textseg.factory", "get_model_config": "textseg.factory",
-    "Segmenter": "textseg.segmenter", "SegmentationResult": "textseg.segmenter", "ReferringResult": "textseg.segmenter",
+    "Segmenter": "textseg.segmenter", "SegmentationResult": "textseg.labels", "ReferResult": "textseg.ris.result",
+    "ReferringResult": "textseg.segmenter", "RegionPipeline": "textseg.pipeline",
     "Protocol": "textseg.config", "ModelConfig": "textseg.config", "load_protocol": "textseg.config",
 }
 
@@ -20,5 +21,6 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'textseg' has no attribute {name!r}")
 
 
-__all__ = ["create_model", "list_models", "get_model_config", "Segmenter", "SegmentationResult",
-           "ReferringResult", "Protocol", "ModelConfig", "load_protocol", "MissingWeightsError", "UserError"]
+__all__ = ["create_model", "list_models", "get_model_config", "Segmenter", "SegmentationResult", "ReferResult",
+           "ReferringResult", "RegionPipeline", "Protocol", "ModelConfig", "load_protocol", "MissingWeightsError",
+           "UserError"]

@@ -23,7 +23,7 @@ from textseg.errors import ConfigError
 T = TypeVar("T")
 Source = Union[str, Path, Mapping[str, Any], None]
 CONFIG_KINDS = {"models": ".json", "clip": ".json", "protocols": ".yaml", "train": ".yaml", "ablations": ".yaml",
-                "selfsup": ".yaml"}
+                "selfsup": ".yaml", "promptable": ".yaml"}
 
 
 # ---------------------------------------------------------------------------------------------------- loading

@@ -1,4 +1,4 @@
-"""`textseg bench segment|train`: speed and memory, as JSON plus a Markdown table (see :mod:`textseg.bench`)."""
+"""`textseg bench segment|train|memory|refer`: speed and memory as JSON plus Markdown (see :mod:`textseg.bench`)."""
 
 from __future__ import annotations
 

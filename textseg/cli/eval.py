@@ -68,7 +68,7 @@ def cmd_semseg(args: argparse.Namespace) -> int:
                                    dataset=dataset, key=_model_key(args), diagnose=args.diagnose)
     print(f"{summary_line(results)}  -> {Path(args.out) / 'results.json'}")
     if args.diagnose:
-        from textseg.eval.diagnose import diagnosis_markdown
+        from textseg.eval.report import diagnosis_markdown
 
         print(diagnosis_markdown(results["diagnosis"]), end="")
     return 0

@@ -11,7 +11,8 @@ from textseg.errors import UserError
 
 
 def cmd_train_points(args: argparse.Namespace) -> int:
-    from textseg.ris.train_points import load_point_config, train_point_generator
+    from textseg.train.points import train_point_generator
+    from textseg.train.points_config import load_point_config
 
     if args.steps_scale is not None and not args.steps_scale > 0:
         raise UserError(f"--steps-scale must be > 0, got {args.steps_scale}")
@@ -21,6 +22,8 @@ def cmd_train_points(args: argparse.Namespace) -> int:
                  "mask_alignment": args.mask_alignment, "batch_size": args.batch_size}
     if args.no_curriculum:
         overrides["curriculum"] = False
+    if args.no_resume:
+        overrides["resume"] = False
     cfg = load_point_config(args.config, **overrides)
     if args.steps_scale is not None:
         for stage in cfg.stages:
@@ -48,7 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default="workbench/openmoji",
                    help="folder the config's shard paths are relative to (default workbench/openmoji)")
     p.add_argument("--out", default="runs/points", help="output folder (default runs/points)")
-    p.add_argument("--config", default=None, help="training YAML (default: the packaged points/default.yaml)")
+    p.add_argument("--config", default=None,
+                   help="training preset name or YAML file (default: the packaged preset points/default.yaml)")
     p.add_argument("--promptable", metavar="CKPT", help="workbench-promptable-segmenter checkpoint (required)")
     p.add_argument("--no-curriculum", action="store_true",
                    help="ablation: train on the union of the stages' data instead of stage by stage")
@@ -60,6 +64,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="weight of the prompted-mask CLIP-alignment reward (default 0: off)")
     p.add_argument("--batch-size", type=int, default=None, help="image-sentence pairs per step")
     p.add_argument("--seed", type=int, default=None, help="training seed (default: the config's)")
+    p.add_argument("--no-resume", action="store_true",
+                   help="start afresh even when --out holds step checkpoints (default: continue from the newest)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_model_args(p)
     p.set_defaults(func=cmd_train_points)

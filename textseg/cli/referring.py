@@ -64,7 +64,7 @@ def cmd_refer(args: argparse.Namespace) -> int:
                    "promptable": args.promptable or args.sam_checkpoint, "point_generator": args.point_generator,
                    "score": res.score,
                    "points": [{"x": float(x), "y": float(y), "label": int(lab), "score": float(sc)}
-                              for (x, y), lab, sc in zip(res.points, res.labels, res.point_scores)],
+                              for (x, y), lab, sc in zip(res.points, res.labels, res.scores)],
                    "mask_png": outputs[0].name, "overlay_png": outputs[1].name}
         if args.rle:
             summary["rle"] = mask_to_rle(res.mask)

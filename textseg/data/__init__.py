@@ -3,8 +3,8 @@
 Importing this package does not import torch (writing shards does, through webdataset).
 """
 
-from textseg.data.caption_shards import (CaptionRow, ShardReport, SkippedItem, make_shards, read_caption_file,
-                                         write_shards)
+from textseg.data.caption_files import CaptionRow, read_caption_file
+from textseg.data.caption_shards import ShardReport, SkippedItem, make_shards, write_shards
 from textseg.data.coco_masks import decode_segmentation
 from textseg.data.coco_object import convert_coco_object
 from textseg.data.names import BENCHMARKS, IGNORE_INDEX, get_class_names

@@ -11,10 +11,10 @@ Protocols are :class:`textseg.config.Protocol` (re-exported here).
 from textseg.config import Protocol, load_protocol
 from textseg.eval.datasets import run_ris_benchmark, run_semseg_benchmark
 from textseg.eval.calibration import calibrate_bg_score, choose_no_target_threshold, referring_best_scores
-from textseg.eval.diagnose import Diagnosis, SegmenterDiagnoser, diagnosis_markdown
+from textseg.eval.diagnose import Diagnosis, SegmenterDiagnoser
 from textseg.eval.predictors import (RISOutput, RISPredictor, SegmenterRISPredictor, SegmenterSemsegPredictor,
                                      SemsegPredictor)
-from textseg.eval.report import fmt, summary_line
+from textseg.eval.report import diagnosis_markdown, fmt, summary_line
 from textseg.eval.runner import SAMPLES_FILE, evaluate_ris, evaluate_semseg
 
 __all__ = [

@@ -34,7 +34,7 @@ def calibrate_bg_score(segmenter: Any, dataset: Any, protocol: Protocol, *,
     """
     import torch
 
-    from textseg.segmenter import region_class_probs, with_bg_score
+    from textseg.labels import region_class_probs, with_bg_score
 
     if not getattr(dataset, "has_background", True):
         raise ConfigError("bg_score calibration needs a dataset whose label 0 is background")

@@ -73,7 +73,7 @@ def run_ris_benchmark(segmenter: Any, root: str | Path, dataset_name: str, split
         segmenter: A :class:`textseg.segmenter.Segmenter`.
         root: Folder holding ``<dataset_name>/refs(<split_by>).p`` and ``instances.json``.
         dataset_name, split_by, split: e.g. ``refcoco``, ``unc``, ``val``.
-        protocol: What ``predict_referring`` receives (e.g. its ``short_side``); None: the segmenter's defaults.
+        protocol: the protocol of the ``"best-group"`` method (e.g. its ``short_side``); None: the segmenter's defaults.
         out: Output folder.
         image_root: Image folder (default: ``<root>/images``).
         overlays, limit, resume, progress: As in :func:`textseg.eval.evaluate_ris`.

@@ -4,11 +4,11 @@ Four views of the same images, one table (:func:`diagnosis_markdown`):
 
 - (a) ``model``: the model's own groups and labels (the ordinary prediction);
 - (b) ``oracle_labels``: the model's groups, each given the majority ground-truth label of its non-void pixels
-  (background 0 included; :meth:`Segmenter.oracle_labels <textseg.segmenter.Segmenter.oracle_labels>`): the
+  (background 0 included; :func:`oracle_labels`): the
   grouping ceiling, what perfect recognition would reach on these groups;
 - (c) ``oracle_regions``: the ground-truth instances (and one region for all other pixels) as the regions, each
   labelled exactly as the model labels its own groups
-  (:meth:`Segmenter.label_regions <textseg.segmenter.Segmenter.label_regions>`): the recognition ceiling, what
+  (:func:`label_regions`): the recognition ceiling, what
   perfect grouping would reach with this recognition and background handling; absent without instance maps;
 - (d) foreground/background confusion of (a): the share of predicted-foreground pixels that are ground-truth
   background, and the share of ground-truth-foreground pixels predicted background (void not counted); only for
@@ -22,11 +22,19 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence
 
-import numpy as np
+import dataclasses
 
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from textseg.config import Protocol
+from textseg.errors import UserError
+from textseg.io import ImageLike, load_image
+from textseg.labels import check_maps
 from textseg.eval.predictors import SegmenterSemsegPredictor
-from textseg.eval.report import fmt
 from textseg.metrics import SemsegMetric
+from textseg.segmenter import Segmenter
 
 VARIANTS: tuple[str, ...] = ("model", "oracle_labels", "oracle_regions")
 NO_INSTANCES = "(c) is absent: the dataset has no ground-truth instance maps (VOC's SegmentationObject)"
@@ -63,6 +71,114 @@ def fg_bg_confusion(conf: np.ndarray) -> dict[str, float]:
     pred_fg, gt_fg = c[:, 1:].sum(), c[1:, :].sum()
     return {"pred_fg_gt_bg": float(c[0, 1:].sum() / pred_fg * 100) if pred_fg > 0 else math.nan,
             "gt_fg_pred_bg": float(c[1:, 0].sum() / gt_fg * 100) if gt_fg > 0 else math.nan}
+
+
+def majority_labels(groups: torch.Tensor, truth: torch.Tensor, num_labels: int, ignore_index: int = 255
+                    ) -> torch.Tensor:
+    """Each group's majority ground-truth label: (B, K) int64, K = ``groups.max() + 1``.
+
+    Args:
+        groups: (B, h, w) group ids >= 0.
+        truth: (B, h, w) labels in 0..num_labels-1, or ``ignore_index`` (not counted).
+        num_labels: the number of labels (background 0 included).
+        ignore_index: the label of pixels that are not counted.
+
+    Ties go to the lower label, and a group without a counted pixel gets 0 (background).
+    """
+    b, k = groups.shape[0], int(groups.max()) + 1 if groups.numel() else 1
+    valid = truth != ignore_index
+    image = torch.arange(b, device=groups.device).view(b, 1, 1).expand_as(groups)
+    index = ((image * k + groups) * num_labels + truth.long().clamp(0, num_labels - 1))[valid]
+    counts = torch.bincount(index, minlength=b * k * num_labels).view(b, k, num_labels)
+    return counts.argmax(-1)  # the first of equal maxima
+
+
+
+@torch.no_grad()
+def label_regions(segmenter: Segmenter, images: Sequence[ImageLike], regions: Sequence[np.ndarray],
+                  classes: Sequence[str], protocol: Protocol | None = None, *, batch_size: int = 32,
+                  return_probs: bool = False, **overrides: Any) -> list:
+    """:meth:`Segmenter.predict_batch <textseg.segmenter.Segmenter.predict_batch>` with given regions in place of
+    the model's groups (e.g. ground-truth instances): the recognition ceiling (c).
+
+    Each image's regions are an (H, W) map of region ids 0..K-1 at the input size (every pixel in one region;
+    an id may be unused). The map is resized with the image per the protocol (nearest) and cut into the same
+    windows; in each window its regions get CLIP-grid masks as the model's groups do, are embedded by the
+    model, and are labelled by the very code that labels the model's groups: the same text embeddings,
+    templates, logit scale, background rule, ``bg_score`` and threshold, window averaging and resizing. Given
+    the model's own group map (under a protocol that neither resizes nor cuts windows, with groups that follow
+    its patch grid) it returns what ``predict_batch`` returns.
+
+    Args:
+        segmenter: the :class:`~textseg.segmenter.Segmenter`.
+        images: as for ``predict_batch``.
+        regions: one (H, W) non-negative integer region map per image, at that image's size.
+        classes, protocol, batch_size, return_probs, overrides: as for ``predict_batch``.
+
+    Returns:
+        One :class:`~textseg.labels.SegmentationResult` per image, in the order given.
+    """
+    p = segmenter.resolve_protocol(protocol, overrides)
+    if batch_size < 1:
+        raise UserError(f"batch_size must be at least 1, got {batch_size}")
+    scorer = segmenter.region_probs(classes, p, counts=[None])
+    arrays = [load_image(im) for im in images]
+    maps = check_maps(regions, arrays, "region map")
+    if any(m.size and m.min() < 0 for m in maps):
+        raise UserError("a region map holds a negative region id")
+    return segmenter.label_windows(arrays, classes, p, scorer, maps=maps, batch_size=batch_size,
+                                   return_probs=return_probs)
+
+
+@torch.no_grad()
+def oracle_labels(segmenter: Segmenter, images: Sequence[ImageLike], truth: Sequence[np.ndarray],
+                  classes: Sequence[str], protocol: Protocol | None = None, *, batch_size: int = 32,
+                  ignore_index: int = 255, **overrides: Any) -> list:
+    """The model's own groups, each labelled with the majority ground-truth label of its pixels: the best
+    labelling the grouping allows (the grouping ceiling (b)).
+
+    It runs ``predict_batch``'s grouping (same resizing, windows, batches), and in place of each window's
+    region probabilities puts a one-hot of the group's majority label (:func:`majority_labels` of the ground
+    truth resized with the image, nearest); the windows are then averaged, resized and labelled as
+    ``predict_batch`` does, the background going by the best average (a probability threshold would judge
+    the model's confidence, which the oracle does not have; with no background rule every pixel gets a class,
+    as there). No text or region embedding is computed.
+
+    Args:
+        segmenter: the :class:`~textseg.segmenter.Segmenter`.
+        images: as for ``predict_batch``.
+        truth: one (H, W) ground-truth map per image in the call's label space: 0 background, i + 1 =
+            ``classes[i]``, ``ignore_index`` not scored.
+        classes, protocol, batch_size, overrides: as for ``predict_batch``.
+        ignore_index: the ground-truth value of pixels that are not scored.
+
+    Returns:
+        One :class:`~textseg.labels.SegmentationResult` per image, in the order given.
+    """
+    p = segmenter.resolve_protocol(protocol, overrides)
+    if p.background == "threshold":
+        p = dataclasses.replace(p, background="classes")  # not Protocol.replace: no schema check per call
+    if batch_size < 1:
+        raise UserError(f"batch_size must be at least 1, got {batch_size}")
+    c = len(classes)
+    arrays = [load_image(im) for im in images]
+    maps = check_maps(truth, arrays, "ground-truth map")
+    for m in maps:
+        bad = (m != ignore_index) & ((m < 0) | (m > c))
+        if bad.any():
+            raise UserError(f"a ground-truth map holds the label {int(m[bad][0])}, outside 0..{c} "
+                            f"and not the ignore index {ignore_index}")
+    counts = list(p.group_counts or [None])
+
+    def score(crops: torch.Tensor, given: torch.Tensor | None) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+        out = []
+        for groups in segmenter.pipeline.group_batch(crops, counts=counts)[1]:
+            best = majority_labels(groups.pixels, given, c + 1, ignore_index)
+            out.append((groups.pixels, F.one_hot(torch.where(best > 0, best - 1, c), c + 1).float(), 1))
+        return out
+
+    return segmenter.label_windows(arrays, classes, p, score, maps=maps, batch_size=batch_size,
+                                   passes=len(counts))
 
 
 class Diagnosis:
@@ -137,36 +253,11 @@ class SegmenterDiagnoser:
         gt = np.asarray(sample["label"]).astype(np.int64)
         truth = np.where(gt == self.ignore_index, -1, gt + shift)
         image = sample["image"]
-        oracle = self.segmenter.oracle_labels([image], [truth], names, self.protocol, ignore_index=-1)[0]
+        oracle = oracle_labels(self.segmenter, [image], [truth], names, self.protocol, ignore_index=-1)[0]
         out: dict[str, np.ndarray | None] = {"oracle_labels": oracle.labels.astype(np.int64) - shift,
                                              "oracle_regions": None}
         if sample.get("instances") is not None:
             regions = instance_regions(sample["instances"], self.ignore_index)
-            result = self.segmenter.label_regions([image], [regions], names, self.protocol)[0]
+            result = label_regions(self.segmenter, [image], [regions], names, self.protocol)[0]
             out["oracle_regions"] = result.labels.astype(np.int64) - shift
         return out
-
-
-ROWS: tuple[tuple[str, str], ...] = (
-    ("(a)", "mIoU: the model's groups and labels"),
-    ("(b)", "mIoU: oracle labels on the model's groups (grouping ceiling)"),
-    ("(c)", "mIoU: the model's labels on ground-truth regions (recognition ceiling)"),
-    ("(d)", "predicted foreground that is ground-truth background (%)"),
-    ("(d)", "ground-truth foreground predicted background (%)"),
-)
-
-
-def diagnosis_markdown(d: Mapping[str, Any]) -> str:
-    """The decomposition as one Markdown table (a heading, the table, a legend and the notes)."""
-    fg_bg = d.get("fg_bg") or {}
-    values = [d["mIoU"].get(v) for v in VARIANTS] + [fg_bg.get("pred_fg_gt_bg"), fg_bg.get("gt_fg_pred_bg")]
-    lines = [f"## Error decomposition ({d.get('n_samples', '?')} images)", "", "| | measure | value |",
-             "|---|---|---:|"]
-    lines += [f"| {tag} | {what} | {fmt(v)} |" for (tag, what), v in zip(ROWS, values)]
-    lines += ["", "100 - (b): lost to grouping (groups that mix classes); 100 - (c): lost to recognition and "
-              "background handling on perfect regions; (b) - (a) and (c) - (a): what perfect labels or perfect "
-              "regions would add to this model. – = absent."]
-    notes = list(d.get("notes") or [])
-    if notes:
-        lines += [""] + [f"- {n}" for n in notes]
-    return "\n".join(lines) + "\n"

@@ -34,8 +34,9 @@ def as_ris_output(out: Any) -> RISOutput:
         return out
     if isinstance(out, np.ndarray):
         return RISOutput(mask=out)
-    if hasattr(out, "mask"):
-        return RISOutput(mask=out.mask, response=getattr(out, "response", None))
+    if hasattr(out, "mask"):  # a ReferResult: no mask when it found no target
+        return RISOutput(mask=None if getattr(out, "no_target", False) else out.mask,
+                         response=getattr(out, "response", None))
     raise TypeError(f"a RIS predictor must return RISOutput, a mask array or None, got {type(out).__name__}")
 
 
@@ -70,8 +71,8 @@ class SegmenterRISPredictor:
 
     Args:
         segmenter: A ``Segmenter``.
-        protocol: What ``predict_referring`` receives (the segmenter's defaults without one).
-        method: ``"best-group"`` (``predict_referring``: the k-means group that best matches the sentence),
+        protocol: the protocol of ``"best-group"`` (the segmenter's defaults without one).
+        method: ``"best-group"`` (the k-means group that best matches the sentence),
             ``"global-local"`` or ``"region"`` (``Segmenter.refer`` over instance mask proposals; an image's
             proposals and visual features are computed once for all its sentences), or ``"points"`` (point
             prompts for a promptable segmenter; ``refer_options`` must hold ``promptable``).
@@ -91,6 +92,5 @@ class SegmenterRISPredictor:
 
     def __call__(self, image: np.ndarray, sentence: str) -> RISOutput:
         if self.method == "best-group":
-            return as_ris_output(self.segmenter.predict_referring(image, sentence, self.protocol))
-        res = self.segmenter.refer(image, sentence, method=self.method, **self.refer_options)
-        return RISOutput(mask=None if res.no_target else res.mask, response=res.response())
+            return as_ris_output(self.segmenter.refer(image, sentence, method="best-group", protocol=self.protocol))
+        return as_ris_output(self.segmenter.refer(image, sentence, method=self.method, **self.refer_options))

@@ -63,6 +63,32 @@ def command_line(results: Mapping[str, Any]) -> str:
     return " ".join(shlex.quote(str(a)) for a in argv)
 
 
+#: The rows of :func:`diagnosis_markdown`: tag, measure, what it is (see :mod:`textseg.eval.diagnose`).
+DIAGNOSIS_ROWS: tuple[tuple[str, str, str], ...] = (
+    ("(a)", "model", "mIoU: the model's groups and labels"),
+    ("(b)", "oracle_labels", "mIoU: oracle labels on the model's groups (grouping ceiling)"),
+    ("(c)", "oracle_regions", "mIoU: the model's labels on ground-truth regions (recognition ceiling)"),
+    ("(d)", "pred_fg_gt_bg", "predicted foreground that is ground-truth background (%)"),
+    ("(d)", "gt_fg_pred_bg", "ground-truth foreground predicted background (%)"),
+)
+
+
+def diagnosis_markdown(d: Mapping[str, Any]) -> str:
+    """The error decomposition (:mod:`textseg.eval.diagnose`) as one Markdown table (a heading, the table, a legend and the notes)."""
+    fg_bg = d.get("fg_bg") or {}
+    values = [d["mIoU"].get(key) if tag != "(d)" else fg_bg.get(key) for tag, key, _ in DIAGNOSIS_ROWS]
+    lines = [f"## Error decomposition ({d.get('n_samples', '?')} images)", "", "| | measure | value |",
+             "|---|---|---:|"]
+    lines += [f"| {tag} | {what} | {fmt(v)} |" for (tag, _, what), v in zip(DIAGNOSIS_ROWS, values)]
+    lines += ["", "100 - (b): lost to grouping (groups that mix classes); 100 - (c): lost to recognition and "
+              "background handling on perfect regions; (b) - (a) and (c) - (a): what perfect labels or perfect "
+              "regions would add to this model. – = absent."]
+    notes = list(d.get("notes") or [])
+    if notes:
+        lines += [""] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
 def semseg_markdown(r: Mapping[str, Any]) -> str:
     """results.md of a semantic segmentation evaluation: the headline metrics, the error decomposition (if the
     results have one), then IoU and Acc per class."""
@@ -76,8 +102,6 @@ def semseg_markdown(r: Mapping[str, Any]) -> str:
         "",
     ]
     if r.get("diagnosis"):
-        from textseg.eval.diagnose import diagnosis_markdown
-
         lines += [diagnosis_markdown(r["diagnosis"])]
     lines += [
         "Per class (percent; – = class absent from prediction and ground truth, left out of the mean):",

@@ -1,13 +1,17 @@
-"""Referring image segmentation: mask proposals, Global-Local CLIP scoring, and point prompting."""
+"""Referring image segmentation: mask proposals, Global-Local CLIP scoring, the best-group baseline and point
+prompting; every method returns a :class:`ReferResult`."""
 
-from textseg.ris.global_local import GlobalLocalCLIP, GlobalLocalScores, freesolo_boxes
+from textseg.ris.best_group import BestGroupReferrer
+from textseg.ris.boxes import freesolo_boxes
+from textseg.ris.global_local import GlobalLocalCLIP, GlobalLocalScores
+from textseg.ris.mask_files import load_mask_proposals
 from textseg.ris.points import CentrePointOracle, PointGenerator, PointReferResult, PointReferrer
 from textseg.ris.promptable import PromptableSegmenter, load_sam
-from textseg.ris.proposals import (GroupingProposer, Proposals, SamProposer, deduplicate, grouping_proposals,
-                                   load_mask_proposals)
-from textseg.ris.referrer import METHODS, Referrer, ReferResult
+from textseg.ris.proposals import GroupingProposer, Proposals, SamProposer, deduplicate, grouping_proposals
+from textseg.ris.referrer import METHODS, Referrer
+from textseg.ris.result import ReferResult
 
-__all__ = ["CentrePointOracle", "GlobalLocalCLIP", "GlobalLocalScores", "GroupingProposer", "METHODS",
-           "PointGenerator", "PointReferResult", "PointReferrer", "PromptableSegmenter", "Proposals", "ReferResult",
-           "Referrer", "SamProposer", "deduplicate", "freesolo_boxes", "grouping_proposals", "load_mask_proposals",
-           "load_sam"]
+__all__ = ["BestGroupReferrer", "CentrePointOracle", "GlobalLocalCLIP", "GlobalLocalScores", "GroupingProposer",
+           "METHODS", "PointGenerator", "PointReferResult", "PointReferrer", "PromptableSegmenter", "Proposals",
+           "ReferResult", "Referrer", "SamProposer", "deduplicate", "freesolo_boxes", "grouping_proposals",
+           "load_mask_proposals", "load_sam"]

@@ -11,13 +11,13 @@ The untrained generator's positive map is exactly the scaled text-patch cosine s
 starts at zero), so ``PointGenerator`` with no training, one positive point and no negative is the plain
 CLIP → SAM baseline; :class:`PointReferrer` with ``generator=None`` runs that baseline without any generator.
 
-Training from image-text pairs alone is in :mod:`textseg.ris.train_points`.
+Training from image-text pairs alone is in :mod:`textseg.train.points`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,11 +28,12 @@ import torch.nn.functional as F
 
 from textseg.errors import MissingWeightsError, UserError
 from textseg.io import ImageCache, ImageLike, image_key, load_image
+from textseg.pipeline import as_pipeline
+from textseg.ris.result import ReferResult
 
 if TYPE_CHECKING:
     from textseg.model import TextSegModel
     from textseg.ris.promptable import PromptableSegmenter
-    from textseg.segmenter import Segmenter
 
 
 def sincos_2d(gh: int, gw: int, dim: int, device: torch.device | None = None) -> torch.Tensor:
@@ -205,14 +206,10 @@ def make_prompts(positive: torch.Tensor, negative: torch.Tensor | None, image_si
 
 def save_point_generator(generator: PointGenerator, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
     """Write the generator's weights, its config and ``meta`` (training settings, model name) atomically."""
-    from textseg.io import atomic_open
+    from textseg.artifacts import write_artifact
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(path) as f:
-        torch.save({"kind": "textseg-point-generator", "config": generator.config,
-                    "state_dict": generator.state_dict(), "meta": meta or {}}, f)
-    return path
+    return write_artifact(path, {"kind": "textseg-point-generator", "config": generator.config,
+                                 "state_dict": generator.state_dict(), "meta": meta or {}})
 
 
 def load_point_generator(path: str | Path, device: str | torch.device | None = None
@@ -221,63 +218,32 @@ def load_point_generator(path: str | Path, device: str | torch.device | None = N
     path = Path(path)
     if not path.is_file():
         raise MissingWeightsError(f"point generator {path} not found: train one with `textseg train-points`")
-    from textseg.artifacts import load_weights_only
+    from textseg.artifacts import load_state_strict, read_artifact
 
-    ckpt = load_weights_only(path, f"point generator {path} cannot be read")
-    if not isinstance(ckpt, dict) or ckpt.get("kind") != "textseg-point-generator":
+    ckpt = read_artifact(path, "point generator")
+    if ckpt.get("kind") != "textseg-point-generator":
         raise UserError(f"{path} is not a textseg point generator checkpoint")
     try:
         gen = PointGenerator(**ckpt["config"])
-        gen.load_state_dict(ckpt["state_dict"])
-    except (TypeError, RuntimeError, KeyError) as err:
+    except (TypeError, KeyError) as err:
         raise UserError(f"point generator {path} does not match its config: {str(err).splitlines()[0]}") from None
+    load_state_strict(gen, ckpt.get("state_dict"), f"point generator {path} does not match its config")
     return gen.to(device or "cpu").eval(), dict(ckpt.get("meta") or {})
 
 
 # -- inference -------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class PointReferResult:
-    """What :class:`PointReferrer` (``Segmenter.refer(..., method="points")``) returns.
-
-    Attributes:
-        mask: (H, W) bool mask from the promptable segmenter.
-        score: the segmenter's predicted IoU of that mask.
-        points: (K, 2) xy point prompts in image pixels (padding removed).
-        labels: (K,) 1 positive, 0 negative.
-        point_scores: (K,) each point's logit.
-        positive_map: (gh, gw) positive logits (the response map, at the patch grid).
-    """
-
-    mask: np.ndarray
-    score: float
-    points: np.ndarray
-    labels: np.ndarray
-    point_scores: np.ndarray
-    positive_map: np.ndarray
-    negative_map: np.ndarray = field(repr=False, default=None)  # type: ignore[assignment]
-
-    @property
-    def no_target(self) -> bool:
-        return False
-
-    def response(self) -> np.ndarray:
-        """(H, W) float32 positive map at the image size (nearest patch): its argmax is the top positive point's
-        patch (PointM)."""
-        h, w = self.mask.shape
-        gh, gw = self.positive_map.shape
-        rows = np.minimum((np.arange(h) + 0.5) * gh / h, gh - 1).astype(int)
-        cols = np.minimum((np.arange(w) + 0.5) * gw / w, gw - 1).astype(int)
-        return self.positive_map[rows][:, cols].astype(np.float32)
+#: Deprecated alias (one release): the point method returns a :class:`~textseg.ris.result.ReferResult`.
+PointReferResult = ReferResult
 
 
 class PointReferrer:
     """Referring segmentation by point prompts: dense CLIP features + sentence → points → promptable segmenter.
 
     Args:
-        segmenter: a :class:`~textseg.segmenter.Segmenter` (its model's CLIP gives the dense and text features;
-            its protocol's short side the CLIP input size).
+        segmenter: a :class:`~textseg.segmenter.Segmenter` or its :class:`~textseg.pipeline.RegionPipeline` (its
+            model's CLIP gives the dense and text features; its protocol's short side the CLIP input size).
         promptable: the :class:`~textseg.ris.promptable.PromptableSegmenter` (SAM or the workbench stand-in).
         generator: a trained :class:`PointGenerator`, or None for the baseline: one positive point at the peak of
             the text-patch similarity.
@@ -285,16 +251,16 @@ class PointReferrer:
         radius: non-maximum suppression radius in patches.
     """
 
-    def __init__(self, segmenter: "Segmenter", promptable: "PromptableSegmenter", *,
+    def __init__(self, segmenter: Any, promptable: "PromptableSegmenter", *,
                  generator: PointGenerator | None = None, n_positive: int = 1, n_negative: int = 1,
                  radius: int = 1, cache_size: int = 4) -> None:
         if n_positive < 1:
             raise UserError(f"at least one positive point is needed, got {n_positive}")
         if n_negative < 0:
             raise UserError(f"the number of negative points cannot be negative, got {n_negative}")
-        self.segmenter = segmenter
+        self.pipeline = as_pipeline(segmenter)
         self.promptable = promptable
-        self.generator = generator.to(segmenter.device).eval() if generator is not None else None
+        self.generator = generator.to(self.pipeline.device).eval() if generator is not None else None
         self.n_positive = n_positive
         self.n_negative = n_negative if generator is not None else 0
         self.radius = radius
@@ -304,14 +270,12 @@ class PointReferrer:
     @torch.no_grad()
     def dense_features(self, image: np.ndarray) -> torch.Tensor:
         """(1, gh, gw, E) dense CLIP features of an image at the segmenter's resize, cached per image."""
-        seg = self.segmenter
-        return self._cache.get(image, lambda: seg.model.region.dense(
-            seg._patch_sized(seg._to_device(image, seg.protocol))).float())
+        return self._cache.get(image, lambda: self.pipeline.model.region.dense(self.pipeline.prepare(image)).float())
 
     @torch.no_grad()
     def text_features(self, sentences: list[str]) -> torch.Tensor:
-        model = self.segmenter.model
-        tokens = model.tokenizer(sentences).to(self.segmenter.device)
+        model = self.pipeline.model
+        tokens = model.tokenizer(sentences).to(self.pipeline.device)
         return model.clip.encode_text(tokens).float()
 
     @torch.no_grad()
@@ -328,7 +292,7 @@ class PointReferrer:
                             radius=self.radius)
 
     @torch.no_grad()
-    def __call__(self, image: ImageLike, sentence: str) -> PointReferResult:
+    def __call__(self, image: ImageLike, sentence: str) -> ReferResult:
         """The mask ``sentence`` refers to, with the points that prompted it."""
         if not sentence or not sentence.strip():
             raise UserError("the referring sentence is empty")
@@ -342,9 +306,9 @@ class PointReferrer:
             self.promptable.set_image(arr)
             self._image_key = key
         out = self.promptable.predict(points, labels)
-        return PointReferResult(np.asarray(out.mask, dtype=bool), float(out.score), points, labels,
-                                prompts.scores[0][keep].cpu().numpy(), prompts.positive_map[0].cpu().numpy(),
-                                prompts.negative_map[0].cpu().numpy())
+        return ReferResult(np.asarray(out.mask, dtype=bool), float(out.score), 0, prompts.scores[0][keep].cpu().numpy(),
+                           "points", points=points, labels=labels, positive_map=prompts.positive_map[0].cpu().numpy(),
+                           negative_map=prompts.negative_map[0].cpu().numpy())
 
 
 class CentrePointOracle:

@@ -10,34 +10,27 @@ kept one is at least 0.9 is dropped), so the order of a source is also its prior
   then unions of touching components by decreasing shared boundary length.
 - :class:`SamProposer` (SAM's automatic mask generator, ``pip install 'textseg[sam]'``): by decreasing SAM
   ``predicted_iou``.
-- :func:`load_mask_proposals` (the user's masks: COCO RLE/polygon JSON, a PNG label map, a folder of PNG masks):
-  in file order (JSON list order, increasing label value, file names sorted).
+- :func:`~textseg.ris.mask_files.load_mask_proposals` (the user's masks: COCO RLE/polygon JSON, a PNG label map, a
+  folder of PNG masks): in file order (JSON list order, increasing label value, file names sorted).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
-from textseg.errors import DatasetError, UserError
+from textseg.io import ImageLike, load_image
+from textseg.model import TextSegModel
+from textseg.pipeline import RegionPipeline, as_pipeline
+from textseg.ris.components import connected_components, merge_small_components, region_adjacency
 from textseg.ris.promptable import SAM_CHECKPOINT_URLS, load_sam
 
-if TYPE_CHECKING:
-    from textseg.io import ImageLike
-    from textseg.model import TextSegModel
-    from textseg.segmenter import Segmenter
-
 DEDUP_IOU = 0.9
-
-
-_MASK_IMAGE_SUFFIXES = (".png",)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -92,7 +85,7 @@ class Proposals:
         return self.select(deduplicate(self.masks, iou))
 
 
-def _finish(masks: np.ndarray, records: list[dict[str, Any]], dedup_iou: float | None) -> Proposals:
+def make_proposals(masks: np.ndarray, records: list[dict[str, Any]], dedup_iou: float | None) -> Proposals:
     """Drop empty masks, then near-duplicates when ``dedup_iou`` is set."""
     masks = np.ascontiguousarray(masks, dtype=bool)
     if dedup_iou is not None:
@@ -190,161 +183,6 @@ def deduplicate(masks: np.ndarray | torch.Tensor, iou: float = DEDUP_IOU, *,
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Connected components and region adjacency (numpy only)
-
-
-def _offsets(connectivity: int) -> list[tuple[int, int]]:
-    if connectivity == 4:
-        return [(0, 1), (1, 0)]
-    if connectivity == 8:
-        return [(0, 1), (1, 0), (1, 1), (1, -1)]
-    raise ValueError(f"connectivity must be 4 or 8, got {connectivity!r}")
-
-
-def _neighbour_pairs(a: np.ndarray, dy: int, dx: int) -> tuple[np.ndarray, np.ndarray]:
-    """The values of ``a`` at every pixel p and at p + (dy, dx), for all p where both lie in the map (dy >= 0)."""
-    h, w = a.shape
-    ys, ye = 0, h - dy
-    xs, xe = max(0, -dx), w - max(0, dx)
-    return a[ys:ye, xs:xe], a[ys + dy: ye + dy, xs + dx: xe + dx]
-
-
-def _union_find(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
-    """Root (smallest member) of each of ``n`` nodes under the undirected edges a[i]-b[i]: vectorised hooking of
-    the larger root onto the smaller one, then pointer jumping, until no edge joins two roots."""
-    parent = np.arange(n, dtype=np.int64)
-    while len(a):
-        ra, rb = parent[a], parent[b]
-        differ = ra != rb
-        if not differ.any():
-            break
-        lo, hi = np.minimum(ra[differ], rb[differ]), np.maximum(ra[differ], rb[differ])
-        np.minimum.at(parent, hi, lo)  # hi is a root: parents only ever decrease, so no cycle can form
-        while True:
-            jumped = parent[parent]
-            if np.array_equal(jumped, parent):
-                break
-            parent = jumped
-        a, b = a[differ], b[differ]
-    return parent
-
-
-def _renumber_raster(labels: np.ndarray) -> np.ndarray:
-    """Labels renumbered 0..C-1 in raster order of each label's first pixel."""
-    _, first, inverse = np.unique(labels.ravel(), return_index=True, return_inverse=True)
-    rank = np.empty(len(first), dtype=np.int64)
-    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
-    return rank[inverse].reshape(labels.shape)
-
-
-def connected_components(label_map: np.ndarray | torch.Tensor, connectivity: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """Connected components of each value of an (H, W) label map.
-
-    Works on runs of equal values along rows (union-find over the runs that touch across rows), so it costs a few
-    vectorised passes over the pixels, not a Python loop.
-
-    Args:
-        label_map: (H, W) integer map (e.g. group ids).
-        connectivity: 4 (edge neighbours) or 8 (edges and corners).
-
-    Returns:
-        (H, W) int64 component ids 0..C-1, in raster order of each component's first pixel, and the (C,) value of
-        ``label_map`` of each component.
-    """
-    offsets = _offsets(connectivity)
-    m = label_map.detach().cpu().numpy() if isinstance(label_map, torch.Tensor) else np.asarray(label_map)
-    if m.ndim != 2 or m.size == 0:
-        raise ValueError(f"expected a non-empty (H, W) label map, got shape {m.shape}")
-    h, w = m.shape
-    flat = m.ravel()
-    start = np.ones(flat.size, dtype=bool)
-    start[1:] = flat[1:] != flat[:-1]
-    start[::w] = True
-    run = (np.cumsum(start) - 1).reshape(h, w)
-    n_runs = int(run[-1, -1]) + 1
-    edges = []
-    for dy, dx in offsets:
-        if dy == 0:
-            continue  # within a row, equal neighbours are one run already
-        va, vb = _neighbour_pairs(m, dy, dx)
-        ra, rb = _neighbour_pairs(run, dy, dx)
-        same = va == vb
-        edges.append(ra[same].astype(np.int64) * n_runs + rb[same])
-    codes = np.unique(np.concatenate(edges)) if edges else np.zeros(0, np.int64)
-    root = _union_find(codes // n_runs, codes % n_runs, n_runs)
-    # a root is the smallest run id of its component, and run ids are in raster order: so are the roots
-    roots, comp_of_run = np.unique(root, return_inverse=True)
-    values = flat[np.flatnonzero(start)[roots]]
-    return comp_of_run[run], values
-
-
-def region_adjacency(labels: np.ndarray, connectivity: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pairs of touching regions of an (H, W) label map and the length of their shared boundary.
-
-    The boundary length of regions a and b is the number of neighbouring pixel pairs (right and down; with
-    connectivity 8 also both diagonals) with one pixel in a and the other in b.
-
-    Returns:
-        (P,) a, (P,) b with a < b, and (P,) boundary lengths, sorted by (a, b).
-    """
-    n = int(labels.max()) + 1
-    codes = []
-    for dy, dx in _offsets(connectivity):
-        la, lb = _neighbour_pairs(labels, dy, dx)
-        differ = la != lb
-        x, y = la[differ].astype(np.int64), lb[differ].astype(np.int64)
-        codes.append(np.minimum(x, y) * n + np.maximum(x, y))
-    pairs, counts = np.unique(np.concatenate(codes), return_counts=True)
-    return pairs // n, pairs % n, counts.astype(np.int64)
-
-
-def merge_small_components(labels: np.ndarray, min_area: int, connectivity: int = 8) -> np.ndarray:
-    """Merge each component smaller than ``min_area`` pixels into its largest neighbouring component.
-
-    A small component merges only into a neighbour larger than itself (equal areas: the one with the smaller id),
-    so merges never form a cycle; rounds repeat until no small component has such a neighbour. Every pixel keeps a
-    component: a small component with no larger neighbour (e.g. the only one) stays.
-
-    Args:
-        labels: (H, W) component ids 0..C-1 (:func:`connected_components`).
-        min_area: components with fewer pixels are merged.
-        connectivity: which pixels touch (4 or 8).
-
-    Returns:
-        (H, W) ids 0..C'-1 in raster order of each component's first pixel.
-    """
-    labels = np.asarray(labels, dtype=np.int64)
-    while True:
-        n = int(labels.max()) + 1
-        area = np.bincount(labels.ravel(), minlength=n)
-        small = area < min_area
-        if not small.any() or n == 1:
-            return labels
-        a, b, _ = region_adjacency(labels, connectivity)
-        src, dst = np.concatenate([a, b]), np.concatenate([b, a])
-        keep = small[src]
-        src, dst = src[keep], dst[keep]
-        if not len(src):
-            return labels
-        order = np.lexsort((dst, -area[dst], src))  # per source: the largest neighbour first, ties to smaller id
-        src, dst = src[order], dst[order]
-        first = np.ones(len(src), dtype=bool)
-        first[1:] = src[1:] != src[:-1]
-        src, dst = src[first], dst[first]
-        bigger = (area[dst] > area[src]) | ((area[dst] == area[src]) & (dst < src))
-        if not bigger.any():
-            return labels
-        parent = np.arange(n, dtype=np.int64)
-        parent[src[bigger]] = dst[bigger]
-        while True:  # follow chains of merges (a -> b -> c) to their end
-            jumped = parent[parent]
-            if np.array_equal(jumped, parent):
-                break
-            parent = jumped
-        labels = _renumber_raster(parent[labels])
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # (a) Proposals from textseg's grouping
 
 
@@ -421,29 +259,29 @@ def grouping_proposals(group_map: np.ndarray | torch.Tensor, *, min_area: int | 
             masks.append((comp[None] == a[top, None, None]) | (comp[None] == b[top, None, None]))
             records += [{"source": "union", "groups": [int(comp_group[a[t]]), int(comp_group[b[t]])],
                          "components": [int(a[t]), int(b[t])], "boundary": int(length[t])} for t in top]
-    return _finish(np.concatenate(masks), records, dedup_iou)
+    return make_proposals(np.concatenate(masks), records, dedup_iou)
 
 
 class GroupingProposer:
     """Image → textseg's own grouping → :func:`grouping_proposals` (the CPU default source).
 
-    The image is grouped by :meth:`Segmenter.group_map <textseg.segmenter.Segmenter.group_map>` (resized as for a
-    whole-image prediction, short side ``short_side``, long side at most ``max_long_side``), the group map being at
-    the image's size.
+    The image is grouped by :meth:`RegionPipeline.group_map <textseg.pipeline.RegionPipeline.group_map>` (resized
+    as for a whole-image prediction, short side ``short_side``, long side at most ``max_long_side``), the group map
+    being at the image's size.
 
     Args:
-        model: a :class:`~textseg.segmenter.Segmenter`, or a :class:`~textseg.model.TextSegModel`.
+        model: a :class:`~textseg.segmenter.Segmenter`, a :class:`~textseg.pipeline.RegionPipeline` or a
+            :class:`~textseg.model.TextSegModel`.
         short_side, max_long_side: the resize (None: keep the size / no cap); the defaults are the default
             protocol's.
         **options: :func:`grouping_proposals` options (``min_area``, ``max_unions``, ``connectivity``,
             ``dedup_iou``).
     """
 
-    def __init__(self, model: "TextSegModel | Segmenter", *, short_side: int | None = 448,
-                 max_long_side: int | None = 2048, **options: Any) -> None:
-        from textseg.segmenter import Segmenter
-
-        self.segmenter = model if isinstance(model, Segmenter) else Segmenter(model, text_cache_dir=False)
+    def __init__(self, model: Any, *, short_side: int | None = 448, max_long_side: int | None = 2048,
+                 **options: Any) -> None:
+        self.pipeline = (RegionPipeline(model, text_cache_dir=False) if isinstance(model, TextSegModel)
+                         else as_pipeline(model))
         self.short_side, self.max_long_side = short_side, max_long_side
         unknown = set(options) - {"min_area", "max_unions", "connectivity", "dedup_iou"}
         if unknown:
@@ -451,11 +289,12 @@ class GroupingProposer:
         self.options = options
 
     @torch.no_grad()
-    def group_map(self, image: "ImageLike") -> np.ndarray:
+    def group_map(self, image: ImageLike) -> np.ndarray:
         """The (H, W) int64 group map of an image (path, PIL image or array) at the image's size."""
-        return self.segmenter.group_map(image, short_side=self.short_side, max_long_side=self.max_long_side)
+        p = self.pipeline.protocol.replace(short_side=self.short_side, max_long_side=self.max_long_side)
+        return self.pipeline.group_map(load_image(image), p)
 
-    def __call__(self, image: "ImageLike") -> Proposals:
+    def __call__(self, image: ImageLike) -> Proposals:
         """The grouping proposals of an image at its size."""
         return grouping_proposals(self.group_map(image), **self.options)
 
@@ -495,7 +334,7 @@ def sam_to_proposals(records: Iterable[dict[str, Any]], image_size: tuple[int, i
             rec["bbox"] = [float(v) for v in item["bbox"]]
         out.append(rec)
     order = sorted(range(len(items)), key=lambda i: -out[i].get("predicted_iou", 0.0))  # stable: ties keep order
-    return _finish(masks[order], [out[i] for i in order], dedup_iou)
+    return make_proposals(masks[order], [out[i] for i in order], dedup_iou)
 
 
 class SamProposer:
@@ -529,137 +368,14 @@ class SamProposer:
         self.generator = SamAutomaticMaskGenerator(sam, **generator_kwargs)
 
     @torch.no_grad()
-    def __call__(self, image: "ImageLike") -> Proposals:
+    def __call__(self, image: ImageLike) -> Proposals:
         """SAM's proposals of an image at its size."""
-        from textseg.io import load_image
-
         arr = load_image(image)
         return sam_to_proposals(self.generator.generate(arr), arr.shape[:2], dedup_iou=self.dedup_iou)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# (c) Masks given by the user
-
-
-def _json_masks(path: Path, size: tuple[int, int]) -> tuple[np.ndarray, list[int]]:
-    from textseg.data.coco_masks import decode_segmentation
-
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DatasetError(f"mask file {path} is not valid JSON: {err}") from None
-    if isinstance(data, dict):
-        key = next((k for k in ("masks", "annotations") if k in data), None)
-        if key is None and {"counts", "size"} <= set(data):
-            data = [data]  # a single RLE
-        elif key is None:
-            raise DatasetError(f"mask file {path} is a JSON object without 'masks' or 'annotations' (keys: "
-                               f"{', '.join(sorted(map(str, data))[:8])})")
-        else:
-            data = data[key]
-    if not isinstance(data, list):
-        raise DatasetError(f"mask file {path} holds a JSON {type(data).__name__}, not a list of masks")
-    h, w = size
-    masks = np.zeros((len(data), h, w), dtype=bool)
-    for i, item in enumerate(data):
-        if isinstance(item, dict) and "segmentation" in item:
-            item = item["segmentation"]
-        if not isinstance(item, (dict, list)):
-            raise DatasetError(f"mask file {path}: mask {i} is a {type(item).__name__}, not an RLE or polygons")
-        try:
-            masks[i] = decode_segmentation(item, h, w)
-        except DatasetError as err:
-            raise DatasetError(f"mask file {path}: mask {i}: {err}") from None
-    return masks, list(range(len(data)))
-
-
-def _read_mask_image(path: Path) -> np.ndarray:
-    """The (H, W) integer values of a mask/label PNG (grey, palette indices, 16-bit or 1-bit)."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            mode = im.mode
-            arr = np.asarray(im)
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
-        raise DatasetError(f"cannot read mask image {path}: {err.__class__.__name__}") from None
-    if arr.ndim == 3:
-        same = (arr[..., :3] == arr[..., :1]).all()
-        if mode not in ("RGB", "RGBA") or not same:
-            raise DatasetError(f"mask image {path} is a {mode} colour image, not a mask or label map (save it as "
-                               "grey or palette PNG with one value per mask)")
-        arr = arr[..., 0]
-    return arr.astype(np.int64)
-
-
-def _check_size(path: Path, arr: np.ndarray, size: tuple[int, int]) -> None:
-    if arr.shape != tuple(size):
-        raise DatasetError(f"mask image {path} is {arr.shape[1]}x{arr.shape[0]}, the image is {size[1]}x{size[0]}")
-
-
-def load_mask_proposals(path: str | Path, image_size: tuple[int, int], *,
-                        dedup_iou: float | None = DEDUP_IOU) -> Proposals:
-    """Masks given by the user, as proposals at ``image_size``.
-
-    Accepted:
-
-    - a ``.json`` file: a list of COCO RLEs (compressed or not), ``{"masks": [...]}``, a COCO annotation list
-      (items with ``segmentation``: RLE or polygons) or ``{"annotations": [...]}``; in list order;
-    - a ``.png`` label map (grey, palette or 16-bit): each non-zero value is one mask, by increasing value;
-    - a folder of binary ``.png`` masks (0 outside, any one non-zero value inside), by sorted file name.
-
-    Empty masks are dropped; each record keeps where the mask came from (``path`` and ``index`` in the list,
-    ``value`` in the label map, or ``path`` of the file in the folder).
-
-    Args:
-        path: the file or folder.
-        image_size: (H, W) of the image the masks are for.
-        dedup_iou: drop a mask whose IoU with an earlier one is at least this (None: keep all).
-
-    Raises:
-        UserError: the path does not exist or is of an unknown kind.
-        DatasetError: a file is unreadable, of another size than the image, not a mask, or no mask is left (a file
-            with zero masks is an error: there would be nothing to refer to).
-    """
-    path = Path(path)
-    size = (int(image_size[0]), int(image_size[1]))
-    if not path.exists():
-        raise UserError(f"mask file {path} does not exist")
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in _MASK_IMAGE_SUFFIXES)
-        if not files:
-            raise DatasetError(f"mask folder {path} holds no .png masks")
-        masks = np.zeros((len(files), *size), dtype=bool)
-        for i, f in enumerate(files):
-            arr = _read_mask_image(f)
-            _check_size(f, arr, size)
-            values = np.unique(arr)
-            if len(values) > 2 or (len(values) == 2 and values[0] != 0):
-                raise DatasetError(f"mask image {f} holds the values {values[:6].tolist()}, not a binary mask "
-                                   "(0 outside, one non-zero value inside)")
-            masks[i] = arr != 0
-        records = [{"source": "file", "path": str(f)} for f in files]
-    elif path.suffix.lower() == ".json":
-        masks, indices = _json_masks(path, size)
-        records = [{"source": "file", "path": str(path), "index": i} for i in indices]
-    elif path.suffix.lower() in _MASK_IMAGE_SUFFIXES:
-        arr = _read_mask_image(path)
-        _check_size(path, arr, size)
-        values = np.unique(arr)
-        values = values[values != 0]
-        masks = arr[None] == values[:, None, None]
-        records = [{"source": "file", "path": str(path), "value": int(v)} for v in values]
-    else:
-        raise UserError(f"mask file {path}: unsupported kind (expected a .json of COCO RLEs/polygons, a .png label "
-                        "map or a folder of .png masks)")
-    out = _finish(masks, records, dedup_iou)
-    if len(out) == 0:
-        raise DatasetError(f"mask file {path} holds no mask (every mask is empty)" if len(masks)
-                           else f"mask file {path} holds no mask")
-    return out
-
-
 __all__ = [
     "DEDUP_IOU", "SAM_CHECKPOINT_URLS", "GroupingProposer", "Proposals", "SamProposer", "connected_components",
-    "deduplicate", "grouping_proposals", "load_mask_proposals", "mask_iou", "merge_small_components",
+    "deduplicate", "grouping_proposals", "make_proposals", "mask_iou", "merge_small_components",
     "region_adjacency", "sam_to_proposals",
 ]

@@ -15,9 +15,8 @@ images, so that the sentences of one image (a refer-format dataset has several) 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -27,57 +26,22 @@ from textseg.errors import UserError
 from textseg.grouping import masks_to_region_masks
 from textseg.io import ImageCache, ImageLike, load_image
 from textseg.ris.global_local import GlobalLocalCLIP
-from textseg.ris.proposals import GroupingProposer, Proposals, load_mask_proposals
-
-if TYPE_CHECKING:
-    from textseg.segmenter import Segmenter
+from textseg.pipeline import as_pipeline
+from textseg.ris.mask_files import load_mask_proposals
+from textseg.ris.proposals import GroupingProposer, Proposals
+from textseg.ris.result import ReferResult
 
 METHODS = ("global-local", "region")
 ProposalSource = Callable[[np.ndarray], Proposals]
-
-
-@dataclass
-class ReferResult:
-    """What :meth:`Referrer.__call__` (and :meth:`Segmenter.refer <textseg.segmenter.Segmenter.refer>`) returns.
-
-    Attributes:
-        mask: (H, W) bool mask of the chosen proposal; all False when there is no target.
-        score: the best proposal's score (``-inf`` without proposals).
-        index: the chosen proposal's index in ``proposals``; None: no target (no proposal, or the best score is
-            below the no-target threshold).
-        scores: (N,) every proposal's score (logit scale × cosine).
-        proposals: the proposals scored.
-    """
-
-    mask: np.ndarray
-    score: float
-    index: int | None
-    scores: np.ndarray
-    proposals: Proposals
-
-    @property
-    def no_target(self) -> bool:
-        return self.index is None
-
-    def response(self) -> np.ndarray:
-        """(H, W) float32 response map: at each pixel the best score of the proposals that cover it (the lowest
-        score where none does; zeros without proposals). Its argmax lies in the best proposal (PointM)."""
-        out = np.zeros(self.mask.shape, dtype=np.float32)
-        if len(self.scores):
-            finite = self.scores[np.isfinite(self.scores)]
-            out[:] = finite.min() if finite.size else 0.0
-            for i in np.argsort(self.scores, kind="stable"):  # ascending: a better score paints over a worse one
-                if np.isfinite(self.scores[i]):
-                    out[self.proposals.masks[i]] = self.scores[i]
-        return out
 
 
 class Referrer:
     """Picks the mask proposal a sentence refers to (module docstring).
 
     Args:
-        segmenter: a :class:`~textseg.segmenter.Segmenter`: its model's CLIP scores, its grouping and protocol
-            (short side) make the default proposals and the region tokens' input.
+        segmenter: a :class:`~textseg.segmenter.Segmenter` or its :class:`~textseg.pipeline.RegionPipeline`: the
+            model's CLIP scores, its grouping and protocol (short side) make the default proposals and the region
+            tokens' input.
         method: ``"global-local"`` or ``"region"``.
         proposer: image array → :class:`~textseg.ris.proposals.Proposals`; None: textseg's grouping
             (:class:`~textseg.ris.proposals.GroupingProposer` at the segmenter's short side).
@@ -88,20 +52,21 @@ class Referrer:
             ``masked_blocks`` (default 3, or the CLIP's depth if smaller), ``mode``, ``chunk_size``, ``fill``).
     """
 
-    def __init__(self, segmenter: "Segmenter", *, method: str = "global-local",
+    def __init__(self, segmenter: Any, *, method: str = "global-local",
                  proposer: ProposalSource | None = None, no_target_threshold: float | None = None,
                  cache_size: int = 4, **scorer_options: Any) -> None:
         if method not in METHODS:
             raise UserError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-        self.segmenter = segmenter
+        self.pipeline = as_pipeline(segmenter)
         self.method = method
-        depth = len(segmenter.model.clip.visual.transformer.resblocks)
+        model = self.pipeline.model
+        depth = len(model.clip.visual.transformer.resblocks)
         scorer_options.setdefault("masked_blocks", min(3, depth))  # the paper's 3, or all blocks of a shallower CLIP
-        self.scorer = GlobalLocalCLIP.from_model(segmenter.model, **scorer_options)
+        self.scorer = GlobalLocalCLIP.from_model(model, **scorer_options)
         if method == "region" and self.scorer.mode != "clean":
             raise UserError("method 'region' has no reference mode (the public code has no region tokens)")
-        p = segmenter.protocol
-        self.proposer = proposer or GroupingProposer(segmenter, short_side=p.short_side,
+        p = self.pipeline.protocol
+        self.proposer = proposer or GroupingProposer(self.pipeline, short_side=p.short_side,
                                                      max_long_side=p.max_long_side)
         self.no_target_threshold = no_target_threshold
         self._cache = ImageCache(cache_size)
@@ -112,12 +77,11 @@ class Referrer:
     def region_features(self, image: np.ndarray, masks: np.ndarray) -> torch.Tensor:
         """(N, D) un-normalised region-token embeddings of N (H, W) masks, all from one forward of the image at the
         segmenter's resize (the masks brought to the CLIP patch grid as the grouper's regions are)."""
-        seg = self.segmenter
-        x = seg._patch_sized(seg._to_device(image, seg.protocol))
-        patch = seg.model.region.patch_size
+        x = self.pipeline.prepare(image)
+        patch = self.pipeline.model.region.patch_size
         grid = (x.shape[-2] // patch, x.shape[-1] // patch)
         region_masks = masks_to_region_masks(torch.from_numpy(masks).to(x.device)[None], grid)
-        return seg.model(x, region_masks).regions[0].float()
+        return self.pipeline.model(x, region_masks).regions[0].float()
 
     @torch.no_grad()
     def visual_features(self, image: np.ndarray, proposals: Proposals) -> torch.Tensor:
@@ -165,7 +129,7 @@ class Referrer:
             image: path, PIL image or (H, W, 3) array.
             sentence: the referring expression.
             proposals: this image's proposals (a :class:`Proposals`, an (N, H, W) bool array, or a mask file as
-                :func:`~textseg.ris.proposals.load_mask_proposals` reads); None: :attr:`proposer`'s.
+                :func:`~textseg.ris.mask_files.load_mask_proposals` reads); None: :attr:`proposer`'s.
 
         Raises:
             UserError: an empty sentence, unreadable image or proposals of another size.
@@ -194,12 +158,12 @@ class Referrer:
         scores = self.scores(visual, [sentence])[0].cpu().numpy()
         empty = np.zeros(arr.shape[:2], dtype=bool)
         if len(scores) == 0:
-            return ReferResult(empty, float("-inf"), None, scores, props)
+            return ReferResult(empty, float("-inf"), None, scores, self.method, props)
         best = int(scores.argmax())
         score = float(scores[best])
         if self.no_target_threshold is not None and score < self.no_target_threshold:
-            return ReferResult(empty, score, None, scores, props)
-        return ReferResult(props.masks[best].copy(), score, best, scores, props)
+            return ReferResult(empty, score, None, scores, self.method, props)
+        return ReferResult(props.masks[best].copy(), score, best, scores, self.method, props)
 
 
 __all__ = ["METHODS", "ReferResult", "Referrer"]

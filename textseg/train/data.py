@@ -19,7 +19,7 @@ import logging
 import random
 import warnings
 from collections import Counter, OrderedDict, deque
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -95,7 +95,7 @@ def _worker_info() -> tuple[int, int, int, int]:
     return pytorch_worker_info()
 
 
-class _ShardShuffle(PipelineStage):
+class ShardShuffle(PipelineStage):
     """Full shuffle of the shard list with ``Random(seed, epoch)``; identical on every rank, so the later
     split by node stays disjoint. The epoch advances on each pass unless set with :meth:`set_epoch`."""
 
@@ -115,7 +115,7 @@ class _ShardShuffle(PipelineStage):
         return iter(items)
 
 
-class _CheckSplit(PipelineStage):
+class CheckSplit(PipelineStage):
     """Warns when some (rank, worker) reader would get no shard at all."""
 
     def __init__(self, num_shards: int, split_by_node: bool, split_by_worker: bool) -> None:
@@ -135,7 +135,7 @@ class _CheckSplit(PipelineStage):
         return iter(src)
 
 
-class _ReadShards(PipelineStage):
+class ReadShards(PipelineStage):
     """Shard URLs -> raw samples (dicts of bytes with ``__key__`` and ``__url__``).
 
     Like ``wds.tarfile_to_samples`` but closes each shard's stream when done with it (webdataset's opener leaves
@@ -219,7 +219,15 @@ class _Decode(PipelineStage):
                 yield item
 
 
-class _Batches(PipelineStage):
+class SampleDecoder(Protocol):
+    """What :class:`Batches` decodes raw samples with: its skip counter and ``decode(sample)`` (None: skipped)."""
+
+    counter: SkipCounter
+
+    def decode(self, sample: dict) -> Any | None: ...
+
+
+class Batches(PipelineStage):
     """Raw samples -> ``{"batch", "worker", "pos", "skipped"}`` items, then one ``{"end": True, ...}`` item.
 
     ``pos`` is how many raw samples of this reader's epoch stream the batch completes (skipped ones included);
@@ -228,7 +236,7 @@ class _Batches(PipelineStage):
     to where its checkpoint left the epoch. An incomplete last batch is dropped.
     """
 
-    def __init__(self, decoder: _Decode, batch_size: int, collate_fn: Callable[[list], Any]) -> None:
+    def __init__(self, decoder: SampleDecoder, batch_size: int, collate_fn: Callable[[list], Any]) -> None:
         self.decoder, self.batch_size, self.collate_fn = decoder, batch_size, collate_fn
         self.skip: list[int] = []
 
@@ -257,7 +265,7 @@ class _Batches(PipelineStage):
         yield {"end": True, "worker": worker, "pos": pos, "skipped": counter.take()}
 
 
-class _SampleShuffle(PipelineStage):
+class SampleShuffle(PipelineStage):
     """Buffered shuffle of the raw (undecoded) samples seeded by (seed, epoch, rank, worker); the epoch counts
     passes unless set. Shuffling before decoding makes the order independent of which samples fail to decode and
     lets a resumed run pass over samples without decoding them."""
@@ -292,7 +300,7 @@ class CaptionPipeline(DataPipeline):
         """Fix the epoch of the shard and sample shuffles. Call it on every rank before each epoch: DataLoader
         workers are re-created from the main-process copy each epoch and would otherwise replay epoch 0."""
         for stage in self.pipeline:
-            if isinstance(stage, (_ShardShuffle, _SampleShuffle)):
+            if isinstance(stage, (ShardShuffle, SampleShuffle)):
                 stage.set_epoch(epoch)
 
     def set_position(self, epoch: int, skip: Sequence[int] = ()) -> None:
@@ -300,7 +308,7 @@ class CaptionPipeline(DataPipeline):
         DataLoader worker passes over (``skip[worker]``; none when empty)."""
         self.set_epoch(epoch)
         for stage in self.pipeline:
-            if isinstance(stage, _Batches):
+            if isinstance(stage, Batches):
                 stage.skip = [int(n) for n in skip]
 
 
@@ -351,17 +359,17 @@ def caption_pipeline(
 
     stages: list[Any] = [wds.SimpleShardList(shard_urls)]
     if shardshuffle:
-        stages.append(_ShardShuffle(seed))
-    stages.append(_CheckSplit(len(shard_urls), split_by_node, split_by_worker))
+        stages.append(ShardShuffle(seed))
+    stages.append(CheckSplit(len(shard_urls), split_by_node, split_by_worker))
     if split_by_node:
         stages.append(wds.split_by_node)
     if split_by_worker:
         stages.append(wds.split_by_worker)
-    stages.append(_ReadShards(counter))
+    stages.append(ReadShards(counter))
     if shuffle_buffer > 0:
-        stages.append(_SampleShuffle(shuffle_buffer, seed))
+        stages.append(SampleShuffle(shuffle_buffer, seed))
     decoder = _Decode(counter, image_transform, with_url)
-    stages.append(decoder if batch_size is None else _Batches(decoder, batch_size, collate_fn or _as_is))
+    stages.append(decoder if batch_size is None else Batches(decoder, batch_size, collate_fn or _as_is))
     pipeline = CaptionPipeline(stages)
     pipeline.counter, pipeline.num_shards = counter, len(shard_urls)
     return pipeline

@@ -278,7 +278,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         batches.epoch = step
     nouns_of = NounBatcher(d.noun_template, lw.max_nouns, lw.keep_background_nouns)
     accum = cfg.optim.grad_accum
-    amp = device.type == "cuda" and t.amp in ("auto", True)
+    amp = autocast_on(t, device)
     shards_read: set[str] = set()
     start, last_log, seen = time.time(), time.time(), 0
     bar = tqdm(total=t.steps, initial=step, desc="train", unit="step", disable=not progress or rank != 0)
@@ -292,24 +292,17 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
             images = batch["images"].to(device, non_blocking=True)
             if grouping == "workers":
                 masks = batch["masks"].to(device, non_blocking=True)
-            else:  # the frozen grouping, in float32 outside autocast as in the workers
-                masks = model.group(images, pixels=False).region_masks
+            else:
+                masks = device_region_masks(model, images)
             sync = micro == accum - 1 or world == 1
             ctx = ddp.no_sync() if not sync and ddp is not None else nullcontext()
-            with ctx, torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-                res = net(images, masks, inputs.caption_tokens, inputs.noun_tokens)
-                loss, terms = step_loss(res, inputs, lw)
+            with ctx:
+                loss, terms = forward_loss(net, images, masks, inputs, lw, amp)
             for key, value in terms.items():
                 _add(logs, key, value / accum)
             (loss / accum).backward()
             seen += len(batch["captions"]) * world
-        if cfg.optim.clip_grad:
-            torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip_grad)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            model.clip.logit_scale.clamp_(max=math.log(MAX_LOGIT_SCALE))
+        optimizer_step(params, opt, sched, cfg.optim.clip_grad, model.clip.logit_scale)
         step += 1
         bar.update(1)
         log_now = step % t.log_every == 0 or step == t.steps or step == 1
@@ -342,6 +335,41 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         ckpt.save_checkpoint(out / "final.pt", model.state_dict(), step=step, model_config=to_dict(model.config))
     distributed.teardown()
     return summary
+
+
+def autocast_on(t: TrainLoopConfig, device: torch.device) -> bool:
+    """Whether the step runs under bf16 autocast: on CUDA when ``train.amp`` is ``auto`` or true."""
+    return device.type == "cuda" and t.amp in ("auto", True)
+
+
+def device_region_masks(model: TextSegModel, images: torch.Tensor) -> torch.Tensor:
+    """The region masks of a batch grouped on its device (``data.group_on=device``): the frozen grouping, in
+    float32 outside autocast as in the data workers."""
+    return model.group(images, pixels=False).region_masks
+
+
+def forward_loss(net: nn.Module, images: torch.Tensor, masks: torch.Tensor, inputs: StepInputs, lw: LossConfig,
+                 amp: bool) -> tuple[torch.Tensor, dict[str, float]]:
+    """One micro-batch's forward and loss: ``net`` (a :class:`TrainStep`, or its DDP or compiled wrapper) on the
+    images, their region masks and the text of ``inputs``, then :func:`step_loss`; under CUDA bf16 autocast when
+    ``amp``."""
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+        res = net(images, masks, inputs.caption_tokens, inputs.noun_tokens)
+        return step_loss(res, inputs, lw)
+
+
+def optimizer_step(params: Sequence[nn.Parameter], opt: torch.optim.Optimizer, sched: Any, clip_grad: float,
+                   logit_scale: torch.Tensor) -> None:
+    """The update that ends a training step, after its backward passes: the gradient norm of ``params`` clipped to
+    ``clip_grad`` (0: not clipped), the optimizer and scheduler steps, the gradients freed, and the learned
+    temperature ``logit_scale`` capped at log(:data:`MAX_LOGIT_SCALE`)."""
+    if clip_grad:
+        torch.nn.utils.clip_grad_norm_(params, clip_grad)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        logit_scale.clamp_(max=math.log(MAX_LOGIT_SCALE))
 
 
 @dataclass

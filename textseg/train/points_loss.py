@@ -1,4 +1,4 @@
-"""Training the point generator from image-text pairs alone (no mask is ever read).
+"""The point generator's training objective, from image-text pairs alone (no mask is ever read).
 
 Objective (per batch of B image-sentence pairs; frozen CLIP, frozen promptable segmenter):
 
@@ -20,198 +20,19 @@ Objective (per batch of B image-sentence pairs; frozen CLIP, frozen promptable s
   over sentences, trained by the policy gradient (REINFORCE, the mean reward of the pair's samples as baseline).
   Off by default: on the workbench its reward prefers small fragments (the README's ablation).
 
-Curriculum: ``stages`` run in order, each with its own data (the workbench: object-centric images first, then
-referring scenes); ``curriculum: false`` trains on the union of all stages' data for the same total steps.
+(:func:`train_step` is the whole objective of one batch.)
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import math
-import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from textseg.errors import ConfigError, UserError
-from textseg.ris.points import PointGenerator, dense_and_text, near_patches, patch_centres, save_point_generator
-
-logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Stage:
-    """One curriculum stage: a name, its number of steps, and its image-text shards (brace notation; relative
-    paths are taken from the data root)."""
-
-    name: str
-    steps: int
-    data: list[str]
-
-
-@dataclass
-class PointTrainConfig:
-    """Settings of :func:`train_point_generator` (the YAML file ``configs/points/default.yaml`` holds the defaults).
-
-    Attributes:
-        stages: the curriculum, in order.
-        curriculum: False: one stage over the union of the stages' data, for their total steps (the ablation).
-        batch_size: pairs per step; lr, weight_decay, warmup_steps: AdamW with linear warm-up, cosine decay.
-        localization, confidence, mask_alignment: loss weights (0 switches a term off).
-        pool_temperature: τ of the localisation pooling.
-        loc_images: images each sentence is compared on (its own and loc_images - 1 others of the batch).
-        candidates: patches per pair (and per map) the segmenter is prompted with for the confidence term.
-        confidence_temperature: temperature of the predicted-IoU target distribution.
-        samples: point sets drawn per pair for the mask-alignment reward.
-        n_positive, n_negative: points per drawn set.
-        image_size: side the images are resized to (a multiple of the CLIP patch size).
-        seed: seeds the generator's initialisation, the data order and the point sampling.
-        width, depth, heads: :class:`~textseg.ris.points.PointGenerator` size.
-    """
-
-    stages: list[Stage] = field(default_factory=list)
-    curriculum: bool = True
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_steps: int = 20
-    localization: float = 1.0
-    confidence: float = 1.0
-    mask_alignment: float = 0.0
-    pool_temperature: float = 1.0
-    loc_images: int = 8
-    candidates: int = 12
-    confidence_temperature: float = 0.1
-    samples: int = 4
-    n_positive: int = 1
-    n_negative: int = 1
-    image_size: int = 96
-    seed: int = 0
-    width: int = 128
-    depth: int = 2
-    heads: int = 4
-
-    @property
-    def total_steps(self) -> int:
-        return sum(s.steps for s in self.stages)
-
-
-def load_point_config(path: str | Path | None = None, **overrides: Any) -> PointTrainConfig:
-    """The training config of a YAML file (default: the packaged ``points/default.yaml``), with ``overrides``."""
-    import yaml
-
-    if path is None:
-        from importlib.resources import files
-
-        text = files("textseg").joinpath("configs/points/default.yaml").read_text(encoding="utf-8")
-        where = "configs/points/default.yaml"
-    else:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"point training config {p} does not exist")
-        text, where = p.read_text(encoding="utf-8"), str(p)
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{where} is not valid YAML: {str(err).splitlines()[0]}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where} must hold a mapping of settings")
-    raw.update({k: v for k, v in overrides.items() if v is not None})
-    known = set(PointTrainConfig.__dataclass_fields__)
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}")
-    stages = []
-    for i, st in enumerate(raw.pop("stages", []) or []):
-        if not isinstance(st, dict) or not {"name", "steps", "data"} <= set(st):
-            raise ConfigError(f"{where}: stages[{i}] needs name, steps and data")
-        data = st["data"] if isinstance(st["data"], list) else [st["data"]]
-        if not isinstance(st["steps"], int) or st["steps"] < 0:
-            raise ConfigError(f"{where}: stages[{i}].steps must be a whole number >= 0, got {st['steps']!r}")
-        stages.append(Stage(str(st["name"]), int(st["steps"]), [str(d) for d in data]))
-    cfg = PointTrainConfig(stages=stages, **raw)
-    _check(cfg, where)
-    return cfg
-
-
-def _check(cfg: PointTrainConfig, where: str) -> None:
-    if not cfg.stages or cfg.total_steps < 1:
-        raise ConfigError(f"{where}: stages must hold at least one step")
-    for name in ("batch_size", "loc_images", "samples", "candidates", "n_positive", "image_size", "width", "depth",
-                 "heads"):
-        if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) < 1:
-            raise ConfigError(f"{where}: {name} must be a whole number >= 1, got {getattr(cfg, name)!r}")
-    if cfg.batch_size < 2:
-        raise ConfigError(f"{where}: batch_size must be >= 2 (the losses compare pairs), got {cfg.batch_size}")
-    if not isinstance(cfg.n_negative, int) or cfg.n_negative < 0:
-        raise ConfigError(f"{where}: n_negative must be a whole number >= 0, got {cfg.n_negative!r}")
-    for name in ("lr", "pool_temperature", "confidence_temperature"):
-        v = getattr(cfg, name)
-        if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-            raise ConfigError(f"{where}: {name} must be a positive number, got {v!r}")
-    for name in ("weight_decay", "localization", "confidence", "mask_alignment"):
-        v = getattr(cfg, name)
-        if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-            raise ConfigError(f"{where}: {name} must be a number >= 0, got {v!r}")
-    if cfg.candidates < 2:
-        raise ConfigError(f"{where}: candidates must be >= 2 (the confidence term ranks them), got {cfg.candidates}")
-    if cfg.localization == 0 and cfg.confidence == 0 and cfg.mask_alignment == 0:
-        raise ConfigError(f"{where}: localization, confidence and mask_alignment are all 0: nothing to train")
-
-
-# -- data ----------------------------------------------------------------------------------------------------------
-
-
-def _resolve(patterns: Sequence[str], root: Path | None) -> list[str]:
-    from textseg.train.data import expand_urls
-
-    urls: list[str] = []
-    for pattern in patterns:
-        full = pattern if root is None or Path(pattern).is_absolute() or "://" in pattern else str(root / pattern)
-        found = expand_urls(full)
-        missing = [u for u in found if "://" not in u and not Path(u).is_file()]
-        if missing:
-            raise UserError(f"training shard {missing[0]} does not exist (from {pattern!r}"
-                            f"{f', data root {root}' if root else ''})")
-        urls += found
-    return urls
-
-
-def pair_batches(urls: list[str], batch_size: int, image_size: int, seed: int) -> Iterator[tuple[np.ndarray, list[str]]]:
-    """Endless ``(images (B, S, S, 3) uint8, sentences)`` batches from image-text shards, reshuffled each epoch;
-    only the image and the text of a sample are decoded (corrupt samples are counted and skipped)."""
-    from PIL import Image
-
-    from textseg.train.data import caption_pipeline
-
-    def resize(img: Image.Image) -> np.ndarray:
-        return np.asarray(img.resize((image_size, image_size), Image.BILINEAR) if img.size != (image_size,) * 2
-                          else img)
-
-    pipe = caption_pipeline(urls, shuffle_buffer=1000, seed=seed, split_by_node=False, split_by_worker=False,
-                            image_transform=resize)
-    epoch, images, texts = 0, [], []
-    while True:
-        pipe.set_epoch(epoch)
-        n = 0
-        for image, text in pipe:
-            n += 1
-            images.append(image)
-            texts.append(text)
-            if len(images) == batch_size:
-                yield np.stack(images), texts
-                images, texts = [], []
-        if n == 0:
-            raise UserError(f"no readable image-text sample in {len(urls)} shard(s) ({urls[0]} ...)")
-        epoch += 1
-
-
-# -- losses ----------------------------------------------------------------------------------------------------------
+from textseg.ris.points import PointGenerator, dense_and_text, near_patches, patch_centres
+from textseg.train.points_config import PointTrainConfig
 
 
 def localization_loss(positive: torch.Tensor, same: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -340,16 +161,6 @@ def sample_points(positive: torch.Tensor, negative: torch.Tensor, samples: int, 
     return index, labels, log_prob
 
 
-# -- training --------------------------------------------------------------------------------------------------------
-
-
-def _lr_at(step: int, cfg: PointTrainConfig) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    t = (step - cfg.warmup_steps) / max(1, cfg.total_steps - cfg.warmup_steps)
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
-
-
 def confidence_loss(positive: torch.Tensor, negative: torch.Tensor, core: Any, encoded: Any,
                     image_size: tuple[int, int], cfg: PointTrainConfig, rng: torch.Generator
                     ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -429,74 +240,5 @@ def train_step(generator: PointGenerator, model: Any, core: Any, images: np.ndar
     return loss, stats
 
 
-def train_point_generator(model: Any, core: Any, cfg: PointTrainConfig, out: str | Path, *,
-                          data_root: str | Path | None = None, progress: bool = True,
-                          meta: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train a :class:`~textseg.ris.points.PointGenerator` (module docstring) and write ``out/final.pt``,
-    ``out/metrics.jsonl`` and ``out/config.json``.
-
-    Args:
-        model: the frozen textseg model (its CLIP gives dense and text features).
-        core: the frozen promptable segmenter's tensor core.
-        cfg: the settings (:func:`load_point_config`).
-        out: output folder.
-        data_root: folder that relative shard patterns are taken from.
-        progress: show a tqdm bar.
-        meta: saved with the checkpoint (e.g. the model and segmenter checkpoints used).
-
-    Returns:
-        A summary: steps per stage, seconds, final loss parts.
-    """
-    from tqdm import tqdm
-
-    from textseg.io import atomic_write_text
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    root = Path(data_root) if data_root is not None else None
-    stages = [(s.name, s.steps, _resolve(s.data, root)) for s in cfg.stages]
-    if not cfg.curriculum:
-        stages = [("mixed", cfg.total_steps, [u for _, _, urls in stages for u in urls])]
-    device = next(model.parameters()).device
-    model.eval().requires_grad_(False)
-    torch.manual_seed(cfg.seed)
-    embed_dim = int(model.clip.text_projection.shape[1]) if getattr(model.clip, "text_projection", None) is not None \
-        else int(model.clip.visual.output_dim)
-    generator = PointGenerator(embed_dim, cfg.width, cfg.depth, cfg.heads).to(device)
-    opt = torch.optim.AdamW(generator.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    rng = torch.Generator().manual_seed(cfg.seed)
-    atomic_write_text(out / "config.json", json.dumps(asdict(cfg), indent=2) + "\n")
-    metrics_path = out / "metrics.jsonl"
-    metrics_path.unlink(missing_ok=True)
-    start, step, summary = time.perf_counter(), 0, {"stages": []}
-    bar = tqdm(total=cfg.total_steps, desc="point generator", unit="step", disable=not progress)
-    last: dict[str, float] = {}
-    with metrics_path.open("a", encoding="utf-8") as metrics:
-        for si, (name, steps, urls) in enumerate(stages):
-            batches = pair_batches(urls, cfg.batch_size, cfg.image_size, cfg.seed * 1000 + si)
-            for _ in range(steps):
-                images, sentences = next(batches)
-                for group in opt.param_groups:
-                    group["lr"] = _lr_at(step, cfg)
-                loss, last = train_step(generator, model, core, images, sentences, cfg, rng)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(generator.parameters(), 1.0)
-                opt.step()
-                step += 1
-                metrics.write(json.dumps({"step": step, "stage": name, **{k: round(v, 5) for k, v in last.items()}})
-                              + "\n")
-                metrics.flush()
-                bar.update(1)
-                bar.set_postfix(stage=name, loss=f"{last['loss']:.3f}")
-            summary["stages"].append({"name": name, "steps": steps, "shards": len(urls)})
-    bar.close()
-    summary.update(steps=step, seconds=round(time.perf_counter() - start, 1), final=last,
-                   curriculum=cfg.curriculum)
-    save_point_generator(generator.cpu(), out / "final.pt", {**(meta or {}), "config": asdict(cfg),
-                                                              "summary": summary})
-    return summary
-
-
-__all__ = ["PointTrainConfig", "Stage", "alignment_reward", "confidence_candidates", "confidence_loss",
-           "listwise_loss", "load_point_config", "localization_loss", "pair_batches", "region_features", "sample_points", "train_point_generator", "train_step"]
+__all__ = ["alignment_reward", "candidate_images", "confidence_candidates", "confidence_loss", "listwise_loss",
+           "localization_loss", "region_features", "sample_points", "train_step"]

@@ -1,0 +1,228 @@
+"""From window probabilities to label maps: the sliding-window plan of an image, its labelling at the input size
+(a band of rows at a time), class-name checks and the result type of semantic segmentation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from textseg.config import Protocol
+from textseg.errors import UserError
+from textseg.io import label_dtype
+from textseg.pipeline import resized_size
+
+
+def window_starts(length: int, window: int, stride: int) -> list[int]:
+    """Start offsets of sliding windows that cover [0, length), the last one flush with the end."""
+    if length <= window:
+        return [0]
+    starts = list(range(0, length - window + 1, stride))
+    if starts[-1] != length - window:
+        starts.append(length - window)
+    return starts
+
+
+def check_class_names(classes: Sequence[str]) -> list[str]:
+    """The class names as strings, checked: none empty, none repeated (ignoring case and surrounding spaces), none
+    called "background" (label 0's name).
+
+    Raises:
+        UserError: the first problem found, naming the class.
+    """
+    names = [str(c) for c in classes]
+    if not names:
+        raise UserError("the class list is empty")
+    seen: dict[str, str] = {}
+    for name in names:
+        key = name.strip().casefold()
+        if not key:
+            raise UserError("the class list contains an empty name")
+        if key == "background":
+            raise UserError(f"class {name!r}: 'background' is the name of label 0 (pixels no class matches); "
+                            "name what it should find instead (e.g. 'sky', 'wall'), or list such names as "
+                            "background classes")
+        if key in seen:
+            raise UserError(f"class {name!r} is listed twice (as {seen[key]!r} too): each class needs its own name")
+        seen[key] = name
+    return names
+
+
+def bilinear_taps(n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Source indices i0, i1 and weights of i1 for each of ``n_out`` outputs of 1-D bilinear resampling from
+    ``n_in`` samples, as ``F.interpolate(mode="bilinear", align_corners=False)`` computes them (no antialias).
+    Computed on the CPU in float64 (not every device has it); the weights are float32."""
+    scale = n_in / n_out
+    src = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * scale - 0.5).clamp_(min=0)
+    i0 = src.floor().long().clamp_(max=n_in - 1)
+    i1 = (i0 + 1).clamp_(max=n_in - 1)
+    return i0, i1, (src - i0).float()
+
+
+def with_bg_score(sims: torch.Tensor, bg_score: float | None) -> torch.Tensor:
+    """(..., C) region-class similarities with the constant background score appended as a last column (C + 1);
+    unchanged when ``bg_score`` is None."""
+    if bg_score is None:
+        return sims
+    return torch.cat([sims, sims.new_full((*sims.shape[:-1], 1), float(bg_score))], -1)
+
+
+def region_class_probs(sims: torch.Tensor, bg_score: float | None, logit_scale: torch.Tensor | float
+                       ) -> torch.Tensor:
+    """Class probabilities of regions from their (..., C) text similarities: the constant background score
+    appended (:func:`with_bg_score`), scaled by the model's logit scale, softmax over the last dimension."""
+    return (logit_scale * with_bg_score(sims, bg_score)).softmax(-1)
+
+
+def check_maps(maps: Sequence[np.ndarray], arrays: Sequence[np.ndarray], what: str) -> list[np.ndarray]:
+    """One integer (H, W) map per image, at that image's size, as int64 arrays.
+
+    Raises:
+        UserError: a count, type or shape that does not match.
+    """
+    if len(maps) != len(arrays):
+        raise UserError(f"{len(maps)} {what}s given for {len(arrays)} images")
+    out = []
+    for i, (m, a) in enumerate(zip(maps, arrays)):
+        m = np.asarray(m)
+        if m.dtype.kind not in "iub":
+            raise UserError(f"{what} {i} holds {m.dtype} values, expected integers")
+        if m.shape != a.shape[:2]:
+            raise UserError(f"{what} {i} is {m.shape}, its image is {a.shape[:2]}")
+        out.append(m.astype(np.int64))
+    return out
+
+
+@dataclass(eq=False)
+class CropPlan:
+    """One image of a :meth:`~textseg.segmenter.Segmenter.predict_batch` call: where its crops are, and (while some are pending) its
+    resized tensor on the device.
+
+    The window probabilities are kept as they come out of the model, per window: its (h, w) group map and its
+    (C, K) region probabilities. Probabilities at a pixel are gathered only for the rows being labelled
+    (:meth:`band`), so no (C, H, W) map of the image is ever held whatever the number of classes.
+    """
+
+    index: int
+    size: tuple[int, int]
+    window: tuple[int, int]
+    starts: list[tuple[int, int]]
+    left: int = 0
+    image: torch.Tensor | None = None
+    parts: list[tuple[int, int, torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    count: torch.Tensor | None = None
+    given: torch.Tensor | None = None  # a region or ground-truth map at the resized scale, while crops are pending
+
+    @classmethod
+    def make(cls, index: int, size: tuple[int, int], p: Protocol, passes: int = 1) -> "CropPlan":
+        """The windows of image ``index``; each is recorded ``passes`` times (once per grouping)."""
+        h, w = resized_size(size, p.short_side, p.max_long_side)
+        win_h, win_w = (min(p.window, h), min(p.window, w)) if p.window else (h, w)
+        starts = [(y0, x0) for y0 in window_starts(h, win_h, p.stride or h)
+                  for x0 in window_starts(w, win_w, p.stride or w)]
+        return cls(index, (h, w), (win_h, win_w), starts, left=len(starts) * passes)
+
+    def open(self, image: torch.Tensor, given: torch.Tensor | None = None) -> None:
+        self.image, self.given = image, given
+        self.count = torch.zeros(self.size, device=image.device)
+
+    def add(self, y0: int, x0: int, pixels: torch.Tensor, region_probs: torch.Tensor, weight: int = 1) -> None:
+        """Record one window: its (h, w) group map and (C, K) region probabilities, the sum of ``weight`` passes
+        over that map (the grid offsets of one grouping), so that the map is painted once."""
+        h, w = pixels.shape
+        self.parts.append((y0, x0, pixels, region_probs))
+        self.count[y0: y0 + h, x0: x0 + w] += weight
+        self.left -= 1
+        if self.left == 0:
+            self.image = self.given = None
+
+    def band(self, r0: int, r1: int) -> torch.Tensor:
+        """(C, r1 - r0, w) probabilities of rows r0..r1-1 at the resized scale, averaged over the windows."""
+        channels = self.parts[0][3].shape[0]
+        out = torch.zeros(channels, r1 - r0, self.size[1], device=self.count.device)
+        for y0, x0, pixels, probs in self.parts:
+            lo, hi = max(r0, y0), min(r1, y0 + pixels.shape[0])
+            if lo < hi:
+                out[:, lo - r0: hi - r0, x0: x0 + pixels.shape[1]] += probs[:, pixels[lo - y0: hi - y0]]
+        return out.div_(self.count[r0:r1])
+
+    def label(self, size: tuple[int, int], c: int, names: list[str], p: Protocol, return_probs: bool,
+              tile_elements: int = 1 << 22) -> "SegmentationResult":
+        """Label an image's pixels at the input size from its window probabilities at the resized scale.
+
+        The probabilities are brought to the input size bilinearly (as ``F.interpolate`` does) a band of rows at
+        a time, at most ``tile_elements`` values per band, and only the labels of each band are kept: memory is
+        bounded whatever the image size and class count, unless ``return_probs`` asks for the full maps.
+        """
+        (h, w), (H, W) = self.size, size
+        device = self.count.device
+        channels = self.parts[0][3].shape[0]
+        y0s, y1s, wy = bilinear_taps(h, H)  # on the CPU: the band limits below are read without a device sync
+        x0s, x1s, wx = (t.to(device) for t in bilinear_taps(w, W))
+        dtype = label_dtype(len(names))
+        labels = torch.empty(H, W, dtype=torch.uint8 if dtype == np.uint8 else torch.int32, device=device)
+        probs_out = torch.empty(channels, H, W) if return_probs else None
+        # rows per band: its (C, T, W) output and its (C, ~T * h / H + 2, w) source band each within tile_elements
+        rows = max(1, min(tile_elements // (channels * W), int((tile_elements // (channels * w) - 2) * H / h)))
+        for t0 in range(0, H, rows):
+            t1 = min(H, t0 + rows)
+            r0, r1 = int(y0s[t0]), int(y1s[t1 - 1]) + 1  # the source rows this band of output rows reads
+            band = self.band(r0, r1)
+            ly = wy[t0:t1, None].to(device)
+            i0, i1 = (y0s[t0:t1] - r0).to(device), (y1s[t0:t1] - r0).to(device)
+            mixed = band[:, i0] * (1 - ly) + band[:, i1] * ly  # (C, T, w)
+            probs = mixed[..., x0s] * (1 - wx) + mixed[..., x1s] * wx  # (C, T, W)
+            if p.background is None:
+                tile = probs[:c].argmax(0) + 1
+            else:
+                best_p, best = probs.max(0)
+                tile = best + 1
+                tile[best >= c] = 0
+                if p.background == "threshold":
+                    tile[best_p < p.bg_threshold] = 0
+            labels[t0:t1] = tile
+            if probs_out is not None:
+                probs_out[:, t0:t1] = probs.cpu()
+        self.close()
+        return SegmentationResult(labels=labels.cpu().numpy().astype(dtype, copy=False), classes=names,
+                                  probs=probs_out.numpy() if probs_out is not None else None)
+
+    def close(self) -> None:
+        self.image = self.count = None
+        self.parts = []
+
+
+@dataclass
+class SegmentationResult:
+    """Result of :meth:`Segmenter.predict`.
+
+    Attributes:
+        labels: (H, W); 0 = background, i + 1 = ``classes[i]`` of the call; uint8 when the names fit (up to 255
+            classes), else uint16 (see :func:`label_dtype`). Cast before arithmetic that may go negative.
+        classes: ``["background", *classes]``, so ``classes[labels]`` names every pixel.
+        probs: (C', H, W) float32 class probabilities (foreground classes, then background classes, then the
+            constant background score if one was given), if asked for. They are the one part of a result whose
+            size grows with the class count times the image size.
+    """
+
+    labels: np.ndarray
+    classes: list[str]
+    probs: np.ndarray | None = None
+
+    def pixel_counts(self) -> np.ndarray:
+        """(len(classes),) int64 number of pixels of each label, background (0) first."""
+        counts = np.zeros(len(self.classes), dtype=np.int64)
+        for rows in np.array_split(self.labels, max(1, self.labels.size // (1 << 22))):  # bincount copies to int64
+            counts += np.bincount(rows.ravel(), minlength=len(self.classes))[: len(self.classes)]
+        return counts
+
+    def pixel_share(self) -> dict[str, float]:
+        """Share of the image's pixels per class name (classes with no pixel left out)."""
+        total = max(1, self.labels.size)
+        return {self.classes[i]: float(c) / total for i, c in enumerate(self.pixel_counts()) if c > 0}
+
+
+__all__ = ["CropPlan", "SegmentationResult", "bilinear_taps", "check_class_names", "check_maps", "region_class_probs",
+           "window_starts", "with_bg_score"]

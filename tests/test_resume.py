@@ -6,23 +6,21 @@ import io
 import json
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-from test_train import read_log, tiny_overrides, write_shards
+from killing import REPO, read_log, run_and_kill
+from test_train import tiny_overrides, write_shards
 from textseg.train import load_train_config, train
 from textseg import artifacts as ckpt
 from textseg.train.data import BatchStream, caption_batches
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def add_corrupt_shard(folder: Path, index: int, n_bad: int) -> None:
@@ -126,32 +124,10 @@ def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_weights(t
     cmd = [sys.executable, "-m", "textseg.cli", "train", str(tmp_path / "run.yaml"),
            *[o.replace(str(tmp_path / "ref"), str(out)) for o in overrides], "--no-progress"]
     rng = random.Random(KILL_SEED)
-    kills, newest = 0, 0
-    while kills < 5:
-        with open(tmp_path / "stderr.txt", "w") as err:
-            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, cwd=REPO)
-        deadline = time.time() + 300
-        # wait for a checkpoint newer than the one this attempt resumed from, then for 0 or 1 more logged step,
-        # then kill at a random moment within the next step: progress per attempt is bounded in steps, not in
-        # seconds, so a fast machine cannot finish the run before the fifth kill
-        target = None
-        while True:
-            found = ckpt.step_checkpoints(out)
-            if target is None and found and int(found[-1].stem.split("-")[1]) > newest:
-                target = int(found[-1].stem.split("-")[1]) + rng.randint(0, 1)
-            if target is not None and any(r["step"] >= target for r in read_log(out / "metrics.jsonl")):
-                break
-            assert proc.poll() is None, (tmp_path / "stderr.txt").read_text()[-3000:]
-            assert time.time() < deadline, "no new checkpoint in time"
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 0.2))
-        if proc.poll() is not None:  # finished before the kill: too fast a machine; start over with more steps
-            pytest.fail(f"the run finished before kill {kills + 1}; raise train.steps")
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait(timeout=60) == -signal.SIGKILL
-        kills += 1
-        newest = int(ckpt.step_checkpoints(out)[-1].stem.split("-")[1])
-        assert newest < steps and not (out / "final.pt").exists()
+    newest = 0
+    for _ in range(5):  # each attempt: a checkpoint newer than the one it resumed from, then 0 or 1 more step
+        newest = run_and_kill(cmd, out, tmp_path / "stderr.txt", rng, newer_than=newest, then_steps=rng.randint(0, 1))
+        assert newest < steps
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((out / "summary_rank0.json").read_text())

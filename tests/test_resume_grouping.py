@@ -3,16 +3,14 @@ with the same command, ends with the weights of the uninterrupted run (one DataL
 
 import json
 import random
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+from killing import REPO, read_log, run_and_kill
 from textseg import artifacts as ckpt
 from textseg.train.selfsup import load_selfsup_config, pretrain_grouping
 
-REPO = Path(__file__).resolve().parents[1]
 STEPS = 12
 # the packaged ViT on few, small crops; 8 images in batches of 2: an epoch is 4 steps, the run spans 3 epochs
 SETTINGS = ["data.batch_size=2", "data.workers=1", "data.shuffle_buffer=4", "crops.global_size=32",
@@ -20,10 +18,6 @@ SETTINGS = ["data.batch_size=2", "data.workers=1", "data.shuffle_buffer=4", "cro
             "head.bottleneck_dim=8", "optim.warmup=3", "optim.freeze_last_layer=1", f"train.steps={STEPS}",
             "train.ckpt_every=2", "train.keep_last=2"]
 KILL_SEED = 7
-
-
-def read_log(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
 def final_checksum(out: Path) -> str:
@@ -46,19 +40,9 @@ def test_sigkill_after_a_step_checkpoint_then_rerun_gives_the_uninterrupted_weig
            "--no-progress", "--device", "cpu"]
     for item in SETTINGS:
         cmd += ["--set", item]
-    with open(tmp_path / "stderr.txt", "w") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, cwd=REPO)
-    deadline = time.time() + 300
-    while not ckpt.step_checkpoints(out):
-        assert proc.poll() is None, (tmp_path / "stderr.txt").read_text()[-3000:]
-        assert time.time() < deadline, "no step checkpoint in time"
-        time.sleep(0.01)
-    time.sleep(random.Random(KILL_SEED).uniform(0.0, 0.2))  # within the step after the checkpoint, or the next
-    assert proc.poll() is None, "the run finished before the kill; raise STEPS"
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait(timeout=60) == -signal.SIGKILL
-    newest = int(ckpt.step_checkpoints(out)[-1].stem.split("-")[1])
-    assert 2 <= newest < STEPS and not (out / "final.pt").exists()
+    # within the step after the first checkpoint, or the next
+    newest = run_and_kill(cmd, out, tmp_path / "stderr.txt", random.Random(KILL_SEED))
+    assert 2 <= newest < STEPS
 
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]

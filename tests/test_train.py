@@ -18,7 +18,7 @@ from textseg.grouping import Grouper
 from textseg.io import ShardWriter
 from textseg.train import TrainConfig, load_train_config, train
 from textseg.artifacts import load_model_weights, weights_checksum
-from textseg.train.data import NounBatcher, TrainTransform, collate
+from textseg.train.samples import NounBatcher, TrainTransform, collate
 from textseg.train.loop import build_model
 
 REPO = Path(__file__).resolve().parents[1]

@@ -81,9 +81,9 @@ def training_step_seconds(cfg: Any, *, steps: int = 2, warmup: int = 1, seed: in
     :func:`~textseg.train.loop.optimizer_step`; ``warmup`` untimed steps first. Random weights (``init`` is not
     read), so it can run before the run that makes them.
     """
-    from textseg.train.data import NounBatcher
     from textseg.train.loop import (TrainStep, autocast_on, build_model, build_optimizer, device_region_masks,
                                     forward_loss, select_trainable, step_inputs)
+    from textseg.train.samples import NounBatcher
 
     if steps < 1 or warmup < 0:
         raise ValueError("steps must be >= 1 and warmup >= 0")
@@ -140,9 +140,9 @@ def bench_train(model: str = "labxy-small-workbench", *, steps: int = 10, warmup
     import textseg
     from textseg.losses import image_text_loss
     from textseg.train.config import load_train_config
-    from textseg.train.data import NounBatcher
     from textseg.train.loop import (MAX_LOGIT_SCALE, TrainStep, build_optimizer, device_region_masks,
                                     enable_cuda_speedups, forward_loss, select_trainable, step_inputs)
+    from textseg.train.samples import NounBatcher
 
     if steps < 1 or warmup < 0:
         raise ValueError("steps must be >= 1 and warmup >= 0")

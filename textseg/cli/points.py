@@ -30,7 +30,7 @@ def cmd_train_points(args: argparse.Namespace) -> int:
             stage.steps = max(1, round(stage.steps * args.steps_scale)) if stage.steps else 0
     if args.promptable is None:
         raise UserError("--promptable CKPT is required: the frozen promptable segmenter whose masks train the "
-                        "generator (`textseg train-segmenter` makes the workbench stand-in)")
+                        "generator (`textseg train-promptable` makes the workbench stand-in)")
     from textseg.ris.promptable import PromptableSegmenter
 
     model = model_from_args(args)

@@ -35,7 +35,8 @@ from textseg.text import encode_text_trimmed, trim_tokens
 from textseg.train import schedule
 from textseg.train import distributed
 from textseg.train.config import DataConfig, LossConfig, OptimConfig, TrainConfig, TrainLoopConfig
-from textseg.train.data import BatchStream, NounBatcher, TrainTransform, caption_batches, collate, worker_init
+from textseg.train.data import BatchStream, caption_batches, worker_init
+from textseg.train.samples import NounBatcher, TrainTransform, collate
 from textseg.train.distributed import ContrastiveFeatures, gather_features, noun_keys
 
 _log = logging.getLogger(__name__)
@@ -164,7 +165,7 @@ def group_on(d: DataConfig, device: torch.device) -> str:
 
 class ImageTransform:
     """PIL image → (3, S, S) tensor in [0, 1] and nothing else: with ``data.group_on=device`` the training step
-    groups the whole batch on the device (:class:`~textseg.train.data.TrainTransform` groups in the workers)."""
+    groups the whole batch on the device (:class:`~textseg.train.samples.TrainTransform` groups in the workers)."""
 
     def __init__(self, image_size: int, patch_size: int) -> None:
         if image_size % patch_size:
@@ -178,7 +179,7 @@ class ImageTransform:
 
 
 def collate_images(batch: list[tuple]) -> dict[str, Any]:
-    """:func:`~textseg.train.data.collate` for :class:`ImageTransform` samples: no region masks."""
+    """:func:`~textseg.train.samples.collate` for :class:`ImageTransform` samples: no region masks."""
     return {"images": torch.stack([b[0] for b in batch]), "captions": [b[1] for b in batch],
             "urls": [b[2] for b in batch] if len(batch[0]) > 2 else []}
 

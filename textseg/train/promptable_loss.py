@@ -27,9 +27,9 @@ def mask_losses(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tenso
 
 
 def segmenter_loss(core: PromptableCore, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-    """SAM's training loss on a :func:`collate_scenes` batch: 20 x focal + dice on the masks (for the one-point
-    multimask prompt the least over its outputs, for the several-point prompt the single output), plus the MSE
-    between the predicted and the actual IoU of every output."""
+    """SAM's training loss on a :func:`~textseg.train.promptable_data.collate_scenes` batch: 20 x focal + dice on
+    the masks (for the one-point multimask prompt the least over its outputs, for the several-point prompt the single
+    output), plus the MSE between the predicted and the actual IoU of every output."""
     dev = core.device
     encoded = core.encode(batch["images"])
     index = batch["image_index"].to(dev)

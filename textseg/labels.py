@@ -97,8 +97,8 @@ def check_maps(maps: Sequence[np.ndarray], arrays: Sequence[np.ndarray], what: s
 
 @dataclass(eq=False)
 class CropPlan:
-    """One image of a :meth:`~textseg.segmenter.Segmenter.predict_batch` call: where its crops are, and (while some are pending) its
-    resized tensor on the device.
+    """One image of a :meth:`~textseg.segmenter.Segmenter.predict_batch` call: where its crops are, and (while some
+    are pending) its resized tensor on the device.
 
     The window probabilities are kept as they come out of the model, per window: its (h, w) group map and its
     (C, K) region probabilities. Probabilities at a pixel are gathered only for the rows being labelled
@@ -125,6 +125,7 @@ class CropPlan:
         return cls(index, (h, w), (win_h, win_w), starts, left=len(starts) * passes)
 
     def open(self, image: torch.Tensor, given: torch.Tensor | None = None) -> None:
+        """Hold the image's resized tensor (and its given map) while its crops are pending; start the counts."""
         self.image, self.given = image, given
         self.count = torch.zeros(self.size, device=image.device)
 
@@ -190,6 +191,7 @@ class CropPlan:
                                   probs=probs_out.numpy() if probs_out is not None else None)
 
     def close(self) -> None:
+        """Let go of the image's tensors and window probabilities."""
         self.image = self.count = None
         self.parts = []
 

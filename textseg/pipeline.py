@@ -117,8 +117,8 @@ class RegionPipeline:
 
     @torch.no_grad()
     def regions_batch(self, crops: torch.Tensor, pixel_size: tuple[int, int] | None = None,
-                       given: torch.Tensor | None = None, counts: Sequence[int | None] = (None,), shifts: int = 1
-                       ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+                      given: torch.Tensor | None = None, counts: Sequence[int | None] = (None,), shifts: int = 1
+                      ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Group a (B, 3, h, w) batch of crops once per group count (None: the model's k) and embed the regions of
         all the groupings in one pass of the CLIP per patch-grid offset: per count and offset (count-major), (B, H,
         W) group maps at ``pixel_size`` (default (h, w)) and (B, K, E) normalised region embeddings, K the most
@@ -167,7 +167,7 @@ class RegionPipeline:
         return list(F.normalize(out.regions.float(), dim=-1).split(sizes, 1))
 
     def group_batch(self, crops: torch.Tensor, pixel_size: tuple[int, int] | None = None,
-                     counts: Sequence[int | None] = (None,)) -> tuple[torch.Tensor, list[Groups]]:
+                    counts: Sequence[int | None] = (None,)) -> tuple[torch.Tensor, list[Groups]]:
         """The (B, 3, h, w) crops resized to the model's patch multiple, and their grouping into each of ``counts``
         groups (None: the model's k; the grouping backbone runs once) with (B, H, W) group maps at ``pixel_size``
         (default (h, w))."""

@@ -122,7 +122,8 @@ class Segmenter:
         size, from one image or several, go through the model together, ``batch_size`` at a time: one grouping
         and one region pass per chunk. The class text is encoded once per call; each window's group map and region
         probabilities stay on the model's device until the image's last crop is done and it is labelled (see
-        :meth:`~textseg.labels.CropPlan.label`), so device memory is bounded by ``batch_size`` crops whatever the number of images.
+        :meth:`~textseg.labels.CropPlan.label`), so device memory is bounded by ``batch_size`` crops whatever the
+        number of images.
         The decoded images and the results of the call stay on the host: feed a large collection in slices (as
         ``textseg segment`` does).
 

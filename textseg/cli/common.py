@@ -103,7 +103,8 @@ def add_promptable_args(p: argparse.ArgumentParser, *, with_sam: bool = True) ->
     when the parser has ``--sam-checkpoint`` and ``--sam-model-type`` already."""
     g = p.add_argument_group("point prompting (--method points)")
     g.add_argument("--promptable", metavar="CKPT",
-                   help="workbench-promptable-segmenter checkpoint (from `textseg train-promptable`; a stand-in for SAM)")
+                   help="workbench-promptable-segmenter checkpoint (from `textseg train-promptable`; a stand-in for "
+                        "SAM)")
     if with_sam:
         g.add_argument("--sam-checkpoint", help="SAM checkpoint file (sam_vit_h_4b8939.pth, ...)")
         g.add_argument("--sam-model-type", default="vit_h", choices=["vit_h", "vit_l", "vit_b"])

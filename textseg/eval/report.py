@@ -74,7 +74,8 @@ DIAGNOSIS_ROWS: tuple[tuple[str, str, str], ...] = (
 
 
 def diagnosis_markdown(d: Mapping[str, Any]) -> str:
-    """The error decomposition (:mod:`textseg.eval.diagnose`) as one Markdown table (a heading, the table, a legend and the notes)."""
+    """The error decomposition (:mod:`textseg.eval.diagnose`) as one Markdown table (a heading, the table, a legend
+    and the notes)."""
     fg_bg = d.get("fg_bg") or {}
     values = [d["mIoU"].get(key) if tag != "(d)" else fg_bg.get(key) for tag, key, _ in DIAGNOSIS_ROWS]
     lines = [f"## Error decomposition ({d.get('n_samples', '?')} images)", "", "| | measure | value |",

@@ -30,11 +30,11 @@ import torch.nn.functional as F
 
 from textseg.config import Protocol
 from textseg.errors import UserError
-from textseg.io import ImageLike, load_image
-from textseg.labels import check_maps
 from textseg.eval.predictors import SegmenterSemsegPredictor
+from textseg.io import ImageLike, load_image
+from textseg.labels import SegmentationResult, check_maps
 from textseg.metrics import SemsegMetric
-from textseg.segmenter import Segmenter
+from textseg.segmenter import Segmenter, check_batch_size
 
 VARIANTS: tuple[str, ...] = ("model", "oracle_labels", "oracle_regions")
 NO_INSTANCES = "(c) is absent: the dataset has no ground-truth instance maps (VOC's SegmentationObject)"
@@ -97,7 +97,7 @@ def majority_labels(groups: torch.Tensor, truth: torch.Tensor, num_labels: int, 
 @torch.no_grad()
 def label_regions(segmenter: Segmenter, images: Sequence[ImageLike], regions: Sequence[np.ndarray],
                   classes: Sequence[str], protocol: Protocol | None = None, *, batch_size: int = 32,
-                  return_probs: bool = False, **overrides: Any) -> list:
+                  return_probs: bool = False, **overrides: Any) -> list[SegmentationResult]:
     """:meth:`Segmenter.predict_batch <textseg.segmenter.Segmenter.predict_batch>` with given regions in place of
     the model's groups (e.g. ground-truth instances): the recognition ceiling (c).
 
@@ -119,8 +119,7 @@ def label_regions(segmenter: Segmenter, images: Sequence[ImageLike], regions: Se
         One :class:`~textseg.labels.SegmentationResult` per image, in the order given.
     """
     p = segmenter.resolve_protocol(protocol, overrides)
-    if batch_size < 1:
-        raise UserError(f"batch_size must be at least 1, got {batch_size}")
+    check_batch_size(batch_size)
     scorer = segmenter.region_probs(classes, p, counts=[None])
     arrays = [load_image(im) for im in images]
     maps = check_maps(regions, arrays, "region map")
@@ -133,7 +132,7 @@ def label_regions(segmenter: Segmenter, images: Sequence[ImageLike], regions: Se
 @torch.no_grad()
 def oracle_labels(segmenter: Segmenter, images: Sequence[ImageLike], truth: Sequence[np.ndarray],
                   classes: Sequence[str], protocol: Protocol | None = None, *, batch_size: int = 32,
-                  ignore_index: int = 255, **overrides: Any) -> list:
+                  ignore_index: int = 255, **overrides: Any) -> list[SegmentationResult]:
     """The model's own groups, each labelled with the majority ground-truth label of its pixels: the best
     labelling the grouping allows (the grouping ceiling (b)).
 
@@ -158,8 +157,7 @@ def oracle_labels(segmenter: Segmenter, images: Sequence[ImageLike], truth: Sequ
     p = segmenter.resolve_protocol(protocol, overrides)
     if p.background == "threshold":
         p = dataclasses.replace(p, background="classes")  # not Protocol.replace: no schema check per call
-    if batch_size < 1:
-        raise UserError(f"batch_size must be at least 1, got {batch_size}")
+    check_batch_size(batch_size)
     c = len(classes)
     arrays = [load_image(im) for im in images]
     maps = check_maps(truth, arrays, "ground-truth map")

@@ -57,7 +57,7 @@ def test_segment_options_change_single_protocol_fields(tmp_path, capsys):
         assert message in err and "Traceback" not in err
     rc = main([*base, "--protocol", "nosuch", "--out", str(tmp_path / "c")])
     err = capsys.readouterr().err
-    assert rc == 2 and "protocol config 'nosuch' not found" in err and "groupvit, sclip, workbench" in err
+    assert rc == 2 and "protocol config 'nosuch' not found" in err and "groupvit, naclip-voc21, proxyclip-voc21, sclip" in err
 
 
 def test_eval_commands_through_the_real_tiny_model(tmp_path):

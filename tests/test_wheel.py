@@ -55,7 +55,9 @@ def test_installed_wheel_works_from_any_folder(tmp_path):
     assert sorted(p.name for p in (elsewhere / "out").iterdir()) == [
         "2007_000033.json", "2007_000033_labels.png", "2007_000033_overlay.png"]
     found = json.loads(run("-c", CHECKS, str(site)).strip().splitlines()[-1])
-    assert found["protocols"] == {"groupvit": 448, "sclip": 336, "workbench": 96, "workbench-generic": 96}
+    assert found["protocols"] == {"groupvit": 448, "sclip": 336, "workbench": 96, "workbench-generic": 96,
+                                  "sclip-voc21": 336, "naclip-voc21": 336, "proxyclip-voc21": 336}
+    assert found["models"]["naclip-b16"] == "ViT-B-16" and found["models"]["proxyclip-b16"] == "ViT-B-16"
     assert found["selfsup"] == ["workbench"] and found["models"]["learned-small-workbench"] == "textseg-small-vit12-96"
     assert found["stages"] == {"stage1_image_text": "labxy-small-workbench", "stage2_region": "labxy-small-workbench"}
     assert found["variants"]["two_way_pool"] == "two_way" and len(found["variants"]) == 6

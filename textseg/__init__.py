@@ -9,6 +9,7 @@ _LAZY = {
     "Segmenter": "textseg.segmenter", "SegmentationResult": "textseg.labels", "ReferResult": "textseg.ris.result",
     "ReferringResult": "textseg.segmenter", "RegionPipeline": "textseg.pipeline",
     "Protocol": "textseg.config", "ModelConfig": "textseg.config", "load_protocol": "textseg.config",
+    "Vocabulary": "textseg.vocab",
 }
 
 
@@ -22,5 +23,5 @@ def __getattr__(name: str):
 
 
 __all__ = ["create_model", "list_models", "get_model_config", "Segmenter", "SegmentationResult", "ReferResult",
-           "ReferringResult", "RegionPipeline", "Protocol", "ModelConfig", "load_protocol", "MissingWeightsError",
-           "UserError"]
+           "ReferringResult", "RegionPipeline", "Protocol", "ModelConfig", "load_protocol", "Vocabulary",
+           "MissingWeightsError", "UserError"]

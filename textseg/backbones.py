@@ -32,13 +32,20 @@ class TimmViTFeatures(nn.Module):
         mean, std: input normalisation of the model.
         upsample: enlarge the images by this integer factor (bilinear) before the ViT: one feature per
             ``patch / upsample`` input pixels (:attr:`patch_size`), a denser grid for small images.
+        pos_embed: ``timm`` (timm's resampling of the position embedding) or ``dino`` (DINO's,
+            :func:`~textseg.dense.attention.dino_pos_embed`; a ViT with one class token and no other prefix).
     """
 
     def __init__(self, model: nn.Module, feature: str = "tokens", mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                 upsample: int = 1):
+                 upsample: int = 1, pos_embed: str = "timm"):
         super().__init__()
         if feature not in ("tokens", "keys"):
             raise ValueError(f"feature must be 'tokens' or 'keys', got {feature!r}")
+        if pos_embed not in ("timm", "dino"):
+            raise ValueError(f"pos_embed must be 'timm' or 'dino', got {pos_embed!r}")
+        if pos_embed == "dino" and (getattr(model, "num_prefix_tokens", 1) != 1 or getattr(model, "no_embed_class",
+                                                                                             False)):
+            raise ValueError("pos_embed 'dino' needs a ViT with one class token that has a position of its own")
         vit_patch = int(model.patch_embed.patch_size[0])
         if upsample < 1 or vit_patch % upsample:
             raise ValueError(f"upsample must be a whole number >= 1 that divides the ViT's patch size {vit_patch}, "
@@ -48,6 +55,24 @@ class TimmViTFeatures(nn.Module):
         self.upsample = int(upsample)
         self.patch_size = vit_patch // self.upsample  # in input pixels
         self.normalize = Normalize(mean, std)
+        self.pos_embed = pos_embed
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """The ViT's (B, prefix + N, C) output tokens (after its final norm) of normalised (B, 3, H, W) images."""
+        if self.pos_embed == "timm":
+            return self.model.forward_features(x)
+        from textseg.dense.attention import dino_pos_embed
+
+        m = self.model
+        t = m.patch_embed.proj(x)
+        gh, gw = int(t.shape[-2]), int(t.shape[-1])
+        t = m.patch_embed.norm(t.flatten(2).transpose(1, 2))
+        t = torch.cat([m.cls_token.expand(t.shape[0], -1, -1), t], 1)
+        t = m.pos_drop(t + dino_pos_embed(m.pos_embed[0], gh, gw).to(t.dtype)[None])
+        t = m.norm_pre(t)
+        for blk in m.blocks:
+            t = blk(t)
+        return m.norm(t)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Map (B, 3, H, W) images in [0, 1] to (B, H/p, W/p, C) patch features (p: :attr:`patch_size`)."""
@@ -58,14 +83,13 @@ class TimmViTFeatures(nn.Module):
         x = self.normalize(images)
         prefix = getattr(self.model, "num_prefix_tokens", 1)
         if self.feature == "tokens":
-            tokens = self.model.forward_features(x)
-            feats = tokens[:, prefix:]
+            feats = self.tokens(x)[:, prefix:]
         else:
             store: dict[str, torch.Tensor] = {}
             attn = self.model.blocks[-1].attn
             handle = attn.qkv.register_forward_hook(lambda m, i, o: store.__setitem__("qkv", o))
             try:
-                self.model.forward_features(x)
+                self.tokens(x)
             finally:
                 handle.remove()
             dim = store["qkv"].shape[-1] // 3

@@ -165,6 +165,8 @@ class BackboneConfig:
         upsample: a ``timm`` backbone sees the image enlarged by this integer factor (bilinear), so its features
             lie on a grid ``upsample`` times denser: a patch-8 ViT gives one feature per 4 × 4 pixels at 2. The
             ViT's patch size must be divisible by it. Not part of the weights (a checkpoint loads at any value).
+        pos_embed: how a ``timm`` ViT's position embedding is resampled to other grids: ``timm`` (timm's own) or
+            ``dino`` (DINO's scale-factor bicubic, as DINO and ProxyCLIP compute it).
     """
 
     type: str = MISSING
@@ -174,10 +176,12 @@ class BackboneConfig:
     kwargs: Dict[str, Any] = field(default_factory=dict)
     weights: Optional[str] = None
     upsample: int = 1
+    pos_embed: str = "timm"
 
     def __post_init__(self) -> None:
         check_choice("backbone.type", self.type, ("timm", "color"))
         check_choice("backbone.feature", self.feature, ("tokens", "keys"))
+        check_choice("backbone.pos_embed", self.pos_embed, ("timm", "dino"))
         if self.type == "timm" and not self.name:
             raise ConfigError("field 'backbone.name' is required for a timm backbone")
         if not isinstance(self.upsample, int) or isinstance(self.upsample, bool) or self.upsample < 1:
@@ -239,11 +243,38 @@ class RegionConfig:
             raise ConfigError(f"field 'region.masked_blocks' must be >= 1, got {self.masked_blocks}")
 
 
+DENSE_MODES = ("sclip", "naclip", "proxyclip")
+
+
+@dataclass
+class DenseConfig:
+    """Per-pixel recognition with a training-free dense mode of the CLIP instead of region embeddings.
+
+    Attributes:
+        mode: None (region embeddings of groups), ``sclip`` (correlative self-attention in the last block),
+            ``naclip`` (the reduced last block with neighbourhood attention) or ``proxyclip`` (the last block's
+            values aggregated by the grouping backbone's feature similarities); see :mod:`textseg.dense`.
+        gaussian_std: ``naclip``'s neighbourhood width in patches.
+        beta, gamma: ``proxyclip``'s attention shift and sharpness.
+    """
+
+    mode: Optional[str] = None
+    gaussian_std: float = 5.0
+    beta: float = 1.2
+    gamma: float = 3.0
+
+    def __post_init__(self) -> None:
+        check_choice("dense.mode", self.mode, (None, *DENSE_MODES))
+        if self.gaussian_std <= 0:
+            raise ConfigError(f"field 'dense.gaussian_std' must be positive, got {self.gaussian_std}")
+
+
 @dataclass
 class ModelConfig:
     """A textseg model: grouping backbone, k-means grouping, CLIP and region embedding (``configs/models``).
 
-    ``backbone.type`` and ``clip.arch`` are required; every other field has a default.
+    ``backbone.type`` and ``clip.arch`` are required; every other field has a default. ``protocol`` names the
+    protocol preset a :class:`~textseg.segmenter.Segmenter` of this model uses by default (None: the defaults).
     """
 
     name: str = "custom"
@@ -252,6 +283,8 @@ class ModelConfig:
     grouping: GroupingConfig = field(default_factory=GroupingConfig)
     clip: ClipConfig = MISSING
     region: RegionConfig = field(default_factory=RegionConfig)
+    dense: DenseConfig = field(default_factory=DenseConfig)
+    protocol: Optional[str] = None
 
 
 # ---------------------------------------------------------------------------------------------------- protocol
@@ -282,7 +315,16 @@ class Protocol:
             image padded by repeating its edges) and averages each region's class probabilities over them: a
             region smaller than a patch, or sharing its patches with a neighbour, is seen on grids where it has
             patches of its own. Costs n² region passes; 1 (the default) is the plain grid.
-        per_benchmark: overrides of the fields above by benchmark name (see :meth:`for_benchmark`).
+        logit_scale: the factor on cosine similarities before the softmax; None: the model's own.
+        area_threshold: (dense modes) a class whose predicted area is below this share of the predicted foreground
+            has its scores zeroed before labelling (SCLIP's filter); None: no filter.
+        pamr_steps, pamr_dilations: (dense modes) PAMR refinement of the logits at the input size (0: none).
+        pad_multiple: (dense modes) windows are zero-padded (centred) to multiples of this side (ProxyCLIP's 56).
+        normalize_scores: (dense modes) scores are renormalised to sum to 1 over the labels (NACLIP).
+        class_file_background: the first line of a class file names the background (label 0), as the dense
+            methods' class files do.
+        group_vote: average the class scores over each group of the model's grouping (``group_counts`` or the
+            model's k, averaged over the counts) before labelling.
     """
 
     name: str = "custom"
@@ -298,6 +340,14 @@ class Protocol:
     group_counts: Optional[List[int]] = None
     grid_shifts: int = 1
     per_benchmark: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    logit_scale: Optional[float] = None
+    area_threshold: Optional[float] = None
+    pamr_steps: int = 0
+    pamr_dilations: List[int] = field(default_factory=lambda: [8, 16])
+    pad_multiple: Optional[int] = None
+    normalize_scores: bool = False
+    class_file_background: bool = False
+    group_vote: bool = False
 
     def __post_init__(self) -> None:
         check_choice("templates", self.templates, TEMPLATE_SETS)
@@ -325,6 +375,15 @@ class Protocol:
                               f"got {self.group_counts}")
         if self.grid_shifts < 1:
             raise ConfigError(f"field 'grid_shifts' is a number of grid offsets per axis >= 1, got {self.grid_shifts}")
+        if self.logit_scale is not None and self.logit_scale <= 0:
+            raise ConfigError(f"field 'logit_scale' must be positive or null, got {self.logit_scale}")
+        if self.area_threshold is not None and not 0.0 <= self.area_threshold < 1.0:
+            raise ConfigError(f"field 'area_threshold' is a share in [0, 1) or null, got {self.area_threshold}")
+        if self.pamr_steps < 0 or not self.pamr_dilations or min(self.pamr_dilations) < 1:
+            raise ConfigError("fields 'pamr_steps' (>= 0) and 'pamr_dilations' (a non-empty list of pixel "
+                              "distances >= 1) are out of range")
+        if self.pad_multiple is not None and self.pad_multiple < 1:
+            raise ConfigError(f"field 'pad_multiple' must be >= 1 or null, got {self.pad_multiple}")
 
     def replace(self, **changes: Any) -> "Protocol":
         """A copy with some fields replaced (not merged), checked like a loaded protocol."""

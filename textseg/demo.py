@@ -132,7 +132,12 @@ def load_demo_model(model: str | None = None, checkpoint: str | Path | None = No
     except UserError as err:  # MissingWeightsError and ConfigError are UserErrors
         what = f"checkpoint {checkpoint}" if checkpoint is not None else f"model {model or DEFAULT_MODEL}"
         return DemoModel(None, what, warnings=warnings, error=str(err))
-    protocol = load_protocol("workbench") if _workbench_model(net.config.name) else Protocol()
+    if _workbench_model(net.config.name):
+        protocol = load_protocol("workbench")
+    else:
+        protocol = load_protocol(net.config.protocol) if net.config.protocol else Protocol()
+    if net.config.dense.mode is not None:  # say which published method, and which numbers, the page gives
+        source = f"{source}: {net.config.description}"
     return DemoModel(net.eval(), source, protocol, warnings, points=point_options)
 
 

@@ -3,6 +3,7 @@
 >>> import textseg
 >>> textseg.list_models()
 ['dino-b16-clip-b16', 'dino-s16-clip-b16', ...]
+>>> model = textseg.create_model()                                # NACLIP on OpenAI's CLIP ViT-B/16
 >>> model = textseg.create_model("dino-s16-clip-b16")             # pretrained DINO + OpenAI CLIP weights
 >>> model = textseg.create_model("tiny", pretrained=False)        # random weights, test size
 """
@@ -21,7 +22,7 @@ from textseg.errors import ConfigError, MissingWeightsError, UserError
 
 _log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "dino-s16-clip-b16"
+DEFAULT_MODEL = "naclip-b16"
 _clip_configs_registered = False
 
 
@@ -94,12 +95,19 @@ def build_backbone(cfg: BackboneConfig, pretrained: bool, weight_file: str | Non
         if arch["name"].split(".")[0] != cfg.name.split(".")[0] or dict(arch["kwargs"]) != dict(cfg.kwargs):
             raise UserError(f"backbone weight file {file} holds a {arch['name']} with {dict(arch['kwargs'])}, not the "
                             f"{cfg.name} with {dict(cfg.kwargs)} this model config builds")
+    released = None
+    if timm_file is not None and timm_file.suffix in (".pt", ".pth"):  # DINO's release format (timm's key names)
+        from textseg.weight_formats import read_dino_state_dict
+
+        released, timm_file = read_dino_state_dict(timm_file), None
     try:
         model = timm.create_model(cfg.name, pretrained=timm_file is not None, num_classes=0, dynamic_img_size=True,
                                   pretrained_cfg_overlay=dict(file=str(timm_file)) if timm_file else None,
                                   **cfg.kwargs)
         if saved is not None:
             model.load_state_dict(saved["model"])
+        if released is not None:
+            model.load_state_dict(released)
     except RuntimeError as err:  # e.g. a state dict of another architecture
         raise UserError(f"cannot load backbone weights {file} into {cfg.name}: {mismatch_detail(err)}") from None
     mean = model.pretrained_cfg.get("mean") or (0.485, 0.456, 0.406)
@@ -107,7 +115,11 @@ def build_backbone(cfg: BackboneConfig, pretrained: bool, weight_file: str | Non
     if int(model.patch_embed.patch_size[0]) % cfg.upsample:
         raise ConfigError(f"field 'backbone.upsample' {cfg.upsample} does not divide the patch size "
                           f"{model.patch_embed.patch_size[0]} of {cfg.name}")
-    return TimmViTFeatures(model, feature=cfg.feature, mean=mean, std=std, upsample=cfg.upsample)
+    try:
+        return TimmViTFeatures(model, feature=cfg.feature, mean=mean, std=std, upsample=cfg.upsample,
+                               pos_embed=cfg.pos_embed)
+    except ValueError as err:
+        raise ConfigError(f"backbone {cfg.name}: {err}") from None
 
 
 def _build_clip(cfg: ClipConfig, pretrained: bool, weight_file: str | None):
@@ -120,10 +132,20 @@ def _build_clip(cfg: ClipConfig, pretrained: bool, weight_file: str | None):
         raise ConfigError(f"open_clip has no architecture {cfg.arch!r}")
     source = weight_file or (cfg.pretrained if pretrained else None)
     file = resolve_clip_weights(cfg.arch, source) if source else None
+    archive = False
+    if file is not None:
+        from textseg.weight_formats import is_torchscript_archive
+
+        archive = is_torchscript_archive(file)  # OpenAI's releases: their tensors are read, their code never run
     try:
-        clip = open_clip.create_model(cfg.arch, pretrained=str(file) if file else None, force_quick_gelu=cfg.quick_gelu)
+        clip = open_clip.create_model(cfg.arch, pretrained=str(file) if file and not archive else None,
+                                      force_quick_gelu=cfg.quick_gelu)
     except RuntimeError as err:
         raise UserError(f"cannot load CLIP weights {file} into {cfg.arch}: {str(err).splitlines()[0]}") from None
+    if archive:
+        from textseg.weight_formats import load_clip_state_dict, read_clip_state_dict
+
+        load_clip_state_dict(clip, read_clip_state_dict(file))
     return clip, open_clip.get_tokenizer(cfg.arch)
 
 
@@ -131,7 +153,7 @@ def create_model(name_or_config: str | Path | Mapping[str, Any] | ModelConfig | 
                  pretrained: bool = True,
                  *, clip_pretrained: str | None = None, backbone_pretrained: str | None = None,
                  checkpoint: str | Path | None = None, device: str | torch.device = "cpu",
-                 seed: int | None = None):
+                 seed: int | None = None, overrides: Mapping[str, Any] | None = None):
     """Build a :class:`~textseg.model.TextSegModel`.
 
     Args:
@@ -149,6 +171,8 @@ def create_model(name_or_config: str | Path | Mapping[str, Any] | ModelConfig | 
         seed: seed of the random initialisation of the weights no file provides, drawn from a private generator
             (the caller's torch RNG is left as it was); None draws from the global torch RNG. With a seed, two
             processes build the same "random weights" model.
+        overrides: nested model-config fields merged on top of the config (the checkpoint's too), e.g.
+            ``{"dense": {"mode": "naclip"}}`` to read a trained model's CLIP with NACLIP's last block.
 
     Raises:
         MissingWeightsError: a weight is neither on disk nor downloadable; the message says what to get and where.
@@ -176,6 +200,8 @@ def create_model(name_or_config: str | Path | Mapping[str, Any] | ModelConfig | 
             raise UserError(f"checkpoint {checkpoint} does not record its model: name the model too (--model)")
         pretrained = False  # the checkpoint holds every weight
     assert cfg is not None
+    if overrides:
+        cfg = get_model_config(cfg, overrides)
     with torch.random.fork_rng(devices=[], enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(seed)

@@ -13,6 +13,7 @@ from textseg.config import Protocol
 from textseg.errors import UserError
 from textseg.io import label_dtype
 from textseg.pipeline import resized_size
+from textseg.vocab import Vocabulary, label_scores
 
 
 def window_starts(length: int, window: int, stride: int) -> list[int]:
@@ -27,27 +28,12 @@ def window_starts(length: int, window: int, stride: int) -> list[int]:
 
 def check_class_names(classes: Sequence[str]) -> list[str]:
     """The class names as strings, checked: none empty, none repeated (ignoring case and surrounding spaces), none
-    called "background" (label 0's name).
+    called "background" (label 0's name); see :meth:`~textseg.vocab.Vocabulary.make`.
 
     Raises:
         UserError: the first problem found, naming the class.
     """
-    names = [str(c) for c in classes]
-    if not names:
-        raise UserError("the class list is empty")
-    seen: dict[str, str] = {}
-    for name in names:
-        key = name.strip().casefold()
-        if not key:
-            raise UserError("the class list contains an empty name")
-        if key == "background":
-            raise UserError(f"class {name!r}: 'background' is the name of label 0 (pixels no class matches); "
-                            "name what it should find instead (e.g. 'sky', 'wall'), or list such names as "
-                            "background classes")
-        if key in seen:
-            raise UserError(f"class {name!r} is listed twice (as {seen[key]!r} too): each class needs its own name")
-        seen[key] = name
-    return names
+    return Vocabulary.make([str(c) for c in classes]).names
 
 
 def bilinear_taps(n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -149,22 +135,37 @@ class CropPlan:
                 out[:, lo - r0: hi - r0, x0: x0 + pixels.shape[1]] += probs[:, pixels[lo - y0: hi - y0]]
         return out.div_(self.count[r0:r1])
 
-    def label(self, size: tuple[int, int], c: int, names: list[str], p: Protocol, return_probs: bool,
-              tile_elements: int = 1 << 22) -> "SegmentationResult":
+    def label(self, size: tuple[int, int], owners: torch.Tensor, names: list[str], p: Protocol, return_probs: bool,
+              return_scores: bool = False, tile_elements: int = 1 << 22) -> "SegmentationResult":
         """Label an image's pixels at the input size from its window probabilities at the resized scale.
 
         The probabilities are brought to the input size bilinearly (as ``F.interpolate`` does) a band of rows at
         a time, at most ``tile_elements`` values per band, and only the labels of each band are kept: memory is
-        bounded whatever the image size and class count, unless ``return_probs`` asks for the full maps.
+        bounded whatever the image size and class count, unless ``return_probs`` or ``return_scores`` asks for the
+        full maps.
+
+        Args:
+            size: the input image's (H, W).
+            owners: int64, the label of each probability channel (0: a background channel; channels past its end
+                are background too); a pixel gets the label of its best channel (of its best class channel with
+                ``background`` None).
+            names: ``["background", *class names]``.
+            p: the protocol (background rule).
+            return_probs: keep the (C', H, W) channel probabilities.
+            return_scores: keep the (len(names), H, W) label scores (each label's best channel; 0 without one).
         """
         (h, w), (H, W) = self.size, size
         device = self.count.device
         channels = self.parts[0][3].shape[0]
+        owners = owners.to(device)[:channels]
+        owners = torch.cat([owners, owners.new_zeros(channels - len(owners))])  # channels past the names: background
+        class_channels = int((owners > 0).sum())
         y0s, y1s, wy = bilinear_taps(h, H)  # on the CPU: the band limits below are read without a device sync
         x0s, x1s, wx = (t.to(device) for t in bilinear_taps(w, W))
         dtype = label_dtype(len(names))
         labels = torch.empty(H, W, dtype=torch.uint8 if dtype == np.uint8 else torch.int32, device=device)
         probs_out = torch.empty(channels, H, W) if return_probs else None
+        scores_out = torch.empty(len(names), H, W) if return_scores else None
         # rows per band: its (C, T, W) output and its (C, ~T * h / H + 2, w) source band each within tile_elements
         rows = max(1, min(tile_elements // (channels * W), int((tile_elements // (channels * w) - 2) * H / h)))
         for t0 in range(0, H, rows):
@@ -175,20 +176,22 @@ class CropPlan:
             i0, i1 = (y0s[t0:t1] - r0).to(device), (y1s[t0:t1] - r0).to(device)
             mixed = band[:, i0] * (1 - ly) + band[:, i1] * ly  # (C, T, w)
             probs = mixed[..., x0s] * (1 - wx) + mixed[..., x1s] * wx  # (C, T, W)
-            if p.background is None:
-                tile = probs[:c].argmax(0) + 1
+            if p.background is None:  # the class channels come first
+                tile = owners[probs[:class_channels].argmax(0)]
             else:
                 best_p, best = probs.max(0)
-                tile = best + 1
-                tile[best >= c] = 0
+                tile = owners[best]
                 if p.background == "threshold":
                     tile[best_p < p.bg_threshold] = 0
             labels[t0:t1] = tile
             if probs_out is not None:
                 probs_out[:, t0:t1] = probs.cpu()
+            if scores_out is not None:
+                scores_out[:, t0:t1] = label_scores(probs, owners, len(names)).cpu()
         self.close()
         return SegmentationResult(labels=labels.cpu().numpy().astype(dtype, copy=False), classes=names,
-                                  probs=probs_out.numpy() if probs_out is not None else None)
+                                  probs=probs_out.numpy() if probs_out is not None else None,
+                                  scores=scores_out.numpy() if scores_out is not None else None)
 
     def close(self) -> None:
         """Let go of the image's tensors and window probabilities."""
@@ -204,14 +207,20 @@ class SegmentationResult:
         labels: (H, W); 0 = background, i + 1 = ``classes[i]`` of the call; uint8 when the names fit (up to 255
             classes), else uint16 (see :func:`label_dtype`). Cast before arithmetic that may go negative.
         classes: ``["background", *classes]``, so ``classes[labels]`` names every pixel.
-        probs: (C', H, W) float32 class probabilities (foreground classes, then background classes, then the
-            constant background score if one was given), if asked for. They are the one part of a result whose
-            size grows with the class count times the image size.
+        probs: (C', H, W) float32 probabilities of every name scored (the classes' names in class order, then
+            the background's names, then the constant background score if one was given), if asked for
+            (``return_probs``).
+        scores: (len(classes), H, W) float32 label scores in label order (0: the background's, i: ``classes[i]``'s,
+            each label's best name), if asked for (``return_scores``). With a dense mode, exactly the method's
+            scores (its ``seg_logits``); the background rule, not the scores alone, decides the labels.
+            ``probs`` and ``scores`` are the parts of a result whose size grows with the class count times the
+            image size.
     """
 
     labels: np.ndarray
     classes: list[str]
     probs: np.ndarray | None = None
+    scores: np.ndarray | None = None
 
     def pixel_counts(self) -> np.ndarray:
         """(len(classes),) int64 number of pixels of each label, background (0) first."""

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from textseg.config import Protocol, load_protocol
+from textseg.dense.predict import DensePredictor
 from textseg.errors import UserError
 from textseg.io import ImageLike, label_dtype, load_image
 from textseg.labels import (CropPlan, SegmentationResult, check_class_names, check_maps, region_class_probs,
@@ -22,6 +23,7 @@ from textseg.ris.points import PointReferrer
 from textseg.ris.referrer import Referrer
 from textseg.ris.result import ReferResult
 from textseg.text import TextEncoder
+from textseg.vocab import ClassSpec, Vocabulary
 
 #: Per window batch: ``(crops (B, 3, h, w), given maps (B, h, w) or None)`` → one ``(group maps (B, h, w), region
 #: probabilities (B, K, C'), weight)`` per grouping; ``weight``: the passes summed into the probabilities.
@@ -43,7 +45,9 @@ class Segmenter:
     Args:
         model: a model from :func:`textseg.create_model`.
         protocol: the default inference settings: a :class:`~textseg.config.Protocol`, a preset name
-            (``groupvit``, ``sclip``, ``workbench``) or None for the defaults (short side 448, 80 templates).
+            (``groupvit``, ``sclip``, ``workbench``, ``naclip-voc21``, ...) or None: the protocol the model's config
+            names (``sclip-b16`` → ``sclip-voc21``, as the method's public code), else the defaults (short side
+            448, 80 templates).
         text_cache_dir: disk cache of class embeddings; ``None`` for the default folder, ``False`` for none.
         **overrides: protocol fields to change, e.g. ``templates="single"``.
 
@@ -54,6 +58,8 @@ class Segmenter:
 
     def __init__(self, model: TextSegModel, protocol: Protocol | str | None = None, *,
                  text_cache_dir: str | Path | None | bool = None, **overrides: Any):
+        if protocol is None and model.config.protocol:
+            protocol = model.config.protocol
         protocol = load_protocol(protocol) if isinstance(protocol, str) else protocol or Protocol()
         protocol = protocol.replace(**overrides) if overrides else protocol
         self.pipeline = RegionPipeline(model, protocol, text_cache_dir=text_cache_dir)
@@ -93,29 +99,34 @@ class Segmenter:
         return self.pipeline.group_map(load_image(image), self.resolve_protocol(protocol, overrides))
 
     @torch.no_grad()
-    def predict(self, image: ImageLike, classes: Sequence[str], protocol: Protocol | None = None, *,
-                return_probs: bool = False, **overrides: Any) -> SegmentationResult:
+    def predict(self, image: ImageLike, classes: Sequence[ClassSpec], protocol: Protocol | None = None, *,
+                return_probs: bool = False, return_scores: bool = False, **overrides: Any) -> SegmentationResult:
         """Label every pixel with one of ``classes`` or background.
 
         Args:
             image: path, PIL image or (H, W, 3) array.
-            classes: class names (any vocabulary).
+            classes: the classes (any vocabulary): each a name, or a list of synonyms scored as the best of them
+                and reported under the first (``["person", "person in shirt"]``).
             protocol: inference settings (:class:`~textseg.config.Protocol`); defaults to the segmenter's.
                 ``background``: ``"threshold"`` (a pixel whose best probability is below ``bg_threshold``, or whose
                 best class is a background class, is background), ``"classes"`` (background classes only) or
                 None (every pixel gets a class); ``bg_score``: a constant background cosine similarity scored like
                 one more background class (TCL); ``window``/``stride``: sliding windows at the resized scale.
             return_probs: keep the (C', H, W) probability maps in the result.
-            **overrides: protocol fields to change for this call, e.g. ``short_side=None``.
+            return_scores: keep the (1 + C, H, W) label scores (row 0 the background's) in the result.
+            **overrides: protocol fields to change for this call, e.g. ``short_side=None``,
+                ``background_classes=["sky", "wall"]`` (names that mean background, synonyms of label 0).
 
         Returns:
             A :class:`SegmentationResult` at the input image's size.
         """
-        return self.predict_batch([image], classes, protocol, return_probs=return_probs, **overrides)[0]
+        return self.predict_batch([image], classes, protocol, return_probs=return_probs, return_scores=return_scores,
+                                  **overrides)[0]
 
     @torch.no_grad()
-    def predict_batch(self, images: Sequence[ImageLike], classes: Sequence[str], protocol: Protocol | None = None, *,
-                      batch_size: int = 32, return_probs: bool = False, **overrides: Any) -> list[SegmentationResult]:
+    def predict_batch(self, images: Sequence[ImageLike], classes: Sequence[ClassSpec],
+                      protocol: Protocol | None = None, *, batch_size: int = 32, return_probs: bool = False,
+                      return_scores: bool = False, **overrides: Any) -> list[SegmentationResult]:
         """:meth:`predict` for many images at once, with the same results as one call per image.
 
         Each image is resized per the protocol and cut into its sliding windows (or kept whole). Crops of the same
@@ -127,9 +138,13 @@ class Segmenter:
         The decoded images and the results of the call stay on the host: feed a large collection in slices (as
         ``textseg segment`` does).
 
+        A model with a dense mode (``config.dense.mode``: ``sclip-b16``, ``naclip-b16``, ``proxyclip-b16``) labels
+        pixels as that method does (:class:`~textseg.dense.predict.DensePredictor`), every window of every image
+        batched the same way.
+
         Args:
             images: paths, PIL images or (H, W, 3) arrays; sizes may differ.
-            classes, protocol, return_probs, overrides: as for :meth:`predict`.
+            classes, protocol, return_probs, return_scores, overrides: as for :meth:`predict`.
             batch_size: the most crops per model call.
 
         Returns:
@@ -137,12 +152,20 @@ class Segmenter:
         """
         p = self.resolve_protocol(protocol, overrides)
         check_batch_size(batch_size)
+        if self.model.config.dense.mode is not None:
+            vocab = Vocabulary.make(classes, p.background_classes)
+            return DensePredictor(self.pipeline).predict_batch([load_image(im) for im in images], vocab, p,
+                                                               batch_size=batch_size, return_scores=return_scores,
+                                                               return_probs=return_probs)
+        if p.group_vote:
+            raise UserError(f"group_vote applies to models with a dense mode; {self.model.config.name} labels "
+                            "its groups already")
         scorer = self.region_probs(classes, p)
         return self.label_windows(images, classes, p, scorer, batch_size=batch_size, return_probs=return_probs,
-                                  passes=len(p.group_counts or [None]))
+                                  return_scores=return_scores, passes=len(p.group_counts or [None]))
 
-    def region_probs(self, classes: Sequence[str], protocol: Protocol, counts: Sequence[int | None] | None = None
-                     ) -> WindowScorer:
+    def region_probs(self, classes: Sequence[ClassSpec], protocol: Protocol,
+                     counts: Sequence[int | None] | None = None) -> WindowScorer:
         """The window scorer of :meth:`predict_batch`: regions (the model's groups, once per count of ``counts``,
         default the protocol's ``group_counts``; or the given region maps) embedded on the protocol's patch grids,
         and their class probabilities (:func:`~textseg.labels.region_class_probs`, summed over the grids) against
@@ -151,10 +174,10 @@ class Segmenter:
         Raises:
             UserError: an empty or repeated class name, or more classes than a label map holds.
         """
-        classes = check_class_names(classes)
-        label_dtype(len(classes) + 1)  # refuses more classes than a label map holds, before any work
+        vocab = Vocabulary.make(classes, protocol.background_classes)
+        label_dtype(len(vocab.classes) + 1)  # refuses more classes than a label map holds, before any work
         # a background class that is also a class ties with it, and the class (listed first) wins the argmax
-        names = classes + list(protocol.background_classes)
+        names = vocab.queries
         text = self.text.encode_classes(names, protocol.templates).to(self.device)
         counts = list(counts) if counts is not None else list(protocol.group_counts or [None])
         grids = len(grid_offsets(self.model.region.patch_size, protocol.grid_shifts))
@@ -169,9 +192,10 @@ class Segmenter:
         return score
 
     @torch.no_grad()
-    def label_windows(self, images: Sequence[ImageLike], classes: Sequence[str], protocol: Protocol,
+    def label_windows(self, images: Sequence[ImageLike], classes: Sequence[ClassSpec], protocol: Protocol,
                       scorer: WindowScorer, *, maps: Sequence[np.ndarray] | None = None, batch_size: int = 32,
-                      return_probs: bool = False, passes: int = 1) -> list[SegmentationResult]:
+                      return_probs: bool = False, return_scores: bool = False, passes: int = 1
+                      ) -> list[SegmentationResult]:
         """The loop of :meth:`predict_batch` with any window scorer: each image is resized per the protocol and cut
         into its windows; crops of one size go to ``scorer`` together, ``batch_size`` at a time; each window's
         region probabilities are painted over its group maps, averaged, brought to the input size and labelled
@@ -179,17 +203,21 @@ class Segmenter:
 
         Args:
             images: paths, PIL images or (H, W, 3) arrays.
-            classes: the class names (label i + 1 = ``classes[i]``).
+            classes: the classes (label i + 1 = ``classes[i]``; a class is a name or a list of synonyms); the
+                scorer's probability channels are :attr:`~textseg.vocab.Vocabulary.queries`, then the constant
+                background score if the protocol has one.
             protocol: the settings (resizing, windows, background rule).
             scorer: a :data:`WindowScorer`; it gets the crops of ``maps`` (resized with the image, nearest) too.
             maps: one (H, W) integer map per image (checked by :func:`~textseg.labels.check_maps`), or None.
             batch_size: the most crops per scorer call.
             return_probs: keep the probability maps.
+            return_scores: keep the label scores.
             passes: the groupings the scorer returns per window.
         """
         check_batch_size(batch_size)
-        classes = check_class_names(classes)
-        label_dtype(len(classes) + 1)
+        vocab = Vocabulary.make(classes, protocol.background_classes)
+        label_dtype(len(vocab.classes) + 1)
+        owners = vocab.owners(self.device)
         arrays = [load_image(im) for im in images]
         given = None if maps is None else check_maps(maps, arrays, "map")
         plans = [CropPlan.make(i, a.shape[:2], protocol, passes=passes) for i, a in enumerate(arrays)]
@@ -211,8 +239,9 @@ class Segmenter:
                     for b, (plan, y0, x0) in enumerate(chunk):
                         plan.add(y0, x0, pixels[b], region_probs[b].T, weight=weight)
                         if plan.left == 0:
-                            results[plan.index] = plan.label(arrays[plan.index].shape[:2], len(classes),
-                                                             ["background", *classes], protocol, return_probs)
+                            results[plan.index] = plan.label(arrays[plan.index].shape[:2], owners,
+                                                             ["background", *vocab.names], protocol, return_probs,
+                                                             return_scores)
         return results  # type: ignore[return-value]
 
     @torch.no_grad()

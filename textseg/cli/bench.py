@@ -1,4 +1,4 @@
-"""`textseg bench segment|train|memory|refer`: speed and memory as JSON plus Markdown (see :mod:`textseg.bench`)."""
+"""`textseg bench segment|train|memory|refer|peers`: speed and memory as JSON plus Markdown (see :mod:`textseg.bench`)."""
 
 from __future__ import annotations
 
@@ -96,6 +96,25 @@ def cmd_refer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_peers(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from textseg.assets import voc_sample_image
+    from textseg.bench.peers import PEER_MODELS, compare_with_peers, peers_markdown
+
+    if not (Path(args.peerbench) / "run.py").is_file():
+        raise UserError(f"--peerbench {args.peerbench}: no run.py there (copy ../shared/peerbench to a writable "
+                        "folder first)")
+    peers = tuple(PEER_MODELS) if args.peers == "all" else tuple(p.strip() for p in args.peers.split(","))
+    unknown = [p for p in peers if p not in PEER_MODELS]
+    if unknown:
+        raise UserError(f"--peers: unknown method {unknown[0]!r} (known: {', '.join(PEER_MODELS)})")
+    report = compare_with_peers(args.peerbench, image=args.image or str(voc_sample_image()), peers=peers,
+                                repeats=args.repeats, warmup=args.warmup, threads=args.threads, seed=args.seed)
+    _emit(report, peers_markdown(report), args.out, "bench_peers")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("bench", help="speed and memory benchmarks (JSON + Markdown)")
     bsub = parser.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
@@ -165,3 +184,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", metavar="DIR", help="write bench_train.json and bench_train.md here")
     t.set_defaults(func=cmd_train)
+
+    q = bsub.add_parser("peers", help="sclip-b16, naclip-b16 and proxyclip-b16 against SCLIP's, NACLIP's and "
+                                      "ProxyCLIP's own code (a peerbench folder) on the same random weights: time, "
+                                      "text time, peak memory, output differences")
+    q.add_argument("--peerbench", required=True, help="a writable copy of peerbench (its run.py runs the peers)")
+    q.add_argument("--peers", default="all", help="sclip, naclip, proxyclip, comma-separated, or all (default)")
+    q.add_argument("--image", help="image (default: the bundled VOC 2012 image; resized to short side 336 first)")
+    q.add_argument("--repeats", type=_count(1), default=3, help="timed images per system (median reported)")
+    q.add_argument("--warmup", type=_count(0), default=1, help="untimed images before them")
+    q.add_argument("--threads", type=_count(1), default=2, help="torch threads of both systems (default 2)")
+    q.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    q.add_argument("--out", metavar="DIR", help="write bench_peers.json and bench_peers.md here")
+    q.set_defaults(func=cmd_peers)

@@ -21,6 +21,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--clip-pretrained", help="open_clip pretrained tag or local weight file for the CLIP")
     g.add_argument("--backbone-pretrained", help="local weight file for the grouping backbone (timm)")
     g.add_argument("--checkpoint", help="a textseg training checkpoint")
+    g.add_argument("--dense-mode", choices=["sclip", "naclip", "proxyclip"],
+                   help="label pixels with this training-free dense mode of the model's CLIP (its last block as "
+                        "SCLIP, NACLIP or ProxyCLIP computes it; ProxyCLIP's proxy: the grouping backbone)")
     g.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when available)")
 
 
@@ -31,7 +34,8 @@ def model_from_args(args: argparse.Namespace):
     device = check_device(args.device)
     return create_model(args.model, pretrained=not args.no_pretrained, clip_pretrained=args.clip_pretrained,
                         backbone_pretrained=args.backbone_pretrained, checkpoint=args.checkpoint, device=device,
-                        seed=0)  # --no-pretrained gives the same random weights in every run and process
+                        seed=0,  # --no-pretrained gives the same random weights in every run and process
+                        overrides={"dense": {"mode": args.dense_mode}} if getattr(args, "dense_mode", None) else None)
 
 
 def check_device(device: str | None) -> str:
@@ -55,23 +59,20 @@ def check_device(device: str | None) -> str:
     return device
 
 
+NAME_HINT = " (to name a class, leave out '.txt')"
+
+
 def parse_names(text: str, option: str) -> list[str]:
     """Names separated by commas, or a .txt file with one name per line.
 
     Raises:
         UserError: naming the option: the list is empty, or the .txt file is missing, unreadable or not UTF-8.
     """
+    from textseg.vocab import read_text_lines
+
     path = Path(text)
     if path.suffix.lower() == ".txt" and "," not in text:
-        try:
-            lines = path.read_text(encoding="utf-8-sig").splitlines()
-        except FileNotFoundError:
-            raise UserError(f"{option}: class list file {path} not found (to name a class, leave out '.txt')") from None
-        except UnicodeDecodeError as err:
-            line = path.read_bytes()[: err.start].count(b"\n") + 1
-            raise UserError(f"{option}: {path} line {line} is not UTF-8 text") from None
-        except OSError as err:
-            raise UserError(f"{option}: cannot read {path}: {err.strerror or err}") from None
+        lines = read_text_lines(path, f"{option}: class list file", NAME_HINT)
         names = [line.strip() for line in lines]
     else:
         names = [c.strip() for c in text.split(",")]
@@ -79,6 +80,25 @@ def parse_names(text: str, option: str) -> list[str]:
     if not names:
         raise UserError(f"{option} is empty: give names separated by commas or a .txt file with one name per line")
     return names
+
+def parse_classes(text: str, option: str) -> tuple[list[list[str]], bool]:
+    """The classes of ``--classes``: names separated by commas (one class each), or a .txt class file (one class a
+    line, synonyms separated by ", " or "; "; :func:`~textseg.vocab.read_class_file`). Also whether they came from
+    a file (whose first line may name the background, per the protocol).
+
+    Raises:
+        UserError: naming the option: the list is empty, or the file is missing, unreadable or not UTF-8.
+    """
+    from textseg.vocab import read_text_lines, split_synonyms
+
+    path = Path(text)
+    if not (path.suffix.lower() == ".txt" and "," not in text):
+        return [[n] for n in parse_names(text, option)], False
+    lines = read_text_lines(path, f"{option}: class list file", NAME_HINT)
+    classes = [names for names in (split_synonyms(line) for line in lines) if names]
+    if not classes:
+        raise UserError(f"{option} is empty: give names separated by commas or a .txt file with one class a line")
+    return classes, True
 
 
 def group_counts(text: str) -> list[int]:

@@ -53,15 +53,21 @@ def cmd_semseg(args: argparse.Namespace) -> int:
     if args.bg_score is not None and not -1.0 <= args.bg_score <= 1.0:
         raise UserError(f"--bg-score is a cosine similarity in [-1, 1], got {args.bg_score}")
     _check_common(args)
-    protocol = load_protocol(args.protocol)
+    dataset = build_semseg_dataset(args.dataset, args.root, args.split)  # a bad dataset fails before the model loads
+    model = model_from_args(args)
+    if args.diagnose and model.config.dense.mode:
+        raise UserError(f"--diagnose decomposes the errors of groups and their labels; {model.config.name} labels "
+                        f"pixels with the dense mode {model.config.dense.mode!r}")
+    protocol = load_protocol(args.protocol or model.config.protocol or "groupvit", overrides=args.set or ())
+    if args.group_vote:
+        protocol = protocol.replace(group_vote=True)
     if args.bg_score is not None:
         protocol = protocol.replace(bg_score=args.bg_score)
     if args.group_counts is not None:
         protocol = protocol.replace(group_counts=args.group_counts)
     if args.grid_shifts is not None:
         protocol = protocol.replace(grid_shifts=args.grid_shifts)
-    dataset = build_semseg_dataset(args.dataset, args.root, args.split)  # a bad dataset fails before the model loads
-    segmenter = Segmenter(model_from_args(args), protocol, text_cache_dir=args.text_cache_dir)
+    segmenter = Segmenter(model, protocol, text_cache_dir=args.text_cache_dir)
     results = run_semseg_benchmark(segmenter, args.dataset, args.root, args.split, protocol, args.out,
                                    overlays=args.overlays, limit=args.limit, resume=not args.no_resume,
                                    progress=not args.no_progress, meta={"config": {"args": _args_config(args)}},
@@ -184,8 +190,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     sem.add_argument("--dataset", required=True, help=f"benchmark: {', '.join(SEMSEG_DATASETS)}")
     sem.add_argument("--root", required=True, help="dataset folder in its original on-disk layout")
     sem.add_argument("--split", default="val")
-    sem.add_argument("--protocol", default="groupvit",
-                     help=f"protocol preset ({', '.join(list_configs('protocols'))}) or a YAML file")
+    sem.add_argument("--protocol",
+                     help=f"protocol preset ({', '.join(list_configs('protocols'))}) or a YAML file (default: the "
+                          "model's own, e.g. naclip-voc21 for naclip-b16, else groupvit)")
+    sem.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                     help="change one protocol field, e.g. --set pamr_steps=0 (repeatable)")
+    sem.add_argument("--group-vote", action="store_true",
+                     help="(dense modes) average the class scores over each group of the model's grouping")
     sem.add_argument("--bg-score", type=float, help="constant background similarity (overrides the protocol's)")
     sem.add_argument("--group-counts", type=group_counts, help=GROUP_COUNTS_HELP)
     sem.add_argument("--grid-shifts", type=int, metavar="N", help=GRID_SHIFTS_HELP)

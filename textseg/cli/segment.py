@@ -15,22 +15,25 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Mapping, Sequence, TypeVar
 
 from textseg.cli.common import (GRID_SHIFTS_HELP, GROUP_COUNTS_HELP, add_model_args, group_counts, model_from_args,
-                                parse_names)
+                                parse_classes, parse_names)
 from textseg.errors import UserError
 
 # --option -> Protocol field; an option left out keeps the value of --protocol (or the defaults).
 _PROTOCOL_OPTIONS = ("templates", "background", "bg_threshold", "bg_score", "short_side", "max_long_side", "window",
-                     "stride", "group_counts", "grid_shifts")
+                     "stride", "group_counts", "grid_shifts", "group_vote")
 # Files a folder argument contributes (suffix compared case-insensitively); a file named directly is taken as it is.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 OUTPUT_SUFFIXES = ("_labels.png", "_overlay.png", ".json")
 T = TypeVar("T")
 
 
-def _protocol(args: argparse.Namespace):
+def _protocol(args: argparse.Namespace, model_protocol: str | None = None):
+    """The protocol the options describe: --protocol (else the model's own, else the defaults) with single fields
+    changed."""
     from textseg.config import Protocol, load_protocol
 
-    base = load_protocol(args.protocol) if args.protocol else Protocol()
+    name = args.protocol or model_protocol
+    base = load_protocol(name) if name else Protocol()
     changes = {k: getattr(args, k) for k in _PROTOCOL_OPTIONS if getattr(args, k) is not None}
     if changes.get("background") == "none":
         changes["background"] = None
@@ -187,17 +190,15 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     from textseg.io import (atomic_write_text, check_writable_folder, label_png_bits, labels_to_rles, save_png,
                             write_label_png)
-    from textseg.segmenter import Segmenter, check_class_names
+    from textseg.segmenter import Segmenter
     from textseg.visualize import overlay
+    from textseg.vocab import Vocabulary
 
     if args.batch_size < 1 or args.num_workers < 0:
         raise UserError("--batch-size must be at least 1 and --num-workers at least 0")
     if args.max_pixels is not None and args.max_pixels <= 0:
         raise UserError(f"--max-pixels must be positive, got {args.max_pixels}")
-    protocol = _protocol(args)
-    classes = parse_names(args.classes, "--classes")
-    check_class_names(classes)
-    bits = label_png_bits(len(classes) + 1)
+    classes, from_file = parse_classes(args.classes, "--classes")
     out = Path(args.out)
     rank, world = rank_and_world()
     inputs = rank_slice(collect_inputs(args.images, out), rank, world)  # every rank keys all inputs the same way
@@ -208,7 +209,18 @@ def cmd_segment(args: argparse.Namespace) -> int:
     check_writable_folder(out, "--out")
     if world > 1 and args.device is None and torch.cuda.is_available():
         args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"  # torchrun: one GPU per process
-    segmenter = Segmenter(model_from_args(args), protocol, text_cache_dir=False if args.no_text_cache else None)
+    model = model_from_args(args)
+    protocol = _protocol(args, model.config.protocol)
+    if from_file and protocol.class_file_background:  # their class files: the first line names the background
+        if len(classes) < 2:
+            raise UserError(f"--classes {args.classes}: under protocol {protocol.name} the first line names the "
+                            "background and the classes follow; the file has one line")
+        if not args.background_classes:
+            protocol = protocol.replace(background_classes=classes[0])
+        classes = classes[1:]
+    Vocabulary.make(classes, protocol.background_classes)
+    bits = label_png_bits(len(classes) + 1)
+    segmenter = Segmenter(model, protocol, text_cache_dir=False if args.no_text_cache else None)
     workers = min(args.num_workers, -(-len(inputs) // args.batch_size))  # no more workers than batches
     # one batch ahead per worker: decoded full-size images are what fills host memory
     loader = torch.utils.data.DataLoader(ImageFiles(inputs, args.max_pixels), batch_size=args.batch_size,
@@ -259,10 +271,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("segment", help="open-vocabulary semantic segmentation of images")
     p.add_argument("images", nargs="+", metavar="IMAGE",
                    help="image files and folders (searched recursively; --out mirrors a folder's tree)")
-    p.add_argument("--classes", required=True, help="comma-separated class names, or a .txt file (one per line)")
+    p.add_argument("--classes", required=True,
+                   help="comma-separated class names, or a .txt file: one class a line, synonyms separated by ', ' or "
+                        "'; '; under the dense methods' protocols (sclip-voc21, naclip-voc21, proxyclip-voc21) the "
+                        "first line names the background, as in their class files")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--protocol", help="start from a protocol preset (groupvit, sclip, workbench) or YAML file; "
-                                      "the options below change single fields")
+    p.add_argument("--protocol", help="start from a protocol preset (groupvit, sclip, workbench, sclip-voc21, "
+                                      "naclip-voc21, proxyclip-voc21) or YAML file (default: the model's own, e.g. "
+                                      "naclip-voc21 for naclip-b16); the options below change single fields")
     p.add_argument("--templates", choices=["single", "imagenet80"], help="prompt templates (default imagenet80)")
     p.add_argument("--background", choices=["threshold", "classes", "none"], help="background rule (default threshold)")
     p.add_argument("--bg-threshold", type=float, help="probability threshold of --background threshold (default 0.5)")
@@ -275,6 +291,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stride", type=int, help="sliding window stride (e.g. 224)")
     p.add_argument("--group-counts", type=group_counts, help=GROUP_COUNTS_HELP)
     p.add_argument("--grid-shifts", type=int, metavar="N", help=GRID_SHIFTS_HELP)
+    p.add_argument("--group-vote", action="store_true", default=None,
+                   help="(dense modes) average the class scores over each group of the model's grouping")
     p.add_argument("--rle", action="store_true", help="add each class's mask as COCO RLE to the JSON summary")
     p.add_argument("--no-text-cache", action="store_true", help="do not read or write the on-disk text cache")
     p.add_argument("--batch-size", type=int, default=32,

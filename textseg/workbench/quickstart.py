@@ -74,13 +74,15 @@ def build_dev_set(data: Path, seed: int, scenes: int = 300, progress: bool = Tru
 
 def evaluate_workbench(model, data: Path, out: Path, *, overlays: int = 12, limit: int | None = None,
                        progress: bool = True, meta: dict[str, Any] | None = None, dev: Path | None = None,
-                       diagnose: bool = True, protocol: str = "workbench") -> dict[str, Any]:
+                       diagnose: bool = True, protocol: str = "workbench",
+                       protocol_fields: dict[str, Any] | None = None) -> dict[str, Any]:
     """Score a model on the workbench's VOC-format val set under a workbench protocol.
 
     With ``dev`` (a VOC-format set of other scenes), the constant background score is first chosen there. With
     ``diagnose`` (the default), the results hold the error decomposition (:mod:`textseg.eval.diagnose`).
     ``protocol``: ``workbench`` (background classes: the generator's background nouns) or ``workbench-generic``
-    (a generic background vocabulary, none of the generator's words but "background").
+    (a generic background vocabulary, none of the generator's words but "background"); ``protocol_fields``
+    change single fields of it (e.g. ``{"group_vote": True}``).
     """
     from textseg.config import load_protocol, to_dict
     from textseg.data import VOCSegmentation
@@ -89,6 +91,8 @@ def evaluate_workbench(model, data: Path, out: Path, *, overlays: int = 12, limi
     from textseg.segmenter import Segmenter
 
     protocol = load_protocol(protocol).for_benchmark("voc21")
+    if protocol_fields:
+        protocol = protocol.replace(**protocol_fields)
     seg = Segmenter(model.eval(), protocol, text_cache_dir=False)
     calibration = None
     if dev is not None:

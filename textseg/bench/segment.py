@@ -36,9 +36,10 @@ STAGE_HELP = {
     "text": "class embeddings (the text encoder; warm in-memory cache inside a call)",
     "features": "grouping backbone forward (model.grouper.backbone)",
     "grouping": "k-means, small-group merging, region masks and pixel group maps (model.grouper minus backbone)",
-    "region": "CLIP image tower with region tokens (model.region)",
+    "region": "CLIP image tower with region tokens (model.region), or a dense mode's CLIP pass and text product",
     "classification": "region x text similarities, softmax, painting region probabilities onto the crop's pixels",
-    "upsampling": "window average, resize to the input size, labelling, copy to the host (CropPlan.label)",
+    "upsampling": "window average, resize to the input size, labelling, copy to the host (CropPlan.label; a "
+                  "dense mode's PAMR and background rule)",
     "other": "the rest of predict_batch: crop planning and batching",
 }
 
@@ -54,15 +55,17 @@ def instrument(seg: Any, timeline: StageTimeline) -> Iterator[StageTimeline]:
     """Mark a Segmenter's steps and model modules on ``timeline`` while inside; everything is restored after.
 
     Wrapped: ``seg.pipeline.to_device``, ``seg.pipeline.regions_batch`` and ``seg.text.encode_classes`` (instance
-    attributes over the class's methods), and :meth:`CropPlan.label <textseg.labels.CropPlan.label>` on the class
-    (a plan is made per image). Hooked (forward pre/post hooks): ``seg.model.grouper``,
+    attributes over the class's methods), and :meth:`CropPlan.label <textseg.labels.CropPlan.label>`,
+    ``DensePredictor.window_logits`` and ``DensePredictor.finish`` on their classes (made per call). Hooked (forward pre/post hooks): ``seg.model.grouper``,
     ``seg.model.grouper.backbone`` and ``seg.model.region``.
     """
+    from textseg.dense.predict import DensePredictor
     from textseg.labels import CropPlan
 
     model = seg.model
     wrapped = [(seg.pipeline, "to_device", "to_device"), (seg.pipeline, "regions_batch", "regions_batch"),
-               (seg.text, "encode_classes", "text"), (CropPlan, "label", "finish")]
+               (seg.text, "encode_classes", "text"), (CropPlan, "label", "finish"),
+               (DensePredictor, "window_logits", "region"), (DensePredictor, "finish", "finish")]
     saved = []
     handles = []
     try:

@@ -283,7 +283,8 @@ class Segmenter:
                 (the group of the model's own grouping that best matches the sentence; no proposals) or
                 ``"points"`` (point prompts for a promptable segmenter, :class:`~textseg.ris.points.PointReferrer`).
             **options: the options of the method's referrer: :class:`~textseg.ris.Referrer` (``proposer``,
-                ``no_target_threshold``, ``alpha``, ``beta``, ``masked_blocks``, ``mode``, ...),
+                ``no_target_threshold``, ``alpha``, ``beta``, ``masked_blocks``, ``mode``, ``spatial`` (read the
+                sentence's spatial language and let geometry choose among the proposals of the right kind), ...),
                 :class:`~textseg.ris.best_group.BestGroupReferrer` (``protocol`` and protocol fields) or
                 :class:`~textseg.ris.points.PointReferrer` (``promptable`` (required), ``generator``,
                 ``n_positive``, ``n_negative``). The referrer of each set of options is kept, with its per-image

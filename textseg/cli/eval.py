@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from textseg.cli.common import (GRID_SHIFTS_HELP, GROUP_COUNTS_HELP, add_model_args, add_promptable_args,
-                                group_counts, model_from_args, points_options, promptable_from_args)
+                                add_spatial_args, group_counts, model_from_args, points_options,
+                                promptable_from_args, spatial_options)
 from textseg.errors import UserError
 
 
@@ -87,7 +88,8 @@ def _refer_options(args: argparse.Namespace) -> dict[str, Any]:
         if value is not None and not 0.0 <= value <= 1.0:
             raise UserError(f"--{name} must be in [0, 1], got {value}")
     names = {"alpha": "alpha", "beta": "beta", "mode": "mode", "no_target_threshold": "no_target_threshold"}
-    return {key: getattr(args, name) for name, key in names.items() if getattr(args, name) is not None}
+    return {**{key: getattr(args, name) for name, key in names.items() if getattr(args, name) is not None},
+            **spatial_options(args)}
 
 
 def cmd_ris(args: argparse.Namespace) -> int:
@@ -222,6 +224,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                           "points: point prompts for a promptable segmenter; centre-point-oracle: that segmenter "
                           "prompted at the ground-truth mask's centre (an upper bound) (default best-group)")
     ris.add_argument("--alpha", type=float, help="global-branch weight (default 0.95)")
+    add_spatial_args(ris)
     ris.add_argument("--beta", type=float, help="sentence weight against the noun phrase (default 0.5)")
     ris.add_argument("--mode", choices=["clean", "reference"], help="Global-Local CLIP preprocessing (default clean)")
     ris.add_argument("--no-target-threshold", type=float,

@@ -6,7 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from textseg.cli.common import add_model_args, add_promptable_args, model_from_args, points_options
+from textseg.cli.common import (add_model_args, add_promptable_args, add_spatial_args, model_from_args,
+                                points_options, spatial_options)
 from textseg.errors import UserError
 
 
@@ -75,7 +76,7 @@ def cmd_refer(args: argparse.Namespace) -> int:
         return 0
     res = segmenter.refer(arr, args.sentence, proposals=given, method=args.method, proposer=_proposer(args),
                           alpha=args.alpha, beta=args.beta, mode=args.mode,
-                          no_target_threshold=args.no_target_threshold)
+                          no_target_threshold=args.no_target_threshold, **spatial_options(args))
     out.mkdir(parents=True, exist_ok=True)
     save_png((res.mask * 255).astype("uint8"), outputs[0])
     save_png(referring_overlay(arr, res.mask, args.sentence, score=res.score), outputs[1])
@@ -85,6 +86,7 @@ def cmd_refer(args: argparse.Namespace) -> int:
                "no_target": res.no_target, "index": res.index,
                "score": float(res.score) if res.scores.size else None,
                "no_target_threshold": args.no_target_threshold,
+               "reading": res.reading,
                "proposal_scores": [float(s) for s in res.scores], "proposal_records": res.proposals.records,
                "mask_png": outputs[0].name, "overlay_png": outputs[1].name}
     if args.rle:
@@ -111,6 +113,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", default="clean", choices=["clean", "reference"],
                    help="Global-Local CLIP preprocessing: clean (default) or the public code's (reference)")
     p.add_argument("--alpha", type=float, default=0.95, help="global-branch weight (default 0.95)")
+    add_spatial_args(p)
     p.add_argument("--beta", type=float, default=0.5, help="sentence weight against its noun phrase (default 0.5)")
     p.add_argument("--no-target-threshold", type=float,
                    help="a best score below this gives an empty mask (no target); choose it on a development split")

@@ -16,10 +16,12 @@ from textseg.config import Protocol
 
 @dataclass
 class RISOutput:
-    """What a referring predictor returns: a boolean mask (None: no answer) and an optional response map."""
+    """What a referring predictor returns: a boolean mask (None: no answer), an optional response map and how the
+    sentence was read (spatial language, :mod:`textseg.ris.spatial`)."""
 
     mask: np.ndarray | None
     response: np.ndarray | None = None
+    reading: dict | None = None
 
 
 SemsegPredictor = Callable[[np.ndarray, Sequence[str]], np.ndarray]
@@ -36,7 +38,7 @@ def as_ris_output(out: Any) -> RISOutput:
         return RISOutput(mask=out)
     if hasattr(out, "mask"):  # a ReferResult: no mask when it found no target
         return RISOutput(mask=None if getattr(out, "no_target", False) else out.mask,
-                         response=getattr(out, "response", None))
+                         response=getattr(out, "response", None), reading=getattr(out, "reading", None))
     raise TypeError(f"a RIS predictor must return RISOutput, a mask array or None, got {type(out).__name__}")
 
 

@@ -390,6 +390,8 @@ class _RISTask(EvalTask):
         inter, union, hit = ris_sample_stats(res.mask, sample["mask"], res.response)
         row = {"ref_id": sample.get("ref_id"), "sent_id": sample.get("sent_id"), "I": inter, "U": union, "hit": hit,
                "no_mask": res.mask is None, "target": not sample.get("no_target", False)}
+        if res.reading is not None:
+            row["reading"] = res.reading
         return row, lambda: ris_panel(sample["image"], res.mask, sample["mask"])
 
     def overlay_name(self, sample: Mapping[str, Any]) -> str:

@@ -25,11 +25,13 @@ import torch.nn.functional as F
 from textseg.errors import UserError
 from textseg.grouping import masks_to_region_masks
 from textseg.io import ImageCache, ImageLike, load_image
+from textseg.ris.geometry import ProposalGeometry, spatial_scores
 from textseg.ris.global_local import GlobalLocalCLIP
 from textseg.pipeline import as_pipeline
 from textseg.ris.mask_files import load_mask_proposals
 from textseg.ris.proposals import GroupingProposer, Proposals
 from textseg.ris.result import ReferResult
+from textseg.ris.spatial import SpatialParser
 
 METHODS = ("global-local", "region")
 ProposalSource = Callable[[np.ndarray], Proposals]
@@ -48,13 +50,20 @@ class Referrer:
         no_target_threshold: a best score below it means "no target" (an empty mask); None: always a mask when
             there is a proposal. Choose it on a development split, never on the evaluation split.
         cache_size: images whose proposals and visual features are kept.
+        spatial: read the sentence's spatial language (:mod:`textseg.ris.spatial`) and let geometry choose among
+            the proposals of the right kind (:func:`~textseg.ris.geometry.spatial_scores`).
+        spatial_margin, spatial_weight: the candidates' appearance margin and the geometric score's weight, in
+            appearance-score units (logit scale × cosine).
+        spatial_backend: the reading's parser, ``"auto"`` (spaCy when a pipeline is installed), ``"spacy"`` or
+            ``"rules"``.
         **scorer_options: :class:`~textseg.ris.global_local.GlobalLocalCLIP` options (``alpha``, ``beta``,
             ``masked_blocks`` (default 3, or the CLIP's depth if smaller), ``mode``, ``chunk_size``, ``fill``).
     """
 
     def __init__(self, segmenter: Any, *, method: str = "global-local",
                  proposer: ProposalSource | None = None, no_target_threshold: float | None = None,
-                 cache_size: int = 4, **scorer_options: Any) -> None:
+                 cache_size: int = 4, spatial: bool = False, spatial_margin: float = 4.0,
+                 spatial_weight: float = 1.0, spatial_backend: str = "auto", **scorer_options: Any) -> None:
         if method not in METHODS:
             raise UserError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
         self.pipeline = as_pipeline(segmenter)
@@ -70,6 +79,8 @@ class Referrer:
                                                      max_long_side=p.max_long_side)
         self.no_target_threshold = no_target_threshold
         self._cache = ImageCache(cache_size)
+        self.spatial = SpatialParser(spatial_backend) if spatial else None
+        self.spatial_margin, self.spatial_weight = spatial_margin, spatial_weight
 
     # -- visual side ------------------------------------------------------------------------------------------
 
@@ -114,6 +125,7 @@ class Referrer:
         text = self.scorer.encode_text(sentences + nps)
         return self.scorer.beta * text[: len(sentences)] + (1 - self.scorer.beta) * text[len(sentences):]
 
+    @torch.no_grad()
     def scores(self, visual: torch.Tensor, sentences: list[str]) -> torch.Tensor:
         """(S, N) logit scale × cosine of each sentence's text feature with each proposal's visual feature."""
         text = self.text_features(sentences)
@@ -156,14 +168,29 @@ class Referrer:
                                 f"{arr.shape[0]}x{arr.shape[1]}")
             visual = self.visual_features(arr, props)
         scores = self.scores(visual, [sentence])[0].cpu().numpy()
+        reading = None
+        if self.spatial is not None:
+            scores, reading = self.spatial_rescore(sentence, scores, visual, props)
         empty = np.zeros(arr.shape[:2], dtype=bool)
         if len(scores) == 0:
-            return ReferResult(empty, float("-inf"), None, scores, self.method, props)
+            return ReferResult(empty, float("-inf"), None, scores, self.method, props, reading=reading)
         best = int(scores.argmax())
         score = float(scores[best])
         if self.no_target_threshold is not None and score < self.no_target_threshold:
-            return ReferResult(empty, score, None, scores, self.method, props)
-        return ReferResult(props.masks[best].copy(), score, best, scores, self.method, props)
+            return ReferResult(empty, score, None, scores, self.method, props, reading=reading)
+        return ReferResult(props.masks[best].copy(), score, best, scores, self.method, props, reading=reading)
+
+    def spatial_rescore(self, sentence: str, scores: np.ndarray, visual: torch.Tensor, props: Proposals
+                        ) -> tuple[np.ndarray, dict]:
+        """The appearance ``scores`` fused with the geometry of the sentence's spatial reading, and the reading
+        (with what was used) as a JSON-ready dict."""
+        reading = self.spatial.read(sentence)
+        anchor = None
+        if reading.relation and reading.anchor and len(props):
+            anchor = self.scores(visual, [reading.anchor])[0].cpu().numpy()
+        fused, info = spatial_scores(scores, reading, ProposalGeometry.from_masks(props.masks), anchor,
+                                     margin=self.spatial_margin, weight=self.spatial_weight)
+        return fused, {**reading.to_dict(), "parser": self.spatial.backend_used, **info}
 
 
 __all__ = ["METHODS", "ReferResult", "Referrer"]

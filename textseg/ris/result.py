@@ -27,6 +27,8 @@ class ReferResult:
         regions: (H, W) group map whose ids index ``scores`` (``"best-group"``).
         points: (K, 2) xy point prompts in image pixels and ``labels`` (K,) 1 positive, 0 negative (``"points"``).
         positive_map, negative_map: (gh, gw) point logits at the CLIP's patch grid (``"points"``).
+        reading: how the sentence was read when spatial language was used (:mod:`textseg.ris.spatial`: head,
+            position, size, relation, anchor, and the candidates and anchor proposal of the geometric score).
     """
 
     mask: np.ndarray
@@ -40,6 +42,7 @@ class ReferResult:
     labels: np.ndarray | None = None
     positive_map: np.ndarray | None = field(default=None, repr=False)
     negative_map: np.ndarray | None = field(default=None, repr=False)
+    reading: dict | None = None
 
     @property
     def no_target(self) -> bool:

@@ -260,3 +260,9 @@ def test_large_images_are_scored_at_the_resized_scale_and_labelled_at_full_size(
     np.testing.assert_allclose(large.scores.sum(0), 1.0, atol=1e-5)  # normalize_scores holds on this path too
     assert (large.labels == full.labels).mean() > 0.8
     assert seg.predict(images[0], classes).scores is None
+
+
+def test_an_image_smaller_than_a_patch_is_a_clear_error():
+    seg = Segmenter(_tiny("naclip"), text_cache_dir=False, short_side=None)
+    with pytest.raises(UserError, match="8x30 .* smaller than the CLIP's 16-pixel patch"):
+        seg.predict(np.zeros((8, 30, 3), np.uint8), ["dog"])

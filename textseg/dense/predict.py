@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from textseg.config import Protocol
 from textseg.dense.attention import PIXEL_MEAN_255, PIXEL_STD_255, dense_patch_embeddings
 from textseg.dense.pamr import pamr
+from textseg.errors import UserError
 from textseg.io import label_dtype
 from textseg.labels import SegmentationResult, bilinear_taps, window_starts
 from textseg.pipeline import RegionPipeline, resized_size
@@ -120,6 +121,10 @@ class DensePredictor:
         for i, arr in enumerate(arrays):
             x = self.pipeline.to_device(arr, p)
             h, w = x.shape[-2:]
+            patch = self.pipeline.model.region.patch_size
+            if min(h, w) < patch:
+                raise UserError(f"image {i} is {h}x{w} at the protocol's size, smaller than the CLIP's {patch}-pixel "
+                                "patch: resize it up (short_side) first")
             win = (min(p.window, h), min(p.window, w)) if p.window else (h, w)
             starts = [(y0, x0) for y0 in window_starts(h, win[0], p.stride or h)
                       for x0 in window_starts(w, win[1], p.stride or w)]

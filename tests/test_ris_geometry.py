@@ -89,3 +89,18 @@ def test_refer_cli_writes_the_reading(tmp_path):
     assert main([*base, "--out", str(tmp_path / "p")]) == 0
     assert json.loads((tmp_path / "p" / "a.json").read_text())["reading"] is None
     assert main([*base, "--spatial", "--spatial-weight", "-1", "--out", str(tmp_path / "q")]) == 2
+
+
+def test_referring_overlay_wraps_the_sentence_under_the_image():
+    from textseg.visualize import referring_overlay, wrap_text
+
+    assert wrap_text("aa bb cc", 5, len) == ["aa bb", "cc"]
+    assert wrap_text("abcdefgh ij", 5, len) == ["abcdefgh", "ij"]
+    image = np.full((96, 96, 3), 200, dtype=np.uint8)
+    mask = np.zeros((96, 96), dtype=bool)
+    mask[10:20, 10:20] = True
+    short = referring_overlay(image, mask, "the dog")
+    long = referring_overlay(image, mask, "the second small dog from the left next to the big red bus " * 3)
+    assert short.size[0] == long.size[0] == 240 and long.size[1] > short.size[1] > 96
+    top = np.array(long)[:96, :96]
+    assert (top[15, 15] != image[15, 15]).any() and (top[50, 50] == image[50, 50]).all()  # tinted; no text over it

@@ -121,12 +121,28 @@ def ris_panel(image: np.ndarray, pred: np.ndarray | None, gt: np.ndarray) -> np.
     return np.concatenate([image, red, green], axis=1)
 
 
+def wrap_text(text: str, width: int, measure) -> list[str]:
+    """``text`` broken into lines no wider than ``width`` by ``measure`` (a word longer than that gets a line of its
+    own)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and measure(f"{lines[-1]} {word}") <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines or [""]
+
+
+#: The narrowest overlay: the caption under a small image gets at least this many pixels a line.
+CAPTION_MIN_WIDTH = 240
+
+
 def referring_overlay(image: np.ndarray, mask: np.ndarray | None, sentence: str, *, score: float | None = None,
                       colour: tuple[int, int, int] = (255, 0, 0), alpha: float = 0.5,
                       points: np.ndarray | None = None, labels: np.ndarray | None = None) -> Image.Image:
-    """The chosen mask tinted over an (H, W, 3) uint8 image, with the sentence (and score) written at the top; no
-    mask (no target) is said in the caption. Point prompts ((K, 2) xy with (K,) labels) are drawn as dots:
-    green positive, red negative."""
+    """The chosen mask tinted over an (H, W, 3) uint8 image, with the sentence (and score) wrapped in a band under
+    it (the canvas at least :data:`CAPTION_MIN_WIDTH` wide, the image top left); no mask (no target) is said in the
+    caption. Point prompts ((K, 2) xy with (K,) labels) are drawn as dots: green positive, red negative."""
     where = None if mask is None else np.asarray(mask).astype(bool)
     tinted = image if where is None or not where.any() else blend(image, colour, alpha, where=where)
     im = Image.fromarray(np.ascontiguousarray(tinted))
@@ -140,5 +156,13 @@ def referring_overlay(image: np.ndarray, mask: np.ndarray | None, sentence: str,
     text = sentence if where is not None and where.any() else f"{sentence} (no target)"
     if score is not None and np.isfinite(score):
         text += f"  [{score:.2f}]"
-    ImageDraw.Draw(im).text((3, 2), text, fill=WHITE, stroke_width=1, stroke_fill=(0, 0, 0))
-    return im
+    width = max(im.width, CAPTION_MIN_WIDTH)
+    measure = ImageDraw.Draw(im).textlength
+    lines = wrap_text(text, width - 8, measure)
+    line_height = 14
+    canvas = Image.new("RGB", (width, im.height + 6 + line_height * len(lines)), (0, 0, 0))
+    canvas.paste(im, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for i, line in enumerate(lines):
+        draw.text((4, im.height + 3 + i * line_height), line, fill=WHITE)
+    return canvas

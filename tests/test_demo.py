@@ -308,3 +308,9 @@ def test_point_method_is_offered_with_a_promptable_segmenter(tmp_path, demo):
     broken = load_demo_model("labxy-small-workbench", pretrained=False, points=lambda: {
         "promptable": PromptableSegmenter.from_workbench(tmp_path / "bad.pt", device="cpu")})
     assert broken.model is None and "bad.pt" in broken.error
+
+
+def test_refer_answer_says_how_the_sentence_was_read(client):
+    r = client.post("/api/refer", data={"example": "1", "sentence": "the plane on the left", "method": "region"})
+    reading = r.json()["summary"]["reading"]
+    assert reading["head"] == "plane" and reading["horizontal"] == "left" and reading["relation"] is None

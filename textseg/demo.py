@@ -301,7 +301,8 @@ class DemoService:
                     raise UserError("the point method has no no-target threshold")
                 res = self.segmenter.refer(image, sentence, method="points", **self.demo.points)
             else:
-                res = self.segmenter.refer(image, sentence, method=method, no_target_threshold=threshold)
+                res = self.segmenter.refer(image, sentence, method=method, no_target_threshold=threshold,
+                                           spatial=True)
         seconds = time.perf_counter() - start
         mask = np.asarray(res.mask, dtype=bool)
         points = []
@@ -314,7 +315,7 @@ class DemoService:
         summary = {"image": name, "size": [int(mask.shape[0]), int(mask.shape[1])], "sentence": sentence,
                    "method": method, "no_target": bool(no_target), "score": score, "proposal": index,
                    "mask_share": float(mask.mean()) if mask.size else 0.0, "points": points,
-                   "model": self.demo.source, "seconds": round(seconds, 3)}
+                   "reading": getattr(res, "reading", None), "model": self.demo.source, "seconds": round(seconds, 3)}
         over = referring_overlay(image, None if no_target else mask, sentence, score=score,
                                  points=np.array([[p["x"], p["y"]] for p in points]) if points else None,
                                  labels=np.array([p["label"] for p in points]) if points else None)

@@ -34,6 +34,12 @@ _log = logging.getLogger(__name__)
 #: at the input size a band of rows at a time (:meth:`DensePredictor.finish_large`): 2^27 floats is 512 MB.
 FULL_SIZE_ELEMENTS = 1 << 27
 
+def channel_stats(mean: Sequence[float], std: Sequence[float], device: torch.device
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel statistics as (1, 3, 1, 1) tensors on ``device``."""
+    return (torch.tensor(mean, device=device).view(1, 3, 1, 1), torch.tensor(std, device=device).view(1, 3, 1, 1))
+
+
 def centred_padding(h: int, w: int, multiple: int | None) -> tuple[int, int, int, int]:
     """(left, right, top, bottom) zero padding that makes h and w multiples of ``multiple``, split evenly (the extra
     pixel right / bottom); none when ``multiple`` is None."""
@@ -83,14 +89,18 @@ class DensePredictor:
 
     def normalise(self, images01: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) images in [0, 1] → the methods' normalised input."""
-        mean = torch.tensor(PIXEL_MEAN_255, device=images01.device).view(1, 3, 1, 1)
-        std = torch.tensor(PIXEL_STD_255, device=images01.device).view(1, 3, 1, 1)
+        mean, std = channel_stats(PIXEL_MEAN_255, PIXEL_STD_255, images01.device)
         return (images01 * 255 - mean) / std
 
+    def denormalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`normalise`: images in [0, 1]."""
+        mean, std = channel_stats(PIXEL_MEAN_255, PIXEL_STD_255, pixels.device)
+        return (pixels * std + mean) / 255
+
     def proxy_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """The grouping backbone's (B, h, w, C) features of normalised crops (their CLIP normalisation undone)."""
-        mean = torch.tensor(OPENAI_CLIP_MEAN, device=pixels.device).view(1, 3, 1, 1)
-        std = torch.tensor(OPENAI_CLIP_STD, device=pixels.device).view(1, 3, 1, 1)
+        """The grouping backbone's (B, h, w, C) features of normalised crops (their CLIP normalisation undone, as
+        ProxyCLIP does it: with CLIP's statistics in [0, 1] units)."""
+        mean, std = channel_stats(OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, pixels.device)
         return self.pipeline.model.grouper.backbone(pixels * std + mean)
 
     def window_logits(self, crops: torch.Tensor, text: torch.Tensor, pad_multiple: int | None) -> torch.Tensor:
@@ -234,9 +244,7 @@ class DensePredictor:
     def group_vote(self, im: DenseImage, scores: torch.Tensor, p: Protocol, size: tuple[int, int]) -> torch.Tensor:
         """(1 + C, H, W) scores at ``size`` averaged over each group of the model's grouping of the whole image
         (grouped at the resized scale, group maps at ``size``), and over the protocol's group counts."""
-        mean = torch.tensor(PIXEL_MEAN_255, device=im.pixels.device).view(1, 3, 1, 1)
-        std = torch.tensor(PIXEL_STD_255, device=im.pixels.device).view(1, 3, 1, 1)
-        x01 = self.pipeline.patch_sized((im.pixels * std + mean) / 255)
+        x01 = self.pipeline.patch_sized(self.denormalise(im.pixels))
         counts = p.group_counts or [None]
         features = self.pipeline.model.group_features(x01) if len(counts) > 1 else None
         voted = torch.zeros_like(scores)

@@ -222,3 +222,14 @@ def test_optimizer_step_clips_steps_schedules_frees_and_caps_the_temperature():
     optimizer_step([p], opt, sched, 0.0, scale)  # 0: no clipping; lr 0.5 -> (2.4 - 1.5, 3.2 - 2.0)
     torch.testing.assert_close(p.detach(), torch.tensor([0.9, 1.2]))
     assert opt.param_groups[0]["lr"] == 0.25
+
+
+def test_refer_bench_spatial_overhead_compares_whole_calls():
+    from textseg.bench import bench_refer, refer_markdown
+
+    report = bench_refer("tiny", counts=(3,), methods=("region",), short_side=64, spatial=True)
+    run = report["runs"][0]
+    assert run["refer_seconds"] > 0 and run["refer_spatial_seconds"] > 0
+    ratio = run["refer_spatial_seconds"] / run["refer_seconds"]  # (both rounded to 0.1 ms)
+    assert 1 + run["spatial_overhead"] == pytest.approx(ratio, rel=0.02)
+    assert "| region | 3 |" in refer_markdown(report)

@@ -438,3 +438,28 @@ def test_out_dir_that_is_a_file_or_negative_overlays(tmp_path):
         evaluate_semseg(_CountingPredictor(), _ToyDataset(), tmp_path / "file" / "sub", progress=False)
     with pytest.raises(ConfigError, match="overlays"):
         evaluate_semseg(_CountingPredictor(), _ToyDataset(), tmp_path / "o", progress=False, overlays=-1)
+
+
+def test_evaluate_ris_reports_outcomes_and_the_proposal_oracle(tmp_path):
+    from textseg.data import RefDataset
+
+    _refer_fixture(tmp_path / "refer")
+    ds = RefDataset(tmp_path / "refer", "refcoco", "unc", "val")
+    inst = ds.instances(2)
+    assert [(a, c) for a, c, _ in inst] == [(11, 18), (12, 3)] and inst[0][2].sum() == 3
+    car, dog = inst[1][2], inst[0][2]
+
+    def predictor(image, sentence):
+        if sentence == "the dog":  # the car chosen among proposals that hold the dog: wrong kind, oracle 1
+            return RISOutput(mask=car, proposals=np.stack([car, dog]))
+        if sentence == "person in blue":
+            return None
+        return RISOutput(mask=ds[0]["mask"], proposals=np.stack([ds[0]["mask"]]))
+
+    res = evaluate_ris(predictor, ds, tmp_path / "out", progress=False)
+    assert res["outcomes"]["n"] == 3
+    assert res["outcomes"]["hit"] == pytest.approx(100 / 3) and res["outcomes"]["wrong_kind"] == pytest.approx(100 / 3)
+    assert res["outcomes"]["no_mask"] == pytest.approx(100 / 3)
+    assert res["proposal_oracle"] == pytest.approx(100.0) and res["proposals_per_sentence"] == pytest.approx(1.5)
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "Proposal oracle" in md and "| hit | poor_mask |" in md

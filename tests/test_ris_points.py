@@ -253,3 +253,35 @@ def test_response_map_argmax_is_the_top_positive_patch():
     assert resp.shape == (96, 96)
     y, x = np.unravel_index(resp.argmax(), resp.shape)
     assert 60 <= y < 72 and 72 <= x < 84  # inside patch (5, 6)
+
+
+def test_point_referrer_spatial_puts_the_point_on_the_placed_instance(color_model, tmp_path):
+    """Two identical discs: the baseline's single point goes to one of them whatever the sentence says; with the
+    spatial reading "left" and "right" land on the left and the right disc."""
+    import textseg
+    from textseg.ris.points import PointReferrer
+    from textseg.ris.promptable import PromptableSegmenter, build_workbench_segmenter, save_workbench_segmenter
+
+    small = {"img_size": 64, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2, "out_chans": 32,
+             "decoder_depth": 1, "decoder_mlp_dim": 64, "decoder_heads": 2, "iou_head_hidden_dim": 32}
+    torch.manual_seed(0)
+    save_workbench_segmenter(build_workbench_segmenter(**small), tmp_path / "seg.pt", small)
+    promptable = PromptableSegmenter.from_workbench(tmp_path / "seg.pt", device="cpu")
+    h, w = 96, 192
+    yy, xx = np.mgrid[:h, :w]
+    left = (yy - h / 2) ** 2 + (xx - w / 4) ** 2 < (h / 4) ** 2
+    right = (yy - h / 2) ** 2 + (xx - 3 * w / 4) ** 2 < (h / 4) ** 2
+    img = np.full((h, w, 3), 255, np.uint8)
+    img[left | right] = (200, 20, 20)
+    seg = textseg.Segmenter(color_model, short_side=None, text_cache_dir=False)
+    given = lambda im: textseg.ris.Proposals(np.stack([left, right]), [{"support": 3}, {"support": 3}])
+    referrer = PointReferrer(seg, promptable, spatial=True, proposer=given)
+    for sentence, half in (("the disc on the left", slice(0, w // 2)), ("the right disc", slice(w // 2, w))):
+        res = referrer(img, sentence)
+        (x, y), = res.points
+        assert half.start <= x < half.stop, sentence
+        assert res.reading["chosen"] in (0, 1) and res.reading["horizontal"] in ("left", "right")
+    plain = referrer(img, "a red disc")
+    assert plain.reading["chosen"] is None
+    base = PointReferrer(seg, promptable)(img, "a red disc")
+    np.testing.assert_array_equal(plain.points, base.points)  # no spatial words: the baseline's point

@@ -50,7 +50,7 @@ def _config(**kw):
 def test_training_step_changes_weights_and_never_reads_a_mask(workbench, segmenter_ckpt, tiny_model, tmp_path):
     from textseg.ris.promptable import PromptableSegmenter
 
-    cfg = _config(mask_alignment=1.0)  # every term of the objective runs
+    cfg = _config(mask_alignment=1.0, confidence=1.0)  # every term of the objective runs
     opened: list[str] = []
     recording = [True]
 

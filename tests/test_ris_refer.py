@@ -49,7 +49,7 @@ def rig_text(referrer: Referrer, monkeypatch, image: np.ndarray, targets: dict[s
 def test_the_left_one_and_the_right_one_get_different_masks(color_seg, monkeypatch, method):
     img, left, right = two_discs()
     assert len(np.unique(color_seg.group_map(img))) == 2  # k-means: both discs are one group
-    referrer = Referrer(color_seg, method=method)
+    referrer = Referrer(color_seg, method=method, proposer="grouping")
     rig_text(referrer, monkeypatch, img, {"the left one": left, "the right one": right})
     a = referrer(img, "the left one")
     b = referrer(img, "the right one")
@@ -70,7 +70,23 @@ def test_visual_features_are_cached_per_image_and_equal_the_scorer(color_seg, mo
     assert len(calls) == 1 and len(first.proposals) == len(second.proposals) >= 3
     # the cached features give the scores GlobalLocalCLIP itself gives (same alpha, beta and noun phrases)
     want = referrer.scorer.score(img, first.proposals.masks, ["a red disc"]).scores[0].numpy()
-    np.testing.assert_allclose(first.scores, want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(first.scores, want + referrer.prior(first.proposals), rtol=1e-4, atol=1e-4)
+
+
+def test_default_proposals_are_multiscale_with_a_support_prior(color_seg):
+    img, left, right = two_discs()
+    referrer = Referrer(color_seg)
+    props, _ = referrer.proposals_and_features(img)
+    support = np.array([r["support"] for r in props.records])
+    assert len(props) <= 100 and {r["count"] for r in props.records} <= {8, 16, 32} and support.min() >= 1
+    area = props.masks.reshape(len(props), -1).mean(1)
+    np.testing.assert_allclose(referrer.prior(props), 2.0 * np.log(support) - 0.5 * np.log(area))
+    assert Referrer(color_seg, support_weight=0.0, area_weight=0.0).prior(props) == pytest.approx(0.0)
+    # the prior needs every record's support: given masks have none
+    given = textseg.ris.Proposals(np.stack([left, right]))
+    assert referrer.prior(given) == 0.0
+    with pytest.raises(UserError, match="proposer must be one of"):
+        Referrer(color_seg, proposer="selective")
 
 
 def test_no_target_threshold_and_given_proposals(color_seg):
@@ -107,3 +123,13 @@ def test_response_map_paints_each_pixel_with_its_best_covering_proposal(color_se
     np.testing.assert_allclose(resp[right], max(s[1], s[2]), rtol=1e-6)
     np.testing.assert_allclose(resp[~both], s.min(), rtol=1e-6)
     assert res.proposals.masks[res.index].flat[int(resp.argmax())]  # PointM: the argmax is in the chosen mask
+
+
+def test_proposal_short_side_is_a_pixel_grid_for_colour_grouping(color_model):
+    from textseg.ris.referrer import proposal_short_side
+
+    assert color_model.config.backbone.type == "color" and color_model.config.backbone.patch_size == 16
+    assert proposal_short_side(color_model, 96) == 96 * 16
+    assert proposal_short_side(color_model, None) is None
+    vit = textseg.create_model("tiny", pretrained=False, seed=0)
+    assert vit.config.backbone.type != "color" and proposal_short_side(vit, 96) == 96

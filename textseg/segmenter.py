@@ -278,7 +278,7 @@ class Segmenter:
             image: path, PIL image or (H, W, 3) array.
             sentence: the referring expression.
             proposals: this image's proposals (a :class:`~textseg.ris.Proposals`, an (N, H, W) bool array or a mask
-                file); None: textseg's grouping made instance-like (or ``options["proposer"]``'s).
+                file); None: the proposals of ``options["proposer"]`` (default: multi-scale grouping proposals).
             method: ``"global-local"`` (masked crops), ``"region"`` (region tokens, one forward), ``"best-group"``
                 (the group of the model's own grouping that best matches the sentence; no proposals) or
                 ``"points"`` (point prompts for a promptable segmenter, :class:`~textseg.ris.points.PointReferrer`).

@@ -110,7 +110,7 @@ def train_markdown(report: dict[str, Any]) -> str:
 def memory_markdown(report: dict[str, Any]) -> str:
     """The Markdown table of a :func:`~textseg.bench.memory.bench_segment_memory` report, under the machine and
     versions."""
-    lines = header_markdown(report)
+    lines = header_markdown(report) + [""]
     lines += ["| image | megapixels | classes | decoded image (MB) | peak RSS (MB) | wall (s) |",
               "|---|---:|---:|---:|---:|---:|"]
     for r in report["runs"]:
@@ -124,10 +124,16 @@ def refer_markdown(report: dict[str, Any]) -> str:
     methods = list(dict.fromkeys(r["method"] for r in report["runs"]))
     counts = list(dict.fromkeys(r["proposals"] for r in report["runs"]))
     cell = {(r["method"], r["proposals"]): r["seconds"] for r in report["runs"]}
-    lines = header_markdown(report)
+    lines = header_markdown(report) + [""]
     lines += ["| proposals | " + " | ".join(f"{m} (s)" for m in methods) + " |",
               "|---:|" + "---:|" * len(methods)]
     lines += [f"| {n} | " + " | ".join(f"{cell[m, n]:.2f}" for m in methods) + " |" for n in counts]
+    spatial = [r for r in report["runs"] if "spatial_overhead" in r]
+    if spatial:
+        lines += ["", f"Spatial reading, a whole refer call (\"{spatial[0]['sentence']}\", spaCy's import not timed):",
+                  "", "| method | proposals | without (s) | with (s) | overhead |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {r['method']} | {r['proposals']} | {r['refer_seconds']:.3f} | {r['refer_spatial_seconds']:.3f} | "
+                  f"{100 * r['spatial_overhead']:+.1f} % |" for r in spatial]
     return "\n".join(lines) + "\n"
 
 

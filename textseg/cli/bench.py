@@ -91,7 +91,8 @@ def cmd_refer(args: argparse.Namespace) -> int:
     from textseg.bench import bench_refer, refer_markdown
 
     report = bench_refer(args.model, image=args.image, counts=args.proposals, methods=args.methods,
-                         device=args.device, repeats=args.repeats, short_side=args.short_side or None)
+                         device=args.device, repeats=args.repeats, short_side=args.short_side or None,
+                         spatial=args.spatial)
     _emit(report, refer_markdown(report), args.out, "bench_refer")
     return 0
 
@@ -167,6 +168,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--repeats", type=_count(1), default=1, help="timed calls per figure (the best is kept)")
     r.add_argument("--short-side", type=int, default=448, help="resize for the region tokens (0 keeps the size)")
     r.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda when available)")
+    r.add_argument("--spatial", action="store_true",
+                   help="also time whole refer calls without and with the spatial reading (its overhead)")
     r.add_argument("--out", metavar="DIR", help="write bench_refer.json and bench_refer.md here")
     r.set_defaults(func=cmd_refer)
 

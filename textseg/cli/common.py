@@ -119,25 +119,43 @@ GRID_SHIFTS_HELP = ("embed the regions on N x N CLIP patch grids moved by patch/
 
 
 def add_spatial_args(p: argparse.ArgumentParser) -> None:
-    """Options of the spatial reading of referring sentences (``--method global-local`` or ``region``)."""
-    g = p.add_argument_group("spatial language (--method global-local or region)")
+    """Options of the spatial reading of referring sentences and of the proposals' support prior."""
+    g = p.add_argument_group("spatial language and proposal support")
     g.add_argument("--spatial", action="store_true",
                    help="read where the sentence puts its target (left, bigger, second from the top, left of the "
-                        "bus, ...) and let the proposals' geometry choose among those of the right kind")
-    g.add_argument("--spatial-margin", type=float, default=4.0,
-                   help="candidates: proposals whose appearance score is within this of the best (default 4.0, "
-                        "chosen on the workbench's testA + testB)")
-    g.add_argument("--spatial-weight", type=float, default=1.0,
-                   help="weight of the geometric score, in appearance-score units (default 1.0)")
+                        "bus, ...) and let the proposals' geometry choose among those of the right kind (points: "
+                        "move the positive map onto that proposal)")
+    g.add_argument("--spatial-margin", type=float,
+                   help="candidates: proposals whose appearance score is within this of the best (default 2.0, "
+                        "points 1.0 standard deviations of the positive map; chosen on the workbench's testA + "
+                        "testB)")
+    g.add_argument("--spatial-weight", type=float,
+                   help="weight of the geometric score, in the same units (default 2.0, points 8.0)")
+    g.add_argument("--support-weight", type=float,
+                   help="multiscale proposals: add this x log(support) to each proposal's appearance score, support "
+                        "being how many candidates agree on its region, so whole objects beat their parts "
+                        "(default 2.0, points 0.5; 0: off)")
+    g.add_argument("--area-weight", type=float,
+                   help="multiscale proposals: add this x log(area share) too (default -0.5: an object beats the "
+                        "larger regions around it; points 0.0)")
 
 
 def spatial_options(args: argparse.Namespace) -> dict:
-    """``Referrer`` options from :func:`add_spatial_args`' options (none without ``--spatial``)."""
+    """``Referrer`` / ``PointReferrer`` options from :func:`add_spatial_args`' options (those given; the margin and
+    weight only with ``--spatial``)."""
+    for name in ("spatial_margin", "spatial_weight", "support_weight"):
+        value = getattr(args, name)
+        if value is not None and value < 0:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+    out = {name: getattr(args, name) for name in ("support_weight", "area_weight") if getattr(args, name) is not None}
     if not args.spatial:
-        return {}
-    if args.spatial_margin < 0 or args.spatial_weight < 0:
-        raise UserError("--spatial-margin and --spatial-weight must be >= 0")
-    return {"spatial": True, "spatial_margin": args.spatial_margin, "spatial_weight": args.spatial_weight}
+        if args.spatial_margin is not None or args.spatial_weight is not None:
+            raise UserError("--spatial-margin and --spatial-weight need --spatial")
+        return out
+    out["spatial"] = True
+    out.update({name: getattr(args, name) for name in ("spatial_margin", "spatial_weight")
+                if getattr(args, name) is not None})
+    return out
 
 
 def add_promptable_args(p: argparse.ArgumentParser, *, with_sam: bool = True) -> None:
@@ -156,6 +174,9 @@ def add_promptable_args(p: argparse.ArgumentParser, *, with_sam: bool = True) ->
     g.add_argument("--points", type=int, default=1, metavar="K", help="positive points (default 1)")
     g.add_argument("--negative-points", type=int, default=None, metavar="K",
                    help="negative points (default 1 with --point-generator; the baseline has none)")
+    g.add_argument("--generator-weight", type=float, metavar="W",
+                   help="positive map: W x the generator's + (1 - W) x the text-patch cosine, both standardised "
+                        "(default 1: the generator's alone)")
 
 
 def points_options(args: argparse.Namespace) -> dict:
@@ -169,8 +190,15 @@ def points_options(args: argparse.Namespace) -> dict:
     if args.negative_points and not args.point_generator:
         raise UserError("--negative-points needs --point-generator (the baseline has no negative map)")
     generator = load_point_generator(args.point_generator)[0] if args.point_generator else None
-    return {"promptable": promptable_from_args(args), "generator": generator, "n_positive": args.points,
-            "n_negative": 1 if args.negative_points is None else args.negative_points}
+    out = {"promptable": promptable_from_args(args), "generator": generator, "n_positive": args.points,
+           "n_negative": 1 if args.negative_points is None else args.negative_points, **spatial_options(args)}
+    if args.generator_weight is not None:
+        if not args.point_generator:
+            raise UserError("--generator-weight needs --point-generator")
+        if not 0.0 <= args.generator_weight <= 1.0:
+            raise UserError(f"--generator-weight must be in [0, 1], got {args.generator_weight}")
+        out["generator_weight"] = args.generator_weight
+    return out
 
 
 def promptable_from_args(args: argparse.Namespace):

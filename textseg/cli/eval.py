@@ -87,7 +87,8 @@ def _refer_options(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, name)
         if value is not None and not 0.0 <= value <= 1.0:
             raise UserError(f"--{name} must be in [0, 1], got {value}")
-    names = {"alpha": "alpha", "beta": "beta", "mode": "mode", "no_target_threshold": "no_target_threshold"}
+    names = {"alpha": "alpha", "beta": "beta", "mode": "mode", "no_target_threshold": "no_target_threshold",
+             "proposals": "proposer"}
     return {**{key: getattr(args, name) for name, key in names.items() if getattr(args, name) is not None},
             **spatial_options(args)}
 
@@ -100,8 +101,15 @@ def cmd_ris(args: argparse.Namespace) -> int:
 
     if args.short_side < 0:
         raise UserError(f"--short-side must be positive (or 0 to keep the image size), got {args.short_side}")
-    if args.method in ("best-group", "points", "centre-point-oracle") and _refer_options(args):
-        raise UserError("--alpha, --beta, --mode and --no-target-threshold need --method global-local or region")
+    if args.method in ("best-group", "points", "centre-point-oracle"):
+        given = {k for k in _refer_options(args) if k not in ("spatial", "spatial_margin", "spatial_weight",
+                                                              "support_weight", "area_weight")}
+        if given:
+            raise UserError("--proposals, --alpha, --beta, --mode and --no-target-threshold need --method "
+                            "global-local or region")
+        if args.method != "points" and spatial_options(args):
+            raise UserError("--spatial, --support-weight and --area-weight need --method global-local, region or "
+                            "points")
     points = args.method in ("points", "centre-point-oracle")
     if not points and (args.promptable or args.sam_checkpoint or args.point_generator):
         raise UserError("--promptable, --sam-checkpoint and --point-generator need --method points")
@@ -133,7 +141,8 @@ def cmd_ris(args: argparse.Namespace) -> int:
         options = points_options(args)
         key.update({name: None if getattr(args, name) is None else str(Path(getattr(args, name)).resolve())
                     for name in ("promptable", "sam_checkpoint", "point_generator")})
-        key.update(points=options["n_positive"], negative_points=options["n_negative"])
+        key.update(points=options["n_positive"], negative_points=options["n_negative"],
+                   **{k: v for k, v in options.items() if k.startswith(("spatial", "support", "area", "generator_"))})
     if dev is not None:
         from textseg.eval.calibration import choose_no_target_threshold, referring_best_scores
 
@@ -223,6 +232,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                           "instance proposals from the grouping; region: the same with region-token local features; "
                           "points: point prompts for a promptable segmenter; centre-point-oracle: that segmenter "
                           "prompted at the ground-truth mask's centre (an upper bound) (default best-group)")
+    ris.add_argument("--proposals", choices=["multiscale", "grouping"],
+                     help="global-local / region proposals: multiscale (several group counts with merge hierarchies, "
+                          "at most 100 per image; default) or grouping (the model's one group count)")
     ris.add_argument("--alpha", type=float, help="global-branch weight (default 0.95)")
     add_spatial_args(ris)
     ris.add_argument("--beta", type=float, help="sentence weight against the noun phrase (default 0.5)")

@@ -12,12 +12,12 @@ from textseg.errors import UserError
 
 
 def _proposer(args: argparse.Namespace):
-    """The ``proposer`` option of Segmenter.refer for --proposals grouping|sam (None: the grouping default)."""
+    """The ``proposer`` option of Segmenter.refer for --proposals multiscale|grouping|sam."""
     if args.proposals == "sam":
         from textseg.ris.proposals import SamProposer
 
         return SamProposer(args.sam_checkpoint, args.sam_model_type, device=args.device)
-    return None
+    return args.proposals
 
 
 def cmd_refer(args: argparse.Namespace) -> int:
@@ -37,10 +37,10 @@ def cmd_refer(args: argparse.Namespace) -> int:
     if args.short_side < 0:
         raise UserError(f"--short-side must be positive (or 0 to keep the image size), got {args.short_side}")
     given = None
-    if args.proposals not in ("grouping", "sam"):
+    if args.proposals not in ("multiscale", "grouping", "sam"):
         given = Path(args.proposals)
         if not given.exists():
-            raise UserError(f"--proposals {given}: no such mask file or folder (or say grouping or sam)")
+            raise UserError(f"--proposals {given}: no such mask file or folder (or say multiscale, grouping or sam)")
     out = Path(args.out)
     stem = image_path.stem
     outputs = [out / f"{stem}_mask.png", out / f"{stem}_overlay.png", out / f"{stem}.json"]
@@ -52,7 +52,7 @@ def cmd_refer(args: argparse.Namespace) -> int:
     segmenter = Segmenter(model_from_args(args), short_side=args.short_side or None, templates="single",
                           text_cache_dir=False)
     if args.method == "points":
-        if args.proposals != "grouping" or args.no_target_threshold is not None:
+        if args.proposals != "multiscale" or args.no_target_threshold is not None:
             raise UserError("--method points makes its mask from point prompts: --proposals and "
                             "--no-target-threshold do not apply")
         res = segmenter.refer(arr, args.sentence, method="points", **points_options(args))
@@ -67,6 +67,8 @@ def cmd_refer(args: argparse.Namespace) -> int:
                    "points": [{"x": float(x), "y": float(y), "label": int(lab), "score": float(sc)}
                               for (x, y), lab, sc in zip(res.points, res.labels, res.scores)],
                    "mask_png": outputs[0].name, "overlay_png": outputs[1].name}
+        if res.reading is not None:
+            summary["reading"] = res.reading
         if args.rle:
             summary["rle"] = mask_to_rle(res.mask)
         atomic_write_text(outputs[2], json.dumps(summary, indent=2))
@@ -102,9 +104,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("image", help="image file")
     p.add_argument("sentence", help='the referring sentence, e.g. "the man in the red shirt on the left"')
     p.add_argument("--out", required=True, help="output folder (mask PNG, overlay PNG, JSON)")
-    p.add_argument("--proposals", default="grouping",
-                   help="grouping (textseg's grouping, made instance-like; default), sam (needs --sam-checkpoint "
-                        "and `pip install 'textseg[sam]'`), or a mask file: COCO RLE JSON, PNG label map, folder")
+    p.add_argument("--proposals", default="multiscale",
+                   help="multiscale (textseg's grouping at several group counts with merge hierarchies, at most 100; "
+                        "default), grouping (one group count, made instance-like), sam (needs --sam-checkpoint and "
+                        "`pip install 'textseg[sam]'`), or a mask file: COCO RLE JSON, PNG label map, folder")
     p.add_argument("--sam-checkpoint", help="SAM checkpoint file (sam_vit_h_4b8939.pth, ...)")
     p.add_argument("--sam-model-type", default="vit_h", choices=["vit_h", "vit_l", "vit_b"])
     p.add_argument("--method", default="global-local", choices=["global-local", "region", "points"],

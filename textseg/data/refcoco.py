@@ -297,6 +297,15 @@ class RefDataset:
                 f"{self.instances_path}: annotation {ann_id} has a malformed segmentation ({_one_line(e)})"
             ) from None
 
+    def instances(self, image_id: int) -> list[tuple[int, int, np.ndarray]]:
+        """Every annotated instance of an image as (annotation id, category id, (H, W) bool mask), by id."""
+        if not hasattr(self, "_by_image"):
+            self._by_image: dict[int, list[int]] = {}
+            for ann_id, ann in self.annotations.items():
+                self._by_image.setdefault(int(ann["image_id"]), []).append(int(ann_id))
+        return [(a, int(self.annotations[a].get("category_id", -1)), self.mask(a))
+                for a in sorted(self._by_image.get(int(image_id), []))]
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         ref, sent = self.samples[index]
         image_id = self._elsewhere.get(int(ref["ref_id"]), int(ref["image_id"]))

@@ -16,12 +16,14 @@ from textseg.config import Protocol
 
 @dataclass
 class RISOutput:
-    """What a referring predictor returns: a boolean mask (None: no answer), an optional response map and how the
-    sentence was read (spatial language, :mod:`textseg.ris.spatial`)."""
+    """What a referring predictor returns: a boolean mask (None: no answer), an optional response map, how the
+    sentence was read (spatial language, :mod:`textseg.ris.spatial`) and the (N, H, W) proposals the mask was
+    chosen from (for the proposal oracle)."""
 
     mask: np.ndarray | None
     response: np.ndarray | None = None
     reading: dict | None = None
+    proposals: np.ndarray | None = None
 
 
 SemsegPredictor = Callable[[np.ndarray, Sequence[str]], np.ndarray]
@@ -37,8 +39,10 @@ def as_ris_output(out: Any) -> RISOutput:
     if isinstance(out, np.ndarray):
         return RISOutput(mask=out)
     if hasattr(out, "mask"):  # a ReferResult: no mask when it found no target
+        props = getattr(out, "proposals", None)
         return RISOutput(mask=None if getattr(out, "no_target", False) else out.mask,
-                         response=getattr(out, "response", None), reading=getattr(out, "reading", None))
+                         response=getattr(out, "response", None), reading=getattr(out, "reading", None),
+                         proposals=None if props is None else np.asarray(props))
     raise TypeError(f"a RIS predictor must return RISOutput, a mask array or None, got {type(out).__name__}")
 
 

@@ -132,9 +132,18 @@ def ris_markdown(r: Mapping[str, Any]) -> str:
         + (f" No-target samples (scored by N-acc only: % answered with no mask): {m['n_no_target']}."
            if "n_no_target" in m else ""),
         "",
-        f"Command: `{command_line(r)}`",
-        "",
     ]
+    if "proposal_oracle" in r:
+        lines += [f"Proposal oracle (the best proposal's IoU, mean over sentences): {fmt(r['proposal_oracle'])}; "
+                  f"proposals per sentence: {r['proposals_per_sentence']:.1f}.", ""]
+    if "outcomes" in r:
+        o = r["outcomes"]
+        kinds = [k for k in o if k != "n"]
+        lines += [f"Outcomes of the {o['n']} sentences with a target (percent): hit = IoU >= 0.5; poor_mask = the "
+                  "target, IoU < 0.5; wrong_instance = another object of its category; wrong_kind = another "
+                  "category or background.", "", "| " + " | ".join(kinds) + " |", "|" + "---:|" * len(kinds),
+                  "| " + " | ".join(fmt(o[k]) for k in kinds) + " |", ""]
+    lines += [f"Command: `{command_line(r)}`", ""]
     return "\n".join(lines)
 
 

@@ -25,6 +25,7 @@ from textseg.errors import ConfigError
 from textseg.eval.diagnose import Diagnosis
 from textseg.eval.predictors import RISPredictor, SemsegPredictor, as_ris_output
 from textseg.eval.report import jsonable, metadata, ris_markdown, semseg_markdown
+from textseg.eval.ris_errors import classify_outcome, proposal_oracle, summarize_outcomes
 from textseg.io import atomic_write_text, check_writable_folder, save_png
 from textseg.metrics import RISMetric, SemsegMetric, ris_sample_stats
 from textseg.visualize import ris_panel, semseg_panel
@@ -384,6 +385,7 @@ class _RISTask(EvalTask):
         if getattr(dataset, "no_target", False):
             self.identity["no_target"] = True
         self.desc = f"ris {self.identity['dataset']} {self.identity['split']}"
+        self.instances = getattr(dataset, "instances", None)
 
     def score(self, sample: Mapping[str, Any]) -> tuple[Row, Callable[[], np.ndarray]]:
         res = as_ris_output(self.predictor(sample["image"], sample["sentence"]))
@@ -392,6 +394,11 @@ class _RISTask(EvalTask):
                "no_mask": res.mask is None, "target": not sample.get("no_target", False)}
         if res.reading is not None:
             row["reading"] = res.reading
+        if res.proposals is not None and row["target"]:
+            row["oracle"] = round(proposal_oracle(res.proposals, sample["mask"]), 6)
+            row["n_proposals"] = int(len(res.proposals))
+        if row["target"] and self.instances is not None and sample.get("ann_id", -1) >= 0:
+            row["outcome"] = classify_outcome(res.mask, sample["ann_id"], self.instances(sample["image_id"]))
         return row, lambda: ris_panel(sample["image"], res.mask, sample["mask"])
 
     def overlay_name(self, sample: Mapping[str, Any]) -> str:
@@ -409,7 +416,8 @@ class _RISTask(EvalTask):
         metric = RISMetric()
         for row in rows:
             metric.add(row["I"], row["U"], row["hit"], row.get("target", True))
-        return {"n_no_mask": sum(1 for row in rows if row["no_mask"]), "metrics": metric.compute()}
+        return {"n_no_mask": sum(1 for row in rows if row["no_mask"]), "metrics": metric.compute(),
+                **summarize_outcomes(rows)}
 
 
 def evaluate_semseg(predictor: SemsegPredictor, dataset: Any, out_dir: str | Path, *, resume: bool = True,

@@ -114,7 +114,7 @@ def relation_score(relation: str, geom: ProposalGeometry, anchor: int, candidate
 
 
 def spatial_scores(appearance: np.ndarray, reading: SpatialReading, geom: ProposalGeometry,
-                   anchor_appearance: np.ndarray | None = None, *, margin: float = 4.0, weight: float = 1.0
+                   anchor_appearance: np.ndarray | None = None, *, margin: float = 2.0, weight: float = 2.0
                    ) -> tuple[np.ndarray, dict]:
     """Fused (N,) scores: ``appearance`` plus ``weight`` × the geometric score for the candidates (appearance
     within ``margin`` of the best); unchanged when the reading has nothing geometry can judge.

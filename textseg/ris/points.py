@@ -29,7 +29,11 @@ import torch.nn.functional as F
 from textseg.errors import MissingWeightsError, UserError
 from textseg.io import ImageCache, ImageLike, image_key, load_image
 from textseg.pipeline import as_pipeline
+from textseg.ris.hierarchy import MultiScaleProposer, proposal_prior
+from textseg.ris.point_spatial import spatial_positive_map
+from textseg.ris.referrer import proposal_short_side
 from textseg.ris.result import ReferResult
+from textseg.ris.spatial import SpatialParser
 
 if TYPE_CHECKING:
     from textseg.model import TextSegModel
@@ -249,11 +253,24 @@ class PointReferrer:
             the text-patch similarity.
         n_positive, n_negative: points taken from each map (the baseline takes no negatives).
         radius: non-maximum suppression radius in patches.
+        spatial: read the sentence's spatial language and move the positive map onto the instance proposal it
+            places (:func:`~textseg.ris.point_spatial.spatial_positive_map`; proposals from ``proposer``).
+        spatial_margin, spatial_weight: the candidates' margin and geometric weight, in standard deviations of the
+            positive map (defaults chosen on the workbench's testA + testB).
+        proposer: image → instance proposals for ``spatial`` (None: multi-scale grouping proposals,
+            :class:`~textseg.ris.hierarchy.MultiScaleProposer`, at :func:`~textseg.ris.referrer.proposal_short_side`).
+        support_weight, area_weight: the proposals' prior (:func:`~textseg.ris.hierarchy.proposal_prior`), in
+            standard deviations of the positive map.
+        generator_weight: with a generator, the positive map is ``generator_weight`` × its standardised positive
+            map + (1 − ``generator_weight``) × the standardised text–patch cosine (1: the generator's map alone).
+        spatial_backend: the reading's parser (``"auto"``, ``"spacy"``, ``"rules"``).
     """
 
     def __init__(self, segmenter: Any, promptable: "PromptableSegmenter", *,
                  generator: PointGenerator | None = None, n_positive: int = 1, n_negative: int = 1,
-                 radius: int = 1, cache_size: int = 4) -> None:
+                 radius: int = 1, cache_size: int = 4, spatial: bool = False, spatial_margin: float = 1.0,
+                 spatial_weight: float = 8.0, proposer: Any = None, support_weight: float = 0.5,
+                 area_weight: float = 0.0, spatial_backend: str = "auto", generator_weight: float = 1.0) -> None:
         if n_positive < 1:
             raise UserError(f"at least one positive point is needed, got {n_positive}")
         if n_negative < 0:
@@ -266,6 +283,19 @@ class PointReferrer:
         self.radius = radius
         self._cache = ImageCache(cache_size)
         self._image_key: bytes | None = None
+        self.spatial = None
+        if spatial:
+            self.spatial = SpatialParser(spatial_backend)
+            p = self.pipeline.protocol
+            self.proposer = proposer or MultiScaleProposer(
+                self.pipeline, short_side=proposal_short_side(self.pipeline.model, p.short_side),
+                max_long_side=p.max_long_side)
+            self._proposals = ImageCache(cache_size)
+        self.spatial_margin, self.spatial_weight = spatial_margin, spatial_weight
+        self.support_weight, self.area_weight = support_weight, area_weight
+        if not 0.0 <= generator_weight <= 1.0:
+            raise UserError(f"generator_weight must be in [0, 1], got {generator_weight}")
+        self.generator_weight = generator_weight
 
     @torch.no_grad()
     def dense_features(self, image: np.ndarray) -> torch.Tensor:
@@ -278,18 +308,45 @@ class PointReferrer:
         tokens = model.tokenizer(sentences).to(self.pipeline.device)
         return model.clip.encode_text(tokens).float()
 
+    def maps(self, feats: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(S, gh, gw) positive and negative maps (None without a generator) of S sentence features."""
+        feats = feats.expand(len(text), *feats.shape[1:])
+        cosine = (F.normalize(feats, dim=-1) * F.normalize(text, dim=-1)[:, None, None]).sum(-1)
+        if self.generator is None:
+            return cosine, None
+        pos, neg = self.generator(feats, text)
+        if self.generator_weight < 1.0:
+            def z(m: torch.Tensor) -> torch.Tensor:
+                return (m - m.mean((1, 2), keepdim=True)) / m.std((1, 2), keepdim=True).clamp_min(1e-6)
+
+            pos = self.generator_weight * z(pos) + (1.0 - self.generator_weight) * z(cosine)
+        return pos, neg
+
     @torch.no_grad()
     def prompts(self, image: np.ndarray, sentence: str) -> PointPrompts:
         """The point prompts of one sentence on one (H, W, 3) image."""
+        return self.prompts_and_reading(image, sentence)[0]
+
+    @torch.no_grad()
+    def prompts_and_reading(self, image: np.ndarray, sentence: str) -> tuple[PointPrompts, dict | None]:
+        """The point prompts, and with ``spatial`` the reading and what it chose (JSON-ready)."""
         feats = self.dense_features(image)
-        text = self.text_features([sentence])
-        if self.generator is None:
-            pos = (F.normalize(feats, dim=-1) * F.normalize(text, dim=-1)[:, None, None]).sum(-1)
-            neg = None
-        else:
-            pos, neg = self.generator(feats, text)
-        return make_prompts(pos, neg, image.shape[:2], n_positive=self.n_positive, n_negative=self.n_negative,
-                            radius=self.radius)
+        reading = self.spatial.read(sentence) if self.spatial is not None else None
+        texts = [sentence] + ([reading.anchor] if reading is not None and reading.relation and reading.anchor else [])
+        pos, neg = self.maps(feats, self.text_features(texts))
+        neg = None if neg is None else neg[:1]
+        info = None
+        if reading is not None:
+            props = self._proposals.get(image, lambda: self.proposer(image))
+            prior = proposal_prior(props, self.support_weight, self.area_weight)
+            moved, used = spatial_positive_map(pos[0], reading, props.masks, anchor_map=pos[1] if len(pos) > 1
+                                               else None, prior=prior, margin=self.spatial_margin,
+                                               weight=self.spatial_weight)
+            pos = moved[None]
+            info = {**reading.to_dict(), "parser": self.spatial.backend_used, **used}
+        prompts = make_prompts(pos[:1], neg, image.shape[:2], n_positive=self.n_positive,
+                               n_negative=self.n_negative, radius=self.radius)
+        return prompts, info
 
     @torch.no_grad()
     def __call__(self, image: ImageLike, sentence: str) -> ReferResult:
@@ -297,7 +354,7 @@ class PointReferrer:
         if not sentence or not sentence.strip():
             raise UserError("the referring sentence is empty")
         arr = load_image(image)
-        prompts = self.prompts(arr, sentence)
+        prompts, reading = self.prompts_and_reading(arr, sentence)
         keep = prompts.labels[0] >= 0
         points = prompts.coords[0][keep].cpu().numpy()
         labels = prompts.labels[0][keep].cpu().numpy()
@@ -308,7 +365,7 @@ class PointReferrer:
         out = self.promptable.predict(points, labels)
         return ReferResult(np.asarray(out.mask, dtype=bool), float(out.score), 0, prompts.scores[0][keep].cpu().numpy(),
                            "points", points=points, labels=labels, positive_map=prompts.positive_map[0].cpu().numpy(),
-                           negative_map=prompts.negative_map[0].cpu().numpy())
+                           negative_map=prompts.negative_map[0].cpu().numpy(), reading=reading)
 
 
 class CentrePointOracle:

@@ -27,6 +27,7 @@ from textseg.grouping import masks_to_region_masks
 from textseg.io import ImageCache, ImageLike, load_image
 from textseg.ris.geometry import ProposalGeometry, spatial_scores
 from textseg.ris.global_local import GlobalLocalCLIP
+from textseg.ris.hierarchy import MultiScaleProposer, proposal_prior
 from textseg.pipeline import as_pipeline
 from textseg.ris.mask_files import load_mask_proposals
 from textseg.ris.proposals import GroupingProposer, Proposals
@@ -34,7 +35,18 @@ from textseg.ris.result import ReferResult
 from textseg.ris.spatial import SpatialParser
 
 METHODS = ("global-local", "region")
+PROPOSERS = ("multiscale", "grouping")
 ProposalSource = Callable[[np.ndarray], Proposals]
+
+
+def proposal_short_side(model: Any, short_side: int | None) -> int | None:
+    """The short side at which the proposals' grouping runs: the protocol's ``short_side``, times the grouping
+    backbone's patch size when its features are per-pixel colours (then one grouping cell per pixel of the resized
+    image; colour k-means is cheap, and object outlines need the pixel grid)."""
+    backbone = model.config.backbone
+    if short_side is None or backbone.type != "color":
+        return short_side
+    return short_side * int(backbone.patch_size)
 
 
 class Referrer:
@@ -45,15 +57,23 @@ class Referrer:
             model's CLIP scores, its grouping and protocol (short side) make the default proposals and the region
             tokens' input.
         method: ``"global-local"`` or ``"region"``.
-        proposer: image array → :class:`~textseg.ris.proposals.Proposals`; None: textseg's grouping
-            (:class:`~textseg.ris.proposals.GroupingProposer` at the segmenter's short side).
+        proposer: image array → :class:`~textseg.ris.proposals.Proposals`, or ``"multiscale"`` (the default:
+            :class:`~textseg.ris.hierarchy.MultiScaleProposer`, group counts 8, 16, 32 and their merge hierarchies,
+            at most 100 proposals) or ``"grouping"`` (:class:`~textseg.ris.proposals.GroupingProposer`, the
+            model's one group count). Both group at :func:`proposal_short_side`.
         no_target_threshold: a best score below it means "no target" (an empty mask); None: always a mask when
             there is a proposal. Choose it on a development split, never on the evaluation split.
         cache_size: images whose proposals and visual features are kept.
         spatial: read the sentence's spatial language (:mod:`textseg.ris.spatial`) and let geometry choose among
-            the proposals of the right kind (:func:`~textseg.ris.geometry.spatial_scores`).
+            the proposals of the right kind (:func:`~textseg.ris.geometry.spatial_scores`), the kind judged on the
+            target's noun phrase (:meth:`spatial_rescore`).
         spatial_margin, spatial_weight: the candidates' appearance margin and the geometric score's weight, in
             appearance-score units (logit scale × cosine).
+        support_weight, area_weight: proposals whose records carry ``support``
+            (:class:`~textseg.ris.hierarchy.MultiScaleProposer`: how many candidates agree on the region) get
+            :func:`~textseg.ris.hierarchy.proposal_prior` added to their appearance score (``support_weight ×
+            log(support) + area_weight × log(area share)``), so that a whole object beats its parts and the larger
+            regions around it; 0 and 0 turn it off.
         spatial_backend: the reading's parser, ``"auto"`` (spaCy when a pipeline is installed), ``"spacy"`` or
             ``"rules"``.
         **scorer_options: :class:`~textseg.ris.global_local.GlobalLocalCLIP` options (``alpha``, ``beta``,
@@ -61,9 +81,10 @@ class Referrer:
     """
 
     def __init__(self, segmenter: Any, *, method: str = "global-local",
-                 proposer: ProposalSource | None = None, no_target_threshold: float | None = None,
-                 cache_size: int = 4, spatial: bool = False, spatial_margin: float = 4.0,
-                 spatial_weight: float = 1.0, spatial_backend: str = "auto", **scorer_options: Any) -> None:
+                 proposer: ProposalSource | str | None = None, no_target_threshold: float | None = None,
+                 cache_size: int = 4, spatial: bool = False, spatial_margin: float = 2.0,
+                 spatial_weight: float = 2.0, support_weight: float = 2.0, area_weight: float = -0.5,
+                 spatial_backend: str = "auto", **scorer_options: Any) -> None:
         if method not in METHODS:
             raise UserError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
         self.pipeline = as_pipeline(segmenter)
@@ -75,12 +96,19 @@ class Referrer:
         if method == "region" and self.scorer.mode != "clean":
             raise UserError("method 'region' has no reference mode (the public code has no region tokens)")
         p = self.pipeline.protocol
-        self.proposer = proposer or GroupingProposer(self.pipeline, short_side=p.short_side,
-                                                     max_long_side=p.max_long_side)
+        if proposer is None or isinstance(proposer, str):
+            kind = proposer or "multiscale"
+            if kind not in PROPOSERS:
+                raise UserError(f"proposer must be one of {', '.join(PROPOSERS)} or a callable, got {kind!r}")
+            cls = MultiScaleProposer if kind == "multiscale" else GroupingProposer
+            proposer = cls(self.pipeline, short_side=proposal_short_side(model, p.short_side),
+                           max_long_side=p.max_long_side)
+        self.proposer = proposer
         self.no_target_threshold = no_target_threshold
         self._cache = ImageCache(cache_size)
         self.spatial = SpatialParser(spatial_backend) if spatial else None
         self.spatial_margin, self.spatial_weight = spatial_margin, spatial_weight
+        self.support_weight, self.area_weight = support_weight, area_weight
 
     # -- visual side ------------------------------------------------------------------------------------------
 
@@ -167,7 +195,7 @@ class Referrer:
                 raise UserError(f"proposals are {props.image_size[0]}x{props.image_size[1]}, the image "
                                 f"{arr.shape[0]}x{arr.shape[1]}")
             visual = self.visual_features(arr, props)
-        scores = self.scores(visual, [sentence])[0].cpu().numpy()
+        scores = self.scores(visual, [sentence])[0].cpu().numpy() + self.prior(props)
         reading = None
         if self.spatial is not None:
             scores, reading = self.spatial_rescore(sentence, scores, visual, props)
@@ -180,17 +208,25 @@ class Referrer:
             return ReferResult(empty, score, None, scores, self.method, props, reading=reading)
         return ReferResult(props.masks[best].copy(), score, best, scores, self.method, props, reading=reading)
 
+    def prior(self, props: Proposals) -> np.ndarray | float:
+        """(N,) the proposals' :func:`~textseg.ris.hierarchy.proposal_prior` at this referrer's weights (0 for
+        proposals without ``support``)."""
+        return proposal_prior(props, self.support_weight, self.area_weight)
+
     def spatial_rescore(self, sentence: str, scores: np.ndarray, visual: torch.Tensor, props: Proposals
                         ) -> tuple[np.ndarray, dict]:
         """The appearance ``scores`` fused with the geometry of the sentence's spatial reading, and the reading
-        (with what was used) as a JSON-ready dict."""
+        (with what was used) as a JSON-ready dict. When the reading has spatial terms, appearance is the target's
+        noun phrase's (``head``), not the whole sentence's: the spatial words are geometry's to judge."""
         reading = self.spatial.read(sentence)
+        if reading.has_spatial and reading.head and len(props):
+            scores = self.scores(visual, [reading.head])[0].cpu().numpy() + self.prior(props)
         anchor = None
         if reading.relation and reading.anchor and len(props):
-            anchor = self.scores(visual, [reading.anchor])[0].cpu().numpy()
+            anchor = self.scores(visual, [reading.anchor])[0].cpu().numpy() + self.prior(props)
         fused, info = spatial_scores(scores, reading, ProposalGeometry.from_masks(props.masks), anchor,
                                      margin=self.spatial_margin, weight=self.spatial_weight)
         return fused, {**reading.to_dict(), "parser": self.spatial.backend_used, **info}
 
 
-__all__ = ["METHODS", "ReferResult", "Referrer"]
+__all__ = ["METHODS", "PROPOSERS", "ReferResult", "Referrer", "proposal_short_side"]

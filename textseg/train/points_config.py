@@ -69,7 +69,7 @@ class PointTrainConfig:
     weight_decay: float = 0.05
     warmup_steps: int = 20
     localization: float = 1.0
-    confidence: float = 1.0
+    confidence: float = 0.0
     mask_alignment: float = 0.0
     pool_temperature: float = 1.0
     loc_images: int = 8

@@ -36,6 +36,12 @@ def test_refer_writes_mask_overlay_and_json(fault, discs, tmp_path):
     assert (mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()}) == (mask > 0)).all()
     overlay = Image.open(tmp_path / "o" / "discs_overlay.png")
     assert overlay.size[0] == 240 and overlay.size[1] > 64  # the sentence wrapped in a band under the image
+    # without --spatial the JSON still says how the sentence reads, and that the scores did not use it
+    reading = summary["reading"]
+    assert reading["horizontal"] == "left" and reading["applied"] is False and "disc" in reading["head"]
+    fault.ok(refer(discs, "the red disc on the left", tmp_path / "s", "--spatial"))
+    spatial = json.loads((tmp_path / "s" / "discs.json").read_text())["reading"]
+    assert spatial["applied"] is True and spatial["horizontal"] == "left" and "terms" in spatial
 
 
 def test_refer_no_target_threshold_gives_an_empty_mask(fault, discs, tmp_path):

@@ -20,6 +20,17 @@ def _proposer(args: argparse.Namespace):
     return args.proposals
 
 
+def _reading(sentence: str, used: dict | None) -> dict:
+    """How the sentence was read for the JSON: the reading the method used (``applied``: true), or, without
+    ``--spatial``, the reading it would have used (``applied``: false; the scores did not use it)."""
+    if used is not None:
+        return {**used, "applied": True}
+    from textseg.ris.spatial import SpatialParser
+
+    parser = SpatialParser("auto")
+    return {**parser.read(sentence).to_dict(), "parser": parser.backend_used, "applied": False}
+
+
 def cmd_refer(args: argparse.Namespace) -> int:
     from textseg.io import atomic_write_text, check_writable_folder, load_image, mask_to_rle, save_png
     from textseg.segmenter import Segmenter
@@ -67,8 +78,7 @@ def cmd_refer(args: argparse.Namespace) -> int:
                    "points": [{"x": float(x), "y": float(y), "label": int(lab), "score": float(sc)}
                               for (x, y), lab, sc in zip(res.points, res.labels, res.scores)],
                    "mask_png": outputs[0].name, "overlay_png": outputs[1].name}
-        if res.reading is not None:
-            summary["reading"] = res.reading
+        summary["reading"] = _reading(args.sentence, res.reading)
         if args.rle:
             summary["rle"] = mask_to_rle(res.mask)
         atomic_write_text(outputs[2], json.dumps(summary, indent=2))
@@ -88,7 +98,7 @@ def cmd_refer(args: argparse.Namespace) -> int:
                "no_target": res.no_target, "index": res.index,
                "score": float(res.score) if res.scores.size else None,
                "no_target_threshold": args.no_target_threshold,
-               "reading": res.reading,
+               "reading": _reading(args.sentence, res.reading),
                "proposal_scores": [float(s) for s in res.scores], "proposal_records": res.proposals.records,
                "mask_png": outputs[0].name, "overlay_png": outputs[1].name}
     if args.rle:

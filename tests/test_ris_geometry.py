@@ -85,9 +85,10 @@ def test_refer_cli_writes_the_reading(tmp_path):
     assert main([*base, "--spatial", "--out", str(tmp_path / "o")]) == 0
     summary = json.loads((tmp_path / "o" / "a.json").read_text())
     assert summary["reading"]["relation"] == "left_of" and summary["reading"]["anchor"] == "bus"
-    assert summary["reading"]["head"] == "dog"
+    assert summary["reading"]["head"] == "dog" and summary["reading"]["applied"] is True
     assert main([*base, "--out", str(tmp_path / "p")]) == 0
-    assert json.loads((tmp_path / "p" / "a.json").read_text())["reading"] is None
+    plain = json.loads((tmp_path / "p" / "a.json").read_text())["reading"]  # read, but not used by the scores
+    assert plain["relation"] == "left_of" and plain["applied"] is False and "terms" not in plain
     assert main([*base, "--spatial", "--spatial-weight", "-1", "--out", str(tmp_path / "q")]) == 2
 
 

@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from textseg.errors import MissingWeightsError, UserError
 from textseg.io import ImageCache, ImageLike, image_key, load_image
 from textseg.pipeline import as_pipeline
-from textseg.ris.hierarchy import MultiScaleProposer, proposal_prior
-from textseg.ris.point_spatial import spatial_positive_map
-from textseg.ris.referrer import proposal_short_side
+from textseg.ris.hierarchy import proposal_prior
+from textseg.ris.point_spatial import spatial_positive_map, standardise
+from textseg.ris.referrer import default_proposer
 from textseg.ris.result import ReferResult
 from textseg.ris.spatial import SpatialParser
 
@@ -286,10 +286,7 @@ class PointReferrer:
         self.spatial = None
         if spatial:
             self.spatial = SpatialParser(spatial_backend)
-            p = self.pipeline.protocol
-            self.proposer = proposer or MultiScaleProposer(
-                self.pipeline, short_side=proposal_short_side(self.pipeline.model, p.short_side),
-                max_long_side=p.max_long_side)
+            self.proposer = proposer or default_proposer(self.pipeline)
             self._proposals = ImageCache(cache_size)
         self.spatial_margin, self.spatial_weight = spatial_margin, spatial_weight
         self.support_weight, self.area_weight = support_weight, area_weight
@@ -316,10 +313,8 @@ class PointReferrer:
             return cosine, None
         pos, neg = self.generator(feats, text)
         if self.generator_weight < 1.0:
-            def z(m: torch.Tensor) -> torch.Tensor:
-                return (m - m.mean((1, 2), keepdim=True)) / m.std((1, 2), keepdim=True).clamp_min(1e-6)
-
-            pos = self.generator_weight * z(pos) + (1.0 - self.generator_weight) * z(cosine)
+            pos = torch.stack([self.generator_weight * standardise(g) + (1.0 - self.generator_weight) * standardise(c)
+                               for g, c in zip(pos, cosine)])
         return pos, neg
 
     @torch.no_grad()

@@ -28,11 +28,11 @@ from textseg.io import ImageCache, ImageLike, load_image
 from textseg.ris.geometry import ProposalGeometry, spatial_scores
 from textseg.ris.global_local import GlobalLocalCLIP
 from textseg.ris.hierarchy import MultiScaleProposer, proposal_prior
-from textseg.pipeline import as_pipeline
+from textseg.pipeline import RegionPipeline, as_pipeline
 from textseg.ris.mask_files import load_mask_proposals
 from textseg.ris.proposals import GroupingProposer, Proposals
 from textseg.ris.result import ReferResult
-from textseg.ris.spatial import SpatialParser
+from textseg.ris.spatial import SpatialParser, SpatialReading
 
 METHODS = ("global-local", "region")
 PROPOSERS = ("multiscale", "grouping")
@@ -47,6 +47,22 @@ def proposal_short_side(model: Any, short_side: int | None) -> int | None:
     if short_side is None or backbone.type != "color":
         return short_side
     return short_side * int(backbone.patch_size)
+
+
+def default_proposer(pipeline: RegionPipeline, kind: str | None = None) -> ProposalSource:
+    """textseg's own proposals for a pipeline's model and protocol: ``"multiscale"`` (the default,
+    :class:`~textseg.ris.hierarchy.MultiScaleProposer`) or ``"grouping"``
+    (:class:`~textseg.ris.proposals.GroupingProposer`), grouping at :func:`proposal_short_side`.
+
+    Raises:
+        UserError: an unknown kind.
+    """
+    kind = kind or "multiscale"
+    if kind not in PROPOSERS:
+        raise UserError(f"proposer must be one of {', '.join(PROPOSERS)} or a callable, got {kind!r}")
+    p = pipeline.protocol
+    cls = MultiScaleProposer if kind == "multiscale" else GroupingProposer
+    return cls(pipeline, short_side=proposal_short_side(pipeline.model, p.short_side), max_long_side=p.max_long_side)
 
 
 class Referrer:
@@ -66,7 +82,7 @@ class Referrer:
         cache_size: images whose proposals and visual features are kept.
         spatial: read the sentence's spatial language (:mod:`textseg.ris.spatial`) and let geometry choose among
             the proposals of the right kind (:func:`~textseg.ris.geometry.spatial_scores`), the kind judged on the
-            target's noun phrase (:meth:`spatial_rescore`).
+            target's noun phrase when the sentence has spatial terms.
         spatial_margin, spatial_weight: the candidates' appearance margin and the geometric score's weight, in
             appearance-score units (logit scale × cosine).
         support_weight, area_weight: proposals whose records carry ``support``
@@ -95,15 +111,8 @@ class Referrer:
         self.scorer = GlobalLocalCLIP.from_model(model, **scorer_options)
         if method == "region" and self.scorer.mode != "clean":
             raise UserError("method 'region' has no reference mode (the public code has no region tokens)")
-        p = self.pipeline.protocol
-        if proposer is None or isinstance(proposer, str):
-            kind = proposer or "multiscale"
-            if kind not in PROPOSERS:
-                raise UserError(f"proposer must be one of {', '.join(PROPOSERS)} or a callable, got {kind!r}")
-            cls = MultiScaleProposer if kind == "multiscale" else GroupingProposer
-            proposer = cls(self.pipeline, short_side=proposal_short_side(model, p.short_side),
-                           max_long_side=p.max_long_side)
-        self.proposer = proposer
+        own = proposer is None or isinstance(proposer, str)
+        self.proposer = default_proposer(self.pipeline, proposer) if own else proposer
         self.no_target_threshold = no_target_threshold
         self._cache = ImageCache(cache_size)
         self.spatial = SpatialParser(spatial_backend) if spatial else None
@@ -195,10 +204,14 @@ class Referrer:
                 raise UserError(f"proposals are {props.image_size[0]}x{props.image_size[1]}, the image "
                                 f"{arr.shape[0]}x{arr.shape[1]}")
             visual = self.visual_features(arr, props)
-        scores = self.scores(visual, [sentence])[0].cpu().numpy() + self.prior(props)
+        prior = self.prior(props)
+        spatial = self.spatial.read(sentence) if self.spatial is not None else None
+        # with spatial terms the target's noun phrase judges the kind: the spatial words are geometry's to judge
+        text = spatial.head if spatial is not None and spatial.has_spatial and spatial.head else sentence
+        scores = self.scores(visual, [text])[0].cpu().numpy() + prior
         reading = None
-        if self.spatial is not None:
-            scores, reading = self.spatial_rescore(sentence, scores, visual, props)
+        if spatial is not None:
+            scores, reading = self.spatial_rescore(spatial, scores, visual, props, prior)
         empty = np.zeros(arr.shape[:2], dtype=bool)
         if len(scores) == 0:
             return ReferResult(empty, float("-inf"), None, scores, self.method, props, reading=reading)
@@ -213,20 +226,16 @@ class Referrer:
         proposals without ``support``)."""
         return proposal_prior(props, self.support_weight, self.area_weight)
 
-    def spatial_rescore(self, sentence: str, scores: np.ndarray, visual: torch.Tensor, props: Proposals
-                        ) -> tuple[np.ndarray, dict]:
-        """The appearance ``scores`` fused with the geometry of the sentence's spatial reading, and the reading
-        (with what was used) as a JSON-ready dict. When the reading has spatial terms, appearance is the target's
-        noun phrase's (``head``), not the whole sentence's: the spatial words are geometry's to judge."""
-        reading = self.spatial.read(sentence)
-        if reading.has_spatial and reading.head and len(props):
-            scores = self.scores(visual, [reading.head])[0].cpu().numpy() + self.prior(props)
+    def spatial_rescore(self, reading: SpatialReading, scores: np.ndarray, visual: torch.Tensor, props: Proposals,
+                        prior: np.ndarray | float = 0.0) -> tuple[np.ndarray, dict]:
+        """The appearance ``scores`` fused with the geometry of the spatial ``reading``, and the reading (with what
+        was used) as a JSON-ready dict; the anchor's appearance gets the proposals' ``prior`` as the target's did."""
         anchor = None
         if reading.relation and reading.anchor and len(props):
-            anchor = self.scores(visual, [reading.anchor])[0].cpu().numpy() + self.prior(props)
+            anchor = self.scores(visual, [reading.anchor])[0].cpu().numpy() + prior
         fused, info = spatial_scores(scores, reading, ProposalGeometry.from_masks(props.masks), anchor,
                                      margin=self.spatial_margin, weight=self.spatial_weight)
         return fused, {**reading.to_dict(), "parser": self.spatial.backend_used, **info}
 
 
-__all__ = ["METHODS", "PROPOSERS", "ReferResult", "Referrer", "proposal_short_side"]
+__all__ = ["METHODS", "PROPOSERS", "ReferResult", "Referrer", "default_proposer", "proposal_short_side"]

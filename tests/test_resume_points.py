@@ -138,10 +138,10 @@ def test_checkpoint_settings_are_checked(tmp_path):
 
 def test_sigkill_then_resume_gives_the_uninterrupted_weights(workbench, segmenter_ckpt, tmp_path):  # noqa: F811
     """kill -9 a `textseg train-points` subprocess at a seeded random moment after a checkpoint, then run it again."""
-    steps = 8
+    steps = 50  # a step takes milliseconds: enough steps that the kill always lands before the end
     cfg = tmp_path / "points.yaml"
     cfg.write_text("stages:\n  - {name: objects, steps: 3, data: objects/shard-000000.tar}\n"
-                   "  - {name: referring, steps: 5, data: refer_train/shard-000000.tar}\n"
+                   "  - {name: referring, steps: 47, data: refer_train/shard-000000.tar}\n"
                    "batch_size: 4\nsamples: 2\nwidth: 32\ndepth: 1\nheads: 2\nloc_images: 3\nwarmup_steps: 2\n"
                    "ckpt_every: 1\nkeep_last: 2\n")
     args = ["train-points", "--data", str(workbench), "--config", str(cfg), "--promptable", str(segmenter_ckpt),
@@ -161,4 +161,4 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(workbench, segmente
     rows = read_log(out / "metrics.jsonl")
     assert rows[0].pop("marked")
     assert rows == read_log(tmp_path / "ref" / "metrics.jsonl")  # each step once, with the uninterrupted run's losses
-    assert [p.name for p in artifacts.step_checkpoints(out)] == ["step-0000007.pt", "step-0000008.pt"]
+    assert [p.name for p in artifacts.step_checkpoints(out)] == ["step-0000049.pt", "step-0000050.pt"]

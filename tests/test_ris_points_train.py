@@ -50,7 +50,8 @@ def _config(**kw):
 def test_training_step_changes_weights_and_never_reads_a_mask(workbench, segmenter_ckpt, tiny_model, tmp_path):
     from textseg.ris.promptable import PromptableSegmenter
 
-    cfg = _config(mask_alignment=1.0, confidence=1.0)  # every term of the objective runs
+    cfg = _config(mask_alignment=1.0, confidence=1.0, reward_alignment=1.0, reward_cosine=1.0, reward_area=1.0)
+    # every term of the objective runs, the confidence term with the sentence-aware reward
     opened: list[str] = []
     recording = [True]
 
@@ -115,7 +116,8 @@ def test_confidence_loss_prompts_and_targets(segmenter_ckpt):
     pos.requires_grad_(True)
     neg = torch.zeros(2, 6, 6, requires_grad=True)
     rec = _Recorder(core)
-    cfg = load_point_config(candidates=6, n_negative=1)
+    raw = {"reward_alignment": 0.0, "reward_cosine": 0.0, "reward_area": 0.0}  # ranked by predicted IoU alone
+    cfg = load_point_config(candidates=6, n_negative=1, **raw)
     loss, stats = confidence_loss(pos, neg, rec, encoded, (96, 96), cfg, torch.Generator().manual_seed(0))
     (p_coords, p_labels, _), (n_coords, n_labels, n_multi) = rec.calls
     assert p_coords.shape == (2, 6, 1, 2) and (p_labels == 1).all()
@@ -129,7 +131,7 @@ def test_confidence_loss_prompts_and_targets(segmenter_ckpt):
     assert torch.isfinite(loss) and pos.grad.abs().sum() > 0 and neg.grad.abs().sum() > 0
     assert {"confidence_pos", "confidence_neg"} <= set(stats)
     rec.calls.clear()
-    confidence_loss(pos, neg, rec, encoded, (96, 96), load_point_config(n_negative=0), torch.Generator())
+    confidence_loss(pos, neg, rec, encoded, (96, 96), load_point_config(n_negative=0, **raw), torch.Generator())
     assert len(rec.calls) == 1  # no negatives, no negative prompts
 
 

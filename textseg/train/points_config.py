@@ -51,7 +51,11 @@ class PointTrainConfig:
         pool_temperature: τ of the localisation pooling.
         loc_images: images each sentence is compared on (its own and loc_images - 1 others of the batch).
         candidates: patches per pair (and per map) the segmenter is prompted with for the confidence term.
-        confidence_temperature: temperature of the predicted-IoU target distribution.
+        confidence_temperature: temperature of the confidence term's target distribution.
+        reward_alignment, reward_cosine, reward_area: with any of them > 0 the confidence term's reward is
+            sentence-aware: ``z(predicted IoU) + reward_alignment · z(mask–sentence cosine) + reward_cosine ·
+            z(patch–sentence cosine) + reward_area · z(log mask area)``, each standardised over a pair's candidates
+            (negative candidates: the first two parts, of the two-point mask). All 0: the raw predicted IoU.
         samples: point sets drawn per pair for the mask-alignment reward.
         n_positive, n_negative: points per drawn set.
         image_size: side the images are resized to (a multiple of the CLIP patch size).
@@ -69,12 +73,15 @@ class PointTrainConfig:
     weight_decay: float = 0.05
     warmup_steps: int = 20
     localization: float = 1.0
-    confidence: float = 0.0
+    confidence: float = 1.0
     mask_alignment: float = 0.0
     pool_temperature: float = 1.0
     loc_images: int = 8
-    candidates: int = 12
-    confidence_temperature: float = 0.1
+    candidates: int = 16
+    confidence_temperature: float = 0.5
+    reward_alignment: float = 1.0
+    reward_cosine: float = 1.0
+    reward_area: float = 1.0
     samples: int = 4
     n_positive: int = 1
     n_negative: int = 1
@@ -86,6 +93,11 @@ class PointTrainConfig:
     ckpt_every: int = 50
     keep_last: int = 2
     resume: bool = True
+
+    @property
+    def sentence_reward(self) -> bool:
+        """Whether the confidence term's reward reads the sentence (any ``reward_*`` weight > 0)."""
+        return self.reward_alignment > 0 or self.reward_cosine > 0 or self.reward_area > 0
 
     @property
     def total_steps(self) -> int:
@@ -110,7 +122,8 @@ class PointTrainConfig:
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
                 raise ConfigError(f"{name} must be a positive number, got {v!r}")
-        for name in ("weight_decay", "localization", "confidence", "mask_alignment"):
+        for name in ("weight_decay", "localization", "confidence", "mask_alignment", "reward_alignment",
+                     "reward_cosine", "reward_area"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise ConfigError(f"{name} must be a number >= 0, got {v!r}")

@@ -161,23 +161,59 @@ def sample_points(positive: torch.Tensor, negative: torch.Tensor, samples: int, 
     return index, labels, log_prob
 
 
+def standardised(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(B, K) values standardised over each row's valid entries (invalid entries 0; a constant row gives 0)."""
+    n = valid.sum(-1, keepdim=True).clamp_min(1)
+    x = x.float().masked_fill(~valid, 0.0)
+    mean = x.sum(-1, keepdim=True) / n
+    var = ((x - mean).masked_fill(~valid, 0.0) ** 2).sum(-1, keepdim=True) / n
+    return ((x - mean) / (var.sqrt() + 1e-6)).masked_fill(~valid, 0.0)
+
+
+def sentence_reward(iou: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor, dense: torch.Tensor,
+                    text: torch.Tensor, cfg: PointTrainConfig, cosine: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, K) sentence-aware reward of K candidate prompts per pair (see :class:`PointTrainConfig`).
+
+    Args:
+        iou: (B, K) the segmenter's predicted IoUs; masks: (B, K, H, W) its masks; valid: (B, K) bool.
+        dense: (B, gh, gw, E) dense CLIP features; text: (B, E) sentence embeddings.
+        cosine: (B, K) the patch–sentence cosine at each candidate, or None to leave that part and the area part
+            out (negative candidates).
+    """
+    align = (region_features(masks, dense) * F.normalize(text.float(), dim=-1)[:, None]).sum(-1)
+    reward = standardised(iou, valid) + cfg.reward_alignment * standardised(align, valid)
+    if cosine is not None:
+        area = masks.flatten(2).float().mean(-1).clamp_min(1e-4).log()
+        reward = reward + cfg.reward_cosine * standardised(cosine, valid) + cfg.reward_area * standardised(area, valid)
+    return reward
+
+
 def confidence_loss(positive: torch.Tensor, negative: torch.Tensor, core: Any, encoded: Any,
-                    image_size: tuple[int, int], cfg: PointTrainConfig, rng: torch.Generator
+                    image_size: tuple[int, int], cfg: PointTrainConfig, rng: torch.Generator,
+                    dense: torch.Tensor | None = None, text: torch.Tensor | None = None
                     ) -> tuple[torch.Tensor, dict[str, float]]:
     """The segmenter-confidence term (module docstring) of (B, gh, gw) positive and negative maps, and its parts.
 
     Positive candidates are prompted alone; negative candidates (none within one patch of the pair's top positive)
-    together with that positive, as at inference. The negative part is skipped when ``cfg.n_negative`` is 0.
+    together with that positive, as at inference. The negative part is skipped when ``cfg.n_negative`` is 0. With
+    ``cfg.sentence_reward`` the candidates are ranked by :func:`sentence_reward`, which needs ``dense`` (B, gh, gw,
+    E) and ``text`` (B, E).
     """
     b, gh, gw = positive.shape
     device = positive.device
+    if cfg.sentence_reward and (dense is None or text is None):
+        raise ValueError("a sentence-aware confidence reward needs the dense and text features")
     flat_pos = positive.reshape(b, -1)
     idx, ok = confidence_candidates(flat_pos, cfg.candidates, None, rng)
     k = idx.shape[1]
     coords = patch_centres(idx, (gh, gw), image_size)[:, :, None]
     with torch.no_grad():
-        _, q_pos, _ = core.decode(encoded, coords, torch.ones(b, k, 1, dtype=torch.int, device=device))
-    loss = listwise_loss(flat_pos.gather(1, idx), q_pos, ok, cfg.confidence_temperature)
+        masks, q_pos, _ = core.decode(encoded, coords, torch.ones(b, k, 1, dtype=torch.int, device=device))
+        reward = q_pos
+        if cfg.sentence_reward:
+            cos = (F.normalize(dense.float(), dim=-1) * F.normalize(text.float(), dim=-1)[:, None, None]).sum(-1)
+            reward = sentence_reward(q_pos, masks, ok, dense, text, cfg, cos.reshape(b, -1).gather(1, idx))
+    loss = listwise_loss(flat_pos.gather(1, idx), reward, ok, cfg.confidence_temperature)
     stats = {"confidence_pos": float(loss.detach()), "iou_pred_top": float(q_pos[:, 0].mean())}
     if cfg.n_negative:
         top = flat_pos.detach().argmax(1)
@@ -188,8 +224,9 @@ def confidence_loss(positive: torch.Tensor, negative: torch.Tensor, core: Any, e
                           patch_centres(n_idx, (gh, gw), image_size)[:, :, None]], 2)
         labels = torch.tensor([1, 0], dtype=torch.int, device=device).expand(b, k, 2)
         with torch.no_grad():
-            _, q_neg, _ = core.decode(encoded, both, labels)
-        neg_loss = listwise_loss(flat_neg.gather(1, n_idx), q_neg, n_ok, cfg.confidence_temperature)
+            n_masks, q_neg, _ = core.decode(encoded, both, labels)
+            n_reward = sentence_reward(q_neg, n_masks, n_ok, dense, text, cfg) if cfg.sentence_reward else q_neg
+        neg_loss = listwise_loss(flat_neg.gather(1, n_idx), n_reward, n_ok, cfg.confidence_temperature)
         loss = loss + neg_loss
         stats.update(confidence_neg=float(neg_loss.detach()), iou_pred_top_neg=float(q_neg[:, 0].mean()))
     return loss, stats
@@ -220,7 +257,7 @@ def train_step(generator: PointGenerator, model: Any, core: Any, images: np.ndar
         with torch.no_grad():
             enc = core.encode(torch.from_numpy(images).to(device))
     if cfg.confidence > 0:
-        conf, conf_stats = confidence_loss(pos, neg, core, enc, images.shape[1:3], cfg, rng)
+        conf, conf_stats = confidence_loss(pos, neg, core, enc, images.shape[1:3], cfg, rng, dense, text)
         loss = loss + cfg.confidence * conf
         stats.update(conf_stats)
     if cfg.mask_alignment > 0:
@@ -241,4 +278,5 @@ def train_step(generator: PointGenerator, model: Any, core: Any, images: np.ndar
 
 
 __all__ = ["alignment_reward", "candidate_images", "confidence_candidates", "confidence_loss", "listwise_loss",
-           "localization_loss", "region_features", "sample_points", "train_step"]
+           "localization_loss", "region_features", "sample_points", "sentence_reward", "standardised",
+           "train_step"]

@@ -67,3 +67,77 @@ def test_regions_are_batched_in_one_pass_with_padding(tiny_model):
     assert out.regions.shape == (2, 2, tiny_model.clip.visual.output_dim)
     assert out.valid.tolist() == [[True, False], [True, True]]
     assert masks[1, 0, :, :2].all() and not masks[1, 0, :, 2:].any()
+
+
+@torch.no_grad()
+def test_mean_init_region_token_carries_no_cls_content(tiny_model):
+    region = tiny_model.region
+    images = torch.rand(1, 3, 64, 64)
+    x, (gh, gw) = tokens_before_masked_blocks(region, images)
+    masks = torch.zeros(1, 2, gh * gw, dtype=torch.bool)
+    masks[0, 0, :3] = True
+    masks[0, 1, 3:] = True
+    altered = x.clone()
+    altered[:, 0] += 3.0 * torch.randn_like(altered[:, 0])  # the CLS token at the masked block's input
+    try:
+        region.init = "mean"
+        ref, out = region.forward_masked_blocks(x, masks), region.forward_masked_blocks(altered, masks)
+        torch.testing.assert_close(out.regions, ref.regions, atol=1e-6, rtol=0)  # no path from CLS to a region
+        # a one-patch region's token starts as that patch token: it equals the patch's own output in the block
+        one = torch.zeros(1, 1, gh * gw, dtype=torch.bool)
+        one[0, 0, 7] = True
+        single = region.forward_masked_blocks(x, one)
+        blk = region.visual.transformer.resblocks[-1]
+        alone = blk(x[:, 8:9])  # patch 7 (token 8) attending only to itself
+        torch.testing.assert_close(single.regions[:, 0], region.project(alone[:, 0]), atol=1e-5, rtol=0)
+        region.init = "cls"
+        cls_ref, cls_out = region.forward_masked_blocks(x, masks), region.forward_masked_blocks(altered, masks)
+        assert (cls_out.regions - cls_ref.regions).abs().max() > 1e-3  # a copy of CLS carries it in
+    finally:
+        region.init = "cls"
+
+
+def test_region_init_is_checked():
+    import pytest
+
+    from textseg.config import RegionConfig
+    from textseg.errors import ConfigError
+
+    assert RegionConfig().init == "cls"
+    with pytest.raises(ConfigError, match="region.init"):
+        RegionConfig(init="zeros")
+
+
+@torch.no_grad()
+def test_self_attention_mass_of_region_tokens(tiny_model):
+    import pytest
+
+    region = tiny_model.region
+    images = torch.rand(2, 3, 64, 64)
+    gh = gw = 64 // region.patch_size
+    masks = torch.zeros(2, 2, gh, gw, dtype=torch.bool)
+    masks[:, 0, :2] = True
+    masks[:, 1, 2:] = True
+    mass = region.self_attention_mass(images, masks)
+    assert mass.shape == (2, 2) and ((mass > 0) & (mass < 1)).all()
+    # recomputed by hand: softmax of the first masked block's scaled dot products over the token's allowed keys
+    x, _ = tokens_before_masked_blocks(region, images)
+    blk = region.visual.transformer.resblocks[-1]
+    flat = masks.flatten(2)
+    seq = torch.cat([x, x[:, :1].expand(2, 2, x.shape[-1])], 1)
+    h = blk.ln_1(seq)
+    d, heads = h.shape[-1], region.num_heads
+    q, k, _ = torch.nn.functional.linear(h, blk.attn.in_proj_weight, blk.attn.in_proj_bias).chunk(3, -1)
+    q, k = (t.reshape(2, -1, heads, d // heads).transpose(1, 2) for t in (q, k))
+    n, length = flat.shape[-1], seq.shape[1]
+    bias = region_attention_mask(flat, heads).view(2, heads, length, length)
+    logits = (q @ k.transpose(-1, -2)) / (d // heads) ** 0.5 + bias
+    w = logits.softmax(-1).mean(1)
+    want = torch.stack([w[:, 1 + n + j, 1 + n + j] for j in range(2)], 1)
+    torch.testing.assert_close(mass, want, atol=1e-5, rtol=0)
+    region.mode = "pool"
+    try:
+        with pytest.raises(ValueError, match="region tokens"):
+            region.self_attention_mass(images, masks)
+    finally:
+        region.mode = "tokens"

@@ -232,13 +232,16 @@ class ClipConfig:
 @dataclass
 class RegionConfig:
     """How regions are embedded: ``tokens`` (region tokens in the last ``masked_blocks`` blocks, contextual
-    masking) or ``pool`` (mean of each region's projected output patch tokens)."""
+    masking) or ``pool`` (mean of each region's projected output patch tokens). ``init``: what a region token
+    starts as, ``cls`` (a copy of the CLS token) or ``mean`` (the mean of its region's patch tokens)."""
 
     masked_blocks: int = 1
     mode: str = "tokens"
+    init: str = "cls"
 
     def __post_init__(self) -> None:
         check_choice("region.mode", self.mode, ("tokens", "pool"))
+        check_choice("region.init", self.init, ("cls", "mean"))
         if self.masked_blocks < 1:
             raise ConfigError(f"field 'region.masked_blocks' must be >= 1, got {self.masked_blocks}")
 

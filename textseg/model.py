@@ -25,7 +25,8 @@ class TextSegModel(nn.Module):
 
     def __init__(self, grouper: Grouper, clip: nn.Module, tokenizer: Callable, config: ModelConfig):
         super().__init__()
-        self.region = RegionTokenViT(clip.visual, masked_blocks=config.region.masked_blocks, mode=config.region.mode)
+        self.region = RegionTokenViT(clip.visual, masked_blocks=config.region.masked_blocks, mode=config.region.mode,
+                                     init=config.region.init)
         if grouper.region_patch_size != self.region.patch_size:
             raise ValueError(f"the grouper makes masks for patch size {grouper.region_patch_size}, "
                              f"the CLIP's is {self.region.patch_size}")

@@ -91,10 +91,12 @@ class RegionTokenViT(nn.Module):
         mean, std: input normalisation of the CLIP.
         mode: ``"tokens"`` (contextual masking, above) or ``"pool"``: no region tokens, a region's embedding is
             the mean of its projected output patch tokens (the ablation without contextual masking).
+        init: what a region token starts as at the first masked block: ``"cls"``, a copy of the CLS token, or
+            ``"mean"``, the mean of its region's patch tokens (so that it carries no image-level content in).
     """
 
     def __init__(self, visual: nn.Module, masked_blocks: int = 1, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD,
-                 mode: str = "tokens"):
+                 mode: str = "tokens", init: str = "cls"):
         super().__init__()
         if not hasattr(visual, "transformer") or not hasattr(visual, "class_embedding"):
             raise ConfigError("region tokens need an open_clip VisionTransformer (a ViT CLIP, not a ResNet/timm tower)")
@@ -105,9 +107,12 @@ class RegionTokenViT(nn.Module):
             raise ConfigError(f"masked_blocks must be in 1..{depth}, got {masked_blocks}")
         if mode not in ("tokens", "pool"):
             raise ConfigError(f"region mode must be 'tokens' or 'pool', got {mode!r}")
+        if init not in ("cls", "mean"):
+            raise ConfigError(f"region token init must be 'cls' or 'mean', got {init!r}")
         self.visual = visual
         self.masked_blocks = masked_blocks
         self.mode = mode
+        self.init = init
         self.patch_size = int(visual.conv1.kernel_size[0])
         self.num_heads = visual.transformer.resblocks[0].attn.num_heads
         self.normalize = Normalize(mean, std)
@@ -151,13 +156,43 @@ class RegionTokenViT(nn.Module):
             x: (B, 1 + N, D) tokens at the input of the first masked block.
             masks: (B, K, N) bool region masks over the N patches.
         """
-        b, k, n = masks.shape
+        n = masks.shape[2]
         attn_mask = region_attention_mask(masks, self.num_heads, x.dtype)
-        x = torch.cat([x, x[:, :1].expand(b, k, x.shape[-1])], 1)  # region tokens start as copies of CLS
+        x = torch.cat([x, self.start_tokens(x, masks)], 1)
         blocks = self.visual.transformer.resblocks
         for blk in blocks[len(blocks) - self.masked_blocks:]:
             x = blk(x, attn_mask=attn_mask)
         return RegionOutput(regions=self.project(x[:, 1 + n:]), image=self.project(x[:, 0]), valid=masks.any(-1))
+
+    def start_tokens(self, x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """(B, K, D) region tokens entering the first masked block (``init``), from its (B, 1 + N, D) input."""
+        if self.init == "mean":
+            weights = masks.to(x.dtype)
+            return weights @ x[:, 1:] / weights.sum(-1, keepdim=True).clamp_min(1)
+        return x[:, :1].expand(masks.shape[0], masks.shape[1], x.shape[-1])
+
+    def self_attention_mass(self, images: torch.Tensor, region_masks: torch.Tensor) -> torch.Tensor:
+        """(B, K) attention each region token puts on itself (the rest goes to its region's patches), averaged over
+        the heads and the masked blocks: near 1, a token ignores its region. Region-token mode only."""
+        if self.mode != "tokens":
+            raise ValueError("attention mass is defined for region tokens (mode 'tokens'), not for pooling")
+        x, (gh, gw) = self.embed(images)
+        blocks = self.visual.transformer.resblocks
+        first = len(blocks) - self.masked_blocks
+        for blk in blocks[:first]:
+            x = blk(x)
+        masks = region_masks.flatten(2).bool()
+        b, k, n = masks.shape
+        attn_mask = region_attention_mask(masks, self.num_heads, x.dtype)
+        x = torch.cat([x, self.start_tokens(x, masks)], 1)
+        own = torch.arange(1 + n, 1 + n + k, device=x.device)
+        mass = torch.zeros(b, k, device=x.device)
+        for blk in blocks[first:]:
+            h = blk.ln_1(x)
+            _, weights = blk.attn(h, h, h, attn_mask=attn_mask, need_weights=True, average_attn_weights=True)
+            mass += weights[:, own, own].float()
+            x = blk(x, attn_mask=attn_mask)
+        return mass / self.masked_blocks
 
     def dense(self, images: torch.Tensor) -> torch.Tensor:
         """(B, gh, gw, E) projected output patch tokens of (B, 3, H, W) images in [0, 1] (H, W multiples of the

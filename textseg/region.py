@@ -176,7 +176,7 @@ class RegionTokenViT(nn.Module):
         the heads and the masked blocks: near 1, a token ignores its region. Region-token mode only."""
         if self.mode != "tokens":
             raise ValueError("attention mass is defined for region tokens (mode 'tokens'), not for pooling")
-        x, (gh, gw) = self.embed(images)
+        x, _ = self.embed(images)
         blocks = self.visual.transformer.resblocks
         first = len(blocks) - self.masked_blocks
         for blk in blocks[:first]:

@@ -77,9 +77,10 @@ def collapse_measures(segmenter: Any, dataset: Any, *, limit: int | None = None,
         pixels = groups.pixels[0]
         labels = majority_labels(pixels[None], torch.from_numpy(truth).to(pixels.device)[None], len(names),
                                  dataset.ignore_index)[0]
-        areas = torch.bincount(pixels.flatten(), minlength=len(labels)).float() / pixels.numel()
+        labels = F.pad(labels, (0, len(valid) - len(labels)))  # trailing regions without pixels: background
+        areas = torch.bincount(pixels.flatten(), minlength=len(valid)).float() / pixels.numel()
         predicted = (F.normalize(out.regions[0].float(), dim=-1) @ text.T).argmax(-1) + 1
-        for j in torch.nonzero(valid & (labels[: len(valid)] > 0)).flatten().tolist():
+        for j in torch.nonzero(valid & (labels > 0)).flatten().tolist():
             b = int(np.searchsorted(edges, float(areas[j]), side="right"))
             counted[b] += 1
             correct[b] += int(predicted[j] == labels[j])

@@ -6,14 +6,16 @@ Objective (per batch of B image-sentence pairs; frozen CLIP, frozen promptable s
   ``S[i, j] = τ · logsumexp_p(positive[i, j, p] / τ)`` must be highest for the sentence's own image: a cross-entropy
   over the sentence's own image and ``loc_images - 1`` other images of the batch (images whose sentence is the same
   text count as correct). This is the term that carries the sentence.
-* **Segmenter confidence** (the frozen segmenter's own judgement of a prompt): ``candidates`` patches per pair (half
-  the current top of the positive map, half drawn at random) are each given to the segmenter as one positive point;
-  its predicted IoU of the mask it returns (SAM's score) ranks them, and the positive map restricted to the
-  candidates is trained towards ``softmax(predicted IoU / confidence_temperature)`` (a listwise cross-entropy). The
-  negative map is trained the same way on negative candidates, each added to the pair's top positive point, ranked by
-  the predicted IoU of the two-point mask. A point on the background or on an object's edge gives the segmenter an
-  ambiguous prompt and a low predicted IoU; a point inside an object, a confident mask. No mask of the data is read:
-  the segmenter was pretrained with masks of its own, as SAM was.
+* **Segmenter confidence** (the frozen segmenter's judgement of a prompt, read with the sentence): ``candidates``
+  patches per pair (half the current top of the positive map, half drawn at random) are each given to the
+  segmenter as one positive point, and the positive map restricted to the candidates is trained towards
+  ``softmax(reward / confidence_temperature)`` (a listwise cross-entropy). The reward (:func:`sentence_reward`) sums,
+  each standardised over the pair's candidates, the segmenter's predicted IoU of the mask it returns (SAM's score),
+  the cosine of the mask's pooled dense features to the sentence, the point's own text-patch cosine and the mask's
+  log area: a confident mask of what the sentence names. (With the ``reward_*`` weights at 0 it is the predicted IoU
+  alone, which does not depend on the sentence.) The negative map is trained the same way on negative candidates,
+  each added to the pair's top positive point, ranked by the predicted IoU and sentence cosine of the two-point
+  mask. No mask of the data is read: the segmenter was pretrained with masks of its own, as SAM was.
 * **Mask alignment** (optional, ``mask_alignment > 0``): for each pair, ``samples`` point sets are drawn from the
   generator's maps, the segmenter turns each into a mask, and the mask's region embedding (the dense CLIP features
   pooled over the mask) must match its own sentence better than the batch's other sentences: reward = log-softmax

@@ -12,6 +12,15 @@ def tokens_before_masked_blocks(region, images):
     return x, grid
 
 
+def split_in_two(region, at):
+    """Tokens entering the masked blocks for one random 64 x 64 image, and two regions: patches [0, at) and the rest."""
+    x, (gh, gw) = tokens_before_masked_blocks(region, torch.rand(1, 3, 64, 64))
+    masks = torch.zeros(1, 2, gh * gw, dtype=torch.bool)
+    masks[0, 0, :at] = True
+    masks[0, 1, at:] = True
+    return x, masks
+
+
 def test_attention_mask_pattern():
     masks = torch.tensor([[[True, False, True], [False, True, False]]])  # 1 image, 2 regions, 3 patches
     m = region_attention_mask(masks, num_heads=2)
@@ -43,11 +52,7 @@ def test_full_mask_region_token_equals_cls(tiny_model):
 @torch.no_grad()
 def test_region_output_ignores_patches_outside_its_region(tiny_model):
     region = tiny_model.region
-    images = torch.rand(1, 3, 64, 64)
-    x, (gh, gw) = tokens_before_masked_blocks(region, images)
-    masks = torch.zeros(1, 2, gh * gw, dtype=torch.bool)
-    masks[0, 0, :5] = True
-    masks[0, 1, 5:] = True
+    x, masks = split_in_two(region, 5)
     ref = region.forward_masked_blocks(x, masks)
     altered = x.clone()
     altered[:, 1 + 5:] += 3.0 * torch.randn_like(altered[:, 1 + 5:])  # patches outside region 0
@@ -72,11 +77,7 @@ def test_regions_are_batched_in_one_pass_with_padding(tiny_model):
 @torch.no_grad()
 def test_mean_init_region_token_carries_no_cls_content(tiny_model):
     region = tiny_model.region
-    images = torch.rand(1, 3, 64, 64)
-    x, (gh, gw) = tokens_before_masked_blocks(region, images)
-    masks = torch.zeros(1, 2, gh * gw, dtype=torch.bool)
-    masks[0, 0, :3] = True
-    masks[0, 1, 3:] = True
+    x, masks = split_in_two(region, 3)
     altered = x.clone()
     altered[:, 0] += 3.0 * torch.randn_like(altered[:, 0])  # the CLS token at the masked block's input
     try:
@@ -84,7 +85,7 @@ def test_mean_init_region_token_carries_no_cls_content(tiny_model):
         ref, out = region.forward_masked_blocks(x, masks), region.forward_masked_blocks(altered, masks)
         torch.testing.assert_close(out.regions, ref.regions, atol=1e-6, rtol=0)  # no path from CLS to a region
         # a one-patch region's token starts as that patch token: it equals the patch's own output in the block
-        one = torch.zeros(1, 1, gh * gw, dtype=torch.bool)
+        one = torch.zeros(1, 1, masks.shape[-1], dtype=torch.bool)
         one[0, 0, 7] = True
         single = region.forward_masked_blocks(x, one)
         blk = region.visual.transformer.resblocks[-1]

@@ -133,21 +133,28 @@ class RegionTokenViT(nn.Module):
             images: (B, 3, H, W) in [0, 1]; H and W multiples of the patch size.
             region_masks: (B, K, gh, gw) bool (or {0, 1}) masks on the CLIP patch grid.
         """
-        x, (gh, gw) = self.embed(images)
-        if region_masks.shape[2:] != (gh, gw):
-            raise ValueError(f"region masks are {tuple(region_masks.shape[2:])}, the CLIP patch grid is {(gh, gw)}")
-        blocks = self.visual.transformer.resblocks
-        masks = region_masks.flatten(2).bool()
+        x, masks = self.masked_block_input(images, region_masks)
         if self.mode == "pool":
-            for blk in blocks:
+            blocks = self.visual.transformer.resblocks
+            for blk in blocks[len(blocks) - self.masked_blocks:]:
                 x = blk(x)
             tokens = self.project(x)
             weights = masks.to(tokens.dtype)
             regions = weights @ tokens[:, 1:] / weights.sum(-1, keepdim=True).clamp_min(1)
             return RegionOutput(regions=regions, image=tokens[:, 0], valid=masks.any(-1))
+        return self.forward_masked_blocks(x, masks)
+
+    def masked_block_input(self, images: torch.Tensor, region_masks: torch.Tensor
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (B, 1 + N, D) tokens entering the first masked block and the (B, K, N) bool region masks, from
+        (B, 3, H, W) images in [0, 1] and (B, K, gh, gw) masks on the CLIP patch grid (checked)."""
+        x, (gh, gw) = self.embed(images)
+        if region_masks.shape[2:] != (gh, gw):
+            raise ValueError(f"region masks are {tuple(region_masks.shape[2:])}, the CLIP patch grid is {(gh, gw)}")
+        blocks = self.visual.transformer.resblocks
         for blk in blocks[: len(blocks) - self.masked_blocks]:
             x = blk(x)
-        return self.forward_masked_blocks(x, masks)
+        return x, region_masks.flatten(2).bool()
 
     def forward_masked_blocks(self, x: torch.Tensor, masks: torch.Tensor) -> RegionOutput:
         """Run the last ``masked_blocks`` blocks with region tokens and project.
@@ -176,18 +183,14 @@ class RegionTokenViT(nn.Module):
         the heads and the masked blocks: near 1, a token ignores its region. Region-token mode only."""
         if self.mode != "tokens":
             raise ValueError("attention mass is defined for region tokens (mode 'tokens'), not for pooling")
-        x, _ = self.embed(images)
-        blocks = self.visual.transformer.resblocks
-        first = len(blocks) - self.masked_blocks
-        for blk in blocks[:first]:
-            x = blk(x)
-        masks = region_masks.flatten(2).bool()
+        x, masks = self.masked_block_input(images, region_masks)
         b, k, n = masks.shape
         attn_mask = region_attention_mask(masks, self.num_heads, x.dtype)
         x = torch.cat([x, self.start_tokens(x, masks)], 1)
         own = torch.arange(1 + n, 1 + n + k, device=x.device)
         mass = torch.zeros(b, k, device=x.device)
-        for blk in blocks[first:]:
+        blocks = self.visual.transformer.resblocks
+        for blk in blocks[len(blocks) - self.masked_blocks:]:
             h = blk.ln_1(x)
             _, weights = blk.attn(h, h, h, attn_mask=attn_mask, need_weights=True, average_attn_weights=True)
             mass += weights[:, own, own].float()

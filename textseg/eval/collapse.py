@@ -64,7 +64,8 @@ def collapse_measures(segmenter: Any, dataset: Any, *, limit: int | None = None,
         groups = model.group(x, pixel_size=image.shape[:2])
         out = model(x, groups.region_masks)
         valid = out.valid[0]
-        regions = F.normalize(out.regions[0].float(), dim=-1)[valid]
+        embedded = F.normalize(out.regions[0].float(), dim=-1)
+        regions = embedded[valid]
         img = F.normalize(out.image[0].float(), dim=-1)
         k = len(regions)
         regions_seen += k
@@ -79,7 +80,7 @@ def collapse_measures(segmenter: Any, dataset: Any, *, limit: int | None = None,
                                  dataset.ignore_index)[0]
         labels = F.pad(labels, (0, len(valid) - len(labels)))  # trailing regions without pixels: background
         areas = torch.bincount(pixels.flatten(), minlength=len(valid)).float() / pixels.numel()
-        predicted = (F.normalize(out.regions[0].float(), dim=-1) @ text.T).argmax(-1) + 1
+        predicted = (embedded @ text.T).argmax(-1) + 1
         for j in torch.nonzero(valid & (labels > 0)).flatten().tolist():
             b = int(np.searchsorted(edges, float(areas[j]), side="right"))
             counted[b] += 1

@@ -167,6 +167,8 @@ def test_group_vote_makes_scores_constant_within_each_group(images):
     with pytest.raises(UserError, match="dense mode"):
         Segmenter(create_model("tiny", pretrained=False, seed=0), text_cache_dir=False).predict(
             images[1], ["dog"], group_vote=True)
+    with pytest.raises(UserError, match="smooth_sigma applies to labelling groups"):  # and the other way round
+        seg.predict(images[1], ["dog"], smooth_sigma=1.0)
 
 
 def test_a_constant_background_score_is_one_more_background_name(images):

@@ -268,6 +268,7 @@ def test_protocol_presets_and_errors(tmp_path):
         ("templates_x: single\n", "templates_x"),  # unknown field
         ("templates: many\n", "templates"),  # not a template set
         ("window: 448\n", "window"),  # window without stride
+        ("smooth_sigma: -1\n", "smooth_sigma"),  # a negative standard deviation
         ("per_benchmark:\n  voc21:\n    bg_treshold: 0.3\n", "bg_treshold"),  # typo in an override: at load time
     ]:
         bad = tmp_path / "bad.yaml"

@@ -5,8 +5,7 @@ import torch
 from textseg.config import Protocol, load_protocol
 from textseg.errors import ConfigError, UserError
 from textseg.io import load_image
-from textseg.io import load_image
-from textseg.labels import CropPlan, bilinear_taps, region_class_probs, window_starts, with_bg_score
+from textseg.labels import CropPlan, bilinear_taps, gaussian_radius, gaussian_smooth, region_class_probs, window_starts, with_bg_score
 from textseg.pipeline import grid_offsets, resized_size, shift_patch_grid, shifted_region_masks
 from textseg.segmenter import Segmenter
 
@@ -268,6 +267,48 @@ def test_labels_do_not_depend_on_the_band_size(color_model, monkeypatch):
         np.testing.assert_allclose(banded.probs, full.probs, atol=1e-6)
 
 
+def test_gaussian_smoothing_of_probabilities_by_hand():
+    z = 1 + 2 * (np.exp(-0.5) + np.exp(-2) + np.exp(-4.5))  # the 7-tap kernel of sigma 1, normalised by z
+    impulse = torch.zeros(1, 9, 9)
+    impulse[0, 4, 4] = 1.0
+    out = gaussian_smooth(impulse, 1.0)
+    assert out[0, 4, 4].item() == pytest.approx(1 / z ** 2, rel=1e-5)
+    assert out[0, 4, 5].item() == pytest.approx(np.exp(-0.5) / z ** 2, rel=1e-5)
+    assert out[0, 2, 5].item() == pytest.approx(np.exp(-2.5) / z ** 2, rel=1e-5)
+    assert out.sum().item() == pytest.approx(1.0, abs=1e-5)  # nothing reaches the edges: the mass stays
+    corner = torch.zeros(1, 9, 9)
+    corner[0, 0, 0] = 1.0  # at an edge the border pixel repeats: the pixel keeps the kernel mass beyond the edge
+    beyond = (np.exp(-0.5) + np.exp(-2) + np.exp(-4.5) + 1) / z
+    assert gaussian_smooth(corner, 1.0)[0, 0, 0].item() == pytest.approx(beyond ** 2, rel=1e-5)
+    ramp = torch.arange(12.0).view(1, 3, 4).repeat(2, 1, 1)
+    assert torch.equal(gaussian_smooth(ramp, 0.0), ramp)
+    flat = torch.full((3, 5, 6), 0.25)
+    torch.testing.assert_close(gaussian_smooth(flat, 2.5), flat)
+    assert gaussian_radius(0.0) == 0 and gaussian_radius(1.0) == 3 and gaussian_radius(1.1) == 4
+
+
+def test_smoothed_labels_are_the_smoothed_probabilities_in_any_band(color_model, monkeypatch):
+    """smooth_sigma smooths the averaged probabilities at the resized scale before labelling; bands of any height
+    read the rows the kernel needs, so they agree with one whole-image pass."""
+    seg = Segmenter(color_model, templates="single", text_cache_dir=False, short_side=None, bg_threshold=0.0)
+    img = mixed_images()[0]
+    regions = torch.cat([seg.pipeline.regions_batch(prepare(seg, im, Protocol(short_side=64))[1])[0][1][0]
+                         for im in mixed_images()[3:5]])  # class texts that tell the image's regions apart
+    monkeypatch.setattr(seg.text, "encode_classes", lambda names, templates=None: regions[: len(names)])
+    plain = seg.predict(img, ["a", "b", "c"], return_probs=True)
+    smooth = seg.predict(img, ["a", "b", "c"], return_probs=True, smooth_sigma=1.5)
+    expected = gaussian_smooth(torch.from_numpy(plain.probs), 1.5).numpy()
+    np.testing.assert_allclose(smooth.probs, expected, atol=1e-5)
+    np.testing.assert_array_equal(smooth.labels, expected.argmax(0) + 1)  # no background channel: class i + 1
+    assert (smooth.labels != plain.labels).any()  # edges move
+    label = CropPlan.label
+    for elements in (1, 4 * 90 * 5):
+        monkeypatch.setattr(CropPlan, "label", lambda *a, e=elements, **k: label(*a, tile_elements=e, **k))
+        banded = seg.predict(img, ["a", "b", "c"], return_probs=True, smooth_sigma=1.5)
+        np.testing.assert_array_equal(banded.labels, smooth.labels)
+        np.testing.assert_allclose(banded.probs, smooth.probs, atol=1e-6)
+
+
 def test_long_side_is_capped_and_resizing_shrinks_on_the_host(color_model, monkeypatch):
     import textseg.pipeline as pipeline_module
 
@@ -486,13 +527,15 @@ def test_bg_score_calibration_scores_what_predict_labels(color_model):
     p = Protocol(short_side=None, templates="single", bg_threshold=0.0, group_counts=[2, 4], grid_shifts=2)
     seg = Segmenter(color_model, p, text_cache_dir=False)
     candidates = (-0.2, 0.0, 0.1, 0.3)
-    _, scores = calibrate_bg_score(seg, ds, p, candidates=candidates, progress=False)
-    for c in candidates:
-        metric = SemsegMetric(4, 255)
-        for item in ds.items:
-            metric.update(seg.predict(item["image"], ds.class_names[1:], bg_score=c).labels, item["label"])
-        assert scores[c] == pytest.approx(metric.compute()["mIoU"], abs=1e-6)
-    assert len(set(round(v, 6) for v in scores.values())) > 1  # the candidates are told apart
+    for sigma in (0.0, 4.0):  # with smoothing too: both label the smoothed average
+        _, scores = calibrate_bg_score(seg, ds, p.replace(smooth_sigma=sigma), candidates=candidates, progress=False)
+        for c in candidates:
+            metric = SemsegMetric(4, 255)
+            for item in ds.items:
+                metric.update(seg.predict(item["image"], ds.class_names[1:], bg_score=c, smooth_sigma=sigma).labels,
+                              item["label"])
+            assert scores[c] == pytest.approx(metric.compute()["mIoU"], abs=1e-6)
+        assert len(set(round(v, 6) for v in scores.values())) > 1  # the candidates are told apart
     # the parts the calibration reads are those predict averages: one per grouping and grid offset
     img, names = ds.items[0]["image"], ds.class_names[1:]
     parts = seg.grouping_similarities(img, names)

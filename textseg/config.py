@@ -328,6 +328,9 @@ class Protocol:
             methods' class files do.
         group_vote: average the class scores over each group of the model's grouping (``group_counts`` or the
             model's k, averaged over the counts) before labelling.
+        smooth_sigma: (region labelling) the averaged class probabilities are smoothed by a Gaussian of this
+            standard deviation, in pixels at the resized scale, before labelling: a pixel on an object's edge, in a
+            sliver of a group, takes the class its neighbourhood favours. 0: no smoothing.
     """
 
     name: str = "custom"
@@ -351,6 +354,7 @@ class Protocol:
     normalize_scores: bool = False
     class_file_background: bool = False
     group_vote: bool = False
+    smooth_sigma: float = 0.0
 
     def __post_init__(self) -> None:
         check_choice("templates", self.templates, TEMPLATE_SETS)
@@ -385,6 +389,9 @@ class Protocol:
         if self.pamr_steps < 0 or not self.pamr_dilations or min(self.pamr_dilations) < 1:
             raise ConfigError("fields 'pamr_steps' (>= 0) and 'pamr_dilations' (a non-empty list of pixel "
                               "distances >= 1) are out of range")
+        if not 0.0 <= self.smooth_sigma <= 100.0:
+            raise ConfigError(f"field 'smooth_sigma' is a Gaussian's standard deviation in pixels, 0 to 100, got "
+                              f"{self.smooth_sigma}")
         if self.pad_multiple is not None and self.pad_multiple < 1:
             raise ConfigError(f"field 'pad_multiple' must be >= 1 or null, got {self.pad_multiple}")
 

@@ -47,6 +47,28 @@ def bilinear_taps(n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor, to
     return i0, i1, (src - i0).float()
 
 
+def gaussian_radius(sigma: float) -> int:
+    """Half-width of the Gaussian kernel of :func:`gaussian_smooth`: ceil(3 sigma), 0 for sigma 0."""
+    return int(np.ceil(3 * sigma)) if sigma > 0 else 0
+
+
+def gaussian_smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(C, H, W) maps smoothed by a Gaussian of standard deviation ``sigma`` pixels on each axis (a separable kernel
+    of half-width :func:`gaussian_radius`, renormalised; edges padded by repeating the border pixels). sigma 0
+    returns the maps unchanged."""
+    r = gaussian_radius(sigma)
+    if r == 0:
+        return maps
+    x = torch.arange(-r, r + 1, dtype=torch.float32, device=maps.device)
+    k = torch.exp(-x ** 2 / (2 * sigma ** 2))
+    k = (k / k.sum()).to(maps.dtype)
+    out = maps[:, None]  # (C, 1, H, W)
+    out = torch.nn.functional.pad(out, (r, r, 0, 0), mode="replicate")
+    out = torch.nn.functional.conv2d(out, k.view(1, 1, 1, -1))
+    out = torch.nn.functional.pad(out, (0, 0, r, r), mode="replicate")
+    return torch.nn.functional.conv2d(out, k.view(1, 1, -1, 1))[:, 0]
+
+
 def with_bg_score(sims: torch.Tensor, bg_score: float | None) -> torch.Tensor:
     """(..., C) region-class similarities with the constant background score appended as a last column (C + 1);
     unchanged when ``bg_score`` is None."""
@@ -137,7 +159,8 @@ class CropPlan:
 
     def label(self, size: tuple[int, int], owners: torch.Tensor, names: list[str], p: Protocol, return_probs: bool,
               return_scores: bool = False, tile_elements: int = 1 << 22) -> "SegmentationResult":
-        """Label an image's pixels at the input size from its window probabilities at the resized scale.
+        """Label an image's pixels at the input size from its window probabilities at the resized scale (first
+        smoothed by the protocol's ``smooth_sigma``, :func:`gaussian_smooth`).
 
         The probabilities are brought to the input size bilinearly (as ``F.interpolate`` does) a band of rows at
         a time, at most ``tile_elements`` values per band, and only the labels of each band are kept: memory is
@@ -167,11 +190,17 @@ class CropPlan:
         probs_out = torch.empty(channels, H, W) if return_probs else None
         scores_out = torch.empty(len(names), H, W) if return_scores else None
         # rows per band: its (C, T, W) output and its (C, ~T * h / H + 2, w) source band each within tile_elements
-        rows = max(1, min(tile_elements // (channels * W), int((tile_elements // (channels * w) - 2) * H / h)))
+        halo = gaussian_radius(p.smooth_sigma)
+        rows = max(1, min(tile_elements // (channels * W),
+                          int((tile_elements // (channels * w) - 2 - 2 * halo) * H / h)))
         for t0 in range(0, H, rows):
             t1 = min(H, t0 + rows)
             r0, r1 = int(y0s[t0]), int(y1s[t1 - 1]) + 1  # the source rows this band of output rows reads
-            band = self.band(r0, r1)
+            if halo:  # smoothing reads `halo` more rows on each side (edge rows repeat only at the image's edges)
+                h0, h1 = max(0, r0 - halo), min(h, r1 + halo)
+                band = gaussian_smooth(self.band(h0, h1), p.smooth_sigma)[:, r0 - h0: r1 - h0]
+            else:
+                band = self.band(r0, r1)
             ly = wy[t0:t1, None].to(device)
             i0, i1 = (y0s[t0:t1] - r0).to(device), (y1s[t0:t1] - r0).to(device)
             mixed = band[:, i0] * (1 - ly) + band[:, i1] * ly  # (C, T, w)

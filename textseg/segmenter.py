@@ -153,6 +153,9 @@ class Segmenter:
         p = self.resolve_protocol(protocol, overrides)
         check_batch_size(batch_size)
         if self.model.config.dense.mode is not None:
+            if p.smooth_sigma:
+                raise UserError(f"smooth_sigma applies to labelling groups; {self.model.config.name} labels pixels "
+                                "densely (its refinement is pamr_steps)")
             vocab = Vocabulary.make(classes, p.background_classes)
             return DensePredictor(self.pipeline).predict_batch([load_image(im) for im in images], vocab, p,
                                                                batch_size=batch_size, return_scores=return_scores,

@@ -20,7 +20,7 @@ from textseg.errors import UserError
 
 # --option -> Protocol field; an option left out keeps the value of --protocol (or the defaults).
 _PROTOCOL_OPTIONS = ("templates", "background", "bg_threshold", "bg_score", "short_side", "max_long_side", "window",
-                     "stride", "group_counts", "grid_shifts", "group_vote")
+                     "stride", "group_counts", "grid_shifts", "group_vote", "smooth_sigma")
 # Files a folder argument contributes (suffix compared case-insensitively); a file named directly is taken as it is.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 OUTPUT_SUFFIXES = ("_labels.png", "_overlay.png", ".json")
@@ -291,6 +291,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stride", type=int, help="sliding window stride (e.g. 224)")
     p.add_argument("--group-counts", type=group_counts, help=GROUP_COUNTS_HELP)
     p.add_argument("--grid-shifts", type=int, metavar="N", help=GRID_SHIFTS_HELP)
+    p.add_argument("--smooth-sigma", type=float, metavar="PX",
+                   help="smooth the class probabilities by a Gaussian of this many pixels (resized scale) before "
+                        "labelling groups (default 0: none)")
     p.add_argument("--group-vote", action="store_true", default=None,
                    help="(dense modes) average the class scores over each group of the model's grouping")
     p.add_argument("--rle", action="store_true", help="add each class's mask as COCO RLE to the JSON summary")

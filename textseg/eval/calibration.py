@@ -34,7 +34,8 @@ def calibrate_bg_score(segmenter: Any, dataset: Any, protocol: Protocol, *,
     """
     import torch
 
-    from textseg.labels import region_class_probs, with_bg_score
+    from textseg.labels import gaussian_smooth, region_class_probs, with_bg_score
+    from textseg.pipeline import resized_size
 
     if not getattr(dataset, "has_background", True):
         raise ConfigError("bg_score calibration needs a dataset whose label 0 is background")
@@ -51,13 +52,20 @@ def calibrate_bg_score(segmenter: Any, dataset: Any, protocol: Protocol, *,
             per = len(parts) // len(protocol.group_counts or [None])
             merged = [(parts[i][0], [sims for _, sims in parts[i: i + per]]) for i in range(0, len(parts), per)]
             for c, metric in metrics.items():
-                if len(parts) == 1:  # one grouping and grid: each region's best score, no probabilities needed
+                if len(parts) == 1 and not protocol.smooth_sigma:  # each region's best score: no probabilities needed
                     groups, sims = parts[0]
                     best = with_bg_score(sims, c).argmax(1).numpy()[groups]
                 else:
                     probs = sum(sum(region_class_probs(sims, c, segmenter.logit_scale) for sims in same)
                                 [torch.from_numpy(groups)] for groups, same in merged)
-                    best = probs.argmax(-1).numpy()
+                    if protocol.smooth_sigma:  # as predict labels; the parts are at the input size, sigma is not
+                        h = merged[0][0].shape[0]
+                        sigma = protocol.smooth_sigma * h / resized_size(merged[0][0].shape, protocol.short_side,
+                                                                         protocol.max_long_side)[0]
+                        probs = gaussian_smooth(probs.permute(2, 0, 1), sigma)
+                        best = probs.argmax(0).numpy()
+                    else:
+                        best = probs.argmax(-1).numpy()
                 metric.update(np.where(best < len(names), best + 1, 0), item["label"])  # background names -> 0
             bar.update(1)
     finally:

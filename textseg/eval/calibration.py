@@ -58,7 +58,7 @@ def calibrate_bg_score(segmenter: Any, dataset: Any, protocol: Protocol, *,
                 else:
                     probs = sum(sum(region_class_probs(sims, c, segmenter.logit_scale) for sims in same)
                                 [torch.from_numpy(groups)] for groups, same in merged)
-                    if protocol.smooth_sigma:  # as predict labels; the parts are at the input size, sigma is not
+                    if protocol.smooth_sigma:  # as predict labels; sigma counts pixels of the resized image
                         h = merged[0][0].shape[0]
                         sigma = protocol.smooth_sigma * h / resized_size(merged[0][0].shape, protocol.short_side,
                                                                          protocol.max_long_side)[0]

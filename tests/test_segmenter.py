@@ -5,7 +5,8 @@ import torch
 from textseg.config import Protocol, load_protocol
 from textseg.errors import ConfigError, UserError
 from textseg.io import load_image
-from textseg.labels import CropPlan, bilinear_taps, gaussian_radius, gaussian_smooth, region_class_probs, window_starts, with_bg_score
+from textseg.labels import (CropPlan, bilinear_taps, gaussian_radius, gaussian_smooth, region_class_probs,
+                            window_starts, with_bg_score)
 from textseg.pipeline import grid_offsets, resized_size, shift_patch_grid, shifted_region_masks
 from textseg.segmenter import Segmenter
 

@@ -60,7 +60,9 @@ def test_installed_wheel_works_from_any_folder(tmp_path):
     assert found["models"]["naclip-b16"] == "ViT-B-16" and found["models"]["proxyclip-b16"] == "ViT-B-16"
     assert found["selfsup"] == ["workbench"] and found["models"]["learned-small-workbench"] == "textseg-small-vit12-96"
     assert found["stages"] == {"stage1_image_text": "labxy-small-workbench", "stage2_region": "labxy-small-workbench"}
-    assert found["variants"]["two_way_pool"] == "two_way" and len(found["variants"]) == 6
+    shipped = sorted(f.stem for f in (Path(__file__).parents[1] / "textseg" / "configs" / "ablations").glob("*.yaml"))
+    assert found["variants"]["two_way_pool"] == "two_way" and sorted(found["variants"]) == shipped  # all in the wheel
+    assert len(shipped) == 9
     assert found["variants"]["one_way_pool_max"] == "one_way"
     assert found["models"]["tiny"] == "textseg-tiny-vit16" and found["models"]["dino-s16-clip-b16"] == "ViT-B-16"
     assert found["sample"] and found["small_patch"] == 12 and found["demo_page"]

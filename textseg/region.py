@@ -135,8 +135,7 @@ class RegionTokenViT(nn.Module):
         """
         x, masks = self.masked_block_input(images, region_masks)
         if self.mode == "pool":
-            blocks = self.visual.transformer.resblocks
-            for blk in blocks[len(blocks) - self.masked_blocks:]:
+            for blk in self.split_blocks()[1]:
                 x = blk(x)
             tokens = self.project(x)
             weights = masks.to(tokens.dtype)
@@ -151,10 +150,15 @@ class RegionTokenViT(nn.Module):
         x, (gh, gw) = self.embed(images)
         if region_masks.shape[2:] != (gh, gw):
             raise ValueError(f"region masks are {tuple(region_masks.shape[2:])}, the CLIP patch grid is {(gh, gw)}")
-        blocks = self.visual.transformer.resblocks
-        for blk in blocks[: len(blocks) - self.masked_blocks]:
+        for blk in self.split_blocks()[0]:
             x = blk(x)
         return x, region_masks.flatten(2).bool()
+
+    def split_blocks(self) -> tuple[nn.ModuleList, nn.ModuleList]:
+        """The CLIP's blocks before the masked ones, and the last ``masked_blocks`` blocks."""
+        blocks = self.visual.transformer.resblocks
+        first = len(blocks) - self.masked_blocks
+        return blocks[:first], blocks[first:]
 
     def forward_masked_blocks(self, x: torch.Tensor, masks: torch.Tensor) -> RegionOutput:
         """Run the last ``masked_blocks`` blocks with region tokens and project.
@@ -166,8 +170,7 @@ class RegionTokenViT(nn.Module):
         n = masks.shape[2]
         attn_mask = region_attention_mask(masks, self.num_heads, x.dtype)
         x = torch.cat([x, self.start_tokens(x, masks)], 1)
-        blocks = self.visual.transformer.resblocks
-        for blk in blocks[len(blocks) - self.masked_blocks:]:
+        for blk in self.split_blocks()[1]:
             x = blk(x, attn_mask=attn_mask)
         return RegionOutput(regions=self.project(x[:, 1 + n:]), image=self.project(x[:, 0]), valid=masks.any(-1))
 
@@ -189,8 +192,7 @@ class RegionTokenViT(nn.Module):
         x = torch.cat([x, self.start_tokens(x, masks)], 1)
         own = torch.arange(1 + n, 1 + n + k, device=x.device)
         mass = torch.zeros(b, k, device=x.device)
-        blocks = self.visual.transformer.resblocks
-        for blk in blocks[len(blocks) - self.masked_blocks:]:
+        for blk in self.split_blocks()[1]:
             h = blk.ln_1(x)
             _, weights = blk.attn(h, h, h, attn_mask=attn_mask, need_weights=True, average_attn_weights=True)
             mass += weights[:, own, own].float()

@@ -51,21 +51,17 @@ def calibrate_bg_score(segmenter: Any, dataset: Any, protocol: Protocol, *,
             # count-major: the grid offsets of one grouping come together and share its group map
             per = len(parts) // len(protocol.group_counts or [None])
             merged = [(parts[i][0], [sims for _, sims in parts[i: i + per]]) for i in range(0, len(parts), per)]
+            # predict smooths at the resized scale; these maps are at the input size
+            sigma = protocol.smooth_sigma * len(parts[0][0]) / resized_size(
+                parts[0][0].shape, protocol.short_side, protocol.max_long_side)[0]
             for c, metric in metrics.items():
-                if len(parts) == 1 and not protocol.smooth_sigma:  # each region's best score: no probabilities needed
+                if len(parts) == 1 and not sigma:  # each region's best score: no probabilities needed
                     groups, sims = parts[0]
                     best = with_bg_score(sims, c).argmax(1).numpy()[groups]
                 else:
                     probs = sum(sum(region_class_probs(sims, c, segmenter.logit_scale) for sims in same)
                                 [torch.from_numpy(groups)] for groups, same in merged)
-                    if protocol.smooth_sigma:  # as predict labels; sigma counts pixels of the resized image
-                        h = merged[0][0].shape[0]
-                        sigma = protocol.smooth_sigma * h / resized_size(merged[0][0].shape, protocol.short_side,
-                                                                         protocol.max_long_side)[0]
-                        probs = gaussian_smooth(probs.permute(2, 0, 1), sigma)
-                        best = probs.argmax(0).numpy()
-                    else:
-                        best = probs.argmax(-1).numpy()
+                    best = gaussian_smooth(probs.permute(2, 0, 1), sigma).argmax(0).numpy()  # as predict labels
                 metric.update(np.where(best < len(names), best + 1, 0), item["label"])  # background names -> 0
             bar.update(1)
     finally:

@@ -4,6 +4,7 @@ calibration and the benchmark runs the ``textseg eval`` command calls."""
 import json
 import sys
 import types
+from types import SimpleNamespace
 from pathlib import Path
 
 import numpy as np
@@ -361,6 +362,58 @@ def test_calibrate_bg_score_picks_the_best_constant():
     no_bg.has_background = False
     with pytest.raises(ConfigError, match="background"):
         calibrate_bg_score(FakeSegmenter(), no_bg, protocol, progress=False)
+
+
+def test_calibrate_bg_score_with_refinement_rescores_the_best_and_its_neighbours(monkeypatch):
+    import torch
+
+    from textseg.eval import calibration
+
+    groups = np.zeros((4, 4), dtype=np.int64)
+    groups[:, 3] = 1  # region 0 straddles the colour edge: the black left half and the first white column
+    image = np.zeros((4, 4, 3), np.uint8)
+    image[:, 2:] = 255
+    label = np.zeros((4, 4), dtype=np.uint8)
+    label[:, :2] = 1  # the class is the black half
+
+    class FakeSegmenter:
+        logit_scale = 10.0
+        pipeline = SimpleNamespace(to_device=lambda arr, p: torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 255)
+        calls = 0
+
+        def grouping_similarities(self, image, names, protocol=None, **overrides):
+            FakeSegmenter.calls += 1
+            return [(groups, torch.tensor([[0.6], [0.1]]))]
+
+    class OneImage:
+        class_names = ["background", "thing"]
+        ignore_index = 255
+        has_background = True
+
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            return {"image": image, "label": label, "id": "x"}
+
+    protocol = Protocol(templates="single", short_side=None)
+    candidates = (-0.4, -0.2, 0.0, 0.4, 0.7, 0.8, 0.9)
+    best, plain = calibrate_bg_score(FakeSegmenter(), OneImage(), protocol, candidates=candidates, progress=False)
+    # 0.4: region 0 "thing" (p = sigmoid(2) = 0.88), region 1 background (sigmoid(-3) = 0.05): the white column 2
+    # is wrong, IoU thing 8/12, background 4/8
+    assert best == 0.4 and plain[0.4] == pytest.approx(100 * (8 / 12 + 4 / 8) / 2)
+    best, refined = calibrate_bg_score(FakeSegmenter(), OneImage(), protocol.replace(pamr_steps=1,
+                                       pamr_dilations=[1]), candidates=candidates, progress=False)
+    # refined (PAMR), column 2 averages its white neighbours only (two copies of itself, three of column 3):
+    # (2 * 0.88 + 3 * 0.05) / 5 < 0.5, background; only the best unrefined candidate and two on each side are
+    # scored again
+    assert best == 0.4 and sorted(refined) == [-0.2, 0.0, 0.4, 0.7, 0.8]
+    assert refined[0.4] == 100.0 and refined[0.0] == 25.0 and refined[0.7] == 25.0
+    assert FakeSegmenter.calls == 2  # one per calibration: the second pass reads the first's similarities
+    monkeypatch.setattr(calibration, "CACHE_BYTES", 0)  # nothing fits: the second pass computes them again
+    again = calibrate_bg_score(FakeSegmenter(), OneImage(), protocol.replace(pamr_steps=1, pamr_dilations=[1]),
+                               candidates=candidates, progress=False)
+    assert again == (best, refined) and FakeSegmenter.calls == 4
 
 
 def _lines(path):

@@ -7,6 +7,7 @@ from textseg.errors import ConfigError, UserError
 from textseg.io import load_image
 from textseg.labels import (CropPlan, bilinear_taps, gaussian_radius, gaussian_smooth, region_class_probs,
                             window_starts, with_bg_score)
+from textseg.dense.pamr import pamr, pamr_radius
 from textseg.pipeline import grid_offsets, resized_size, shift_patch_grid, shifted_region_masks
 from textseg.segmenter import Segmenter
 
@@ -308,6 +309,32 @@ def test_smoothed_labels_are_the_smoothed_probabilities_in_any_band(color_model,
         banded = seg.predict(img, ["a", "b", "c"], return_probs=True, smooth_sigma=1.5)
         np.testing.assert_array_equal(banded.labels, smooth.labels)
         np.testing.assert_allclose(banded.probs, smooth.probs, atol=1e-6)
+
+
+def test_pamr_refined_labels_are_the_refined_probabilities_in_any_band(color_model, monkeypatch):
+    """pamr_steps refines the smoothed probabilities along the resized image's colour edges; bands of any height
+    read the rows the smoothing and refinement need, so they agree with one whole-image pass."""
+    seg = Segmenter(color_model, templates="single", text_cache_dir=False, short_side=None, bg_threshold=0.0)
+    img = mixed_images()[0]
+    regions = torch.cat([seg.pipeline.regions_batch(prepare(seg, im, Protocol(short_side=64))[1])[0][1][0]
+                         for im in mixed_images()[3:5]])
+    monkeypatch.setattr(seg.text, "encode_classes", lambda names, templates=None: regions[: len(names)])
+    kw = {"return_probs": True, "smooth_sigma": 1.0, "pamr_steps": 3, "pamr_dilations": [1, 3]}
+    plain = seg.predict(img, ["a", "b", "c"], return_probs=True)
+    refined = seg.predict(img, ["a", "b", "c"], **kw)
+    colours = torch.from_numpy(np.asarray(load_image(img))).permute(2, 0, 1).float() / 255
+    expected = pamr(colours[None], gaussian_smooth(torch.from_numpy(plain.probs), 1.0)[None], 3, [1, 3])[0].numpy()
+    np.testing.assert_allclose(refined.probs, expected, atol=1e-5)
+    np.testing.assert_array_equal(refined.labels, expected.argmax(0) + 1)
+    smoothed = seg.predict(img, ["a", "b", "c"], return_probs=True, smooth_sigma=1.0)
+    assert (refined.labels != smoothed.labels).any()  # the refinement moves labels
+    label = CropPlan.label
+    for elements in (1, 4 * 90 * 5):
+        monkeypatch.setattr(CropPlan, "label", lambda *a, e=elements, **k: label(*a, tile_elements=e, **k))
+        banded = seg.predict(img, ["a", "b", "c"], **kw)
+        np.testing.assert_array_equal(banded.labels, refined.labels)
+        np.testing.assert_allclose(banded.probs, refined.probs, atol=1e-6)
+    assert pamr_radius(10, [1, 2, 4]) == 40 and pamr_radius(0, [1, 2, 4]) == 0
 
 
 def test_long_side_is_capped_and_resizing_shrinks_on_the_host(color_model, monkeypatch):

@@ -18,7 +18,7 @@ from textseg.grouping import Grouper
 from textseg.io import ShardWriter
 from textseg.train import TrainConfig, load_train_config, train
 from textseg.artifacts import load_model_weights, weights_checksum
-from textseg.train.samples import NounBatcher, TrainTransform, collate
+from textseg.train.samples import NounBatcher, TrainTransform, collate, random_hflip
 from textseg.train.loop import build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -103,6 +103,13 @@ def test_config_presets_variants_overrides_and_errors(tmp_path):
         load_train_config("stage2_region", ["loss.mode=region_batch"])
     with pytest.raises(ConfigError, match="data.train"):
         load_train_config(None, ["data.train={a: 1}"])
+    # the workbench presets find nouns by rule whatever spaCy pipelines are installed; a user's config chooses
+    presets = [load_train_config(name).loss.noun_parser for name in ("stage1_image_text", "stage2_region")]
+    assert presets == ["rule", "rule"]
+    assert load_train_config(None).loss.noun_parser == "auto"
+    assert NounBatcher(parser="rule").extractor.backend == "rule"
+    with pytest.raises(ConfigError, match="loss.noun_parser"):
+        load_train_config(None, ["loss.noun_parser=nltk"])
     with pytest.raises(ConfigError, match="presets: stage1_image_text, stage2_region"):
         load_train_config("stage3")
     # a value that is not YAML (braces inside a flow list) names the override, in one line, not a parser traceback
@@ -181,12 +188,14 @@ KILLED_RUN = "import sys; from textseg.train import load_train_config, train; " 
 
 def test_sigkill_then_resume_gives_the_uninterrupted_weights(tmp_path):
     urls = write_shards(tmp_path / "shards", n_shards=1, per_shard=8)
-    ref = train(load_train_config(None, tiny_overrides(urls, tmp_path / "ref")), progress=False)
+    # with random mirroring on: a resumed run must flip the images the uninterrupted one flipped
+    ref = train(load_train_config(None, tiny_overrides(urls, tmp_path / "ref", **{"data.hflip": 0.5})),
+                progress=False)
     ref_log = {r["step"]: r["loss"] for r in read_log(tmp_path / "ref" / "metrics.jsonl")}
     assert ref["steps"] == 6 and ref_log[6] < ref_log[1]
 
     out = tmp_path / "run"
-    cmd = [sys.executable, "-c", KILLED_RUN, *tiny_overrides(urls, out)]
+    cmd = [sys.executable, "-c", KILLED_RUN, *tiny_overrides(urls, out, **{"data.hflip": 0.5})]
     with open(tmp_path / "stderr.txt", "w") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
     deadline = time.time() + 240
@@ -214,6 +223,34 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(tmp_path):
     # exact resume: the same final weights as without the kill
     assert weights_checksum(load_model_weights(out / "final.pt")[0]) == ref["weights_sha1"]
     assert json.loads((out / "summary_rank0.json").read_text())["weights_sha1"] == ref["weights_sha1"]
+
+
+def test_random_hflip_mirrors_images_with_their_masks_and_is_a_function_of_seed_and_step():
+    images = torch.arange(4 * 3 * 2 * 3, dtype=torch.float32).reshape(4, 3, 2, 3)
+    masks = torch.zeros(4, 2, 1, 3, dtype=torch.bool)
+    masks[:, 0, 0, 0] = True  # region 0 is the left column, region 1 the right two
+    masks[:, 1, 0, 1:] = True
+    same, same_masks = random_hflip(images, masks, 0.0, seed=0, step=0)
+    assert same is images and same_masks is masks
+    flipped, flipped_masks = random_hflip(images, masks, 1.0, seed=0, step=0)
+    assert flipped[0, 0, 0].tolist() == [2.0, 1.0, 0.0] and flipped[3, 2, 1].tolist() == [71.0, 70.0, 69.0]
+    assert flipped_masks[:, 0, 0].tolist() == [[False, False, True]] * 4  # the left column is now the right one
+    assert flipped_masks[:, 1, 0].tolist() == [[True, True, False]] * 4
+
+    images = torch.rand(64, 1, 1, 2)
+    masks = torch.zeros(64, 1, 1, 2, dtype=torch.bool)
+    masks[..., 0] = True
+    out, out_masks = random_hflip(images, masks, 0.5, seed=3, step=7)
+    mirrored = out_masks[:, 0, 0, 1]  # the mask followed its image, whichever images were drawn
+    assert torch.equal(out[mirrored], images[mirrored].flip(-1)) and torch.equal(out[~mirrored], images[~mirrored])
+    assert 16 < int(mirrored.sum()) < 48
+    again, again_masks = random_hflip(images, masks, 0.5, seed=3, step=7)
+    assert torch.equal(again, out) and torch.equal(again_masks, out_masks)
+    _, next_masks = random_hflip(images, masks, 0.5, seed=3, step=8)
+    _, other_seed = random_hflip(images, masks, 0.5, seed=4, step=7)
+    assert not torch.equal(next_masks, out_masks) and not torch.equal(other_seed, out_masks)
+    with pytest.raises(ConfigError, match="hflip"):
+        load_train_config(None, ["data.hflip=1.5"])
 
 
 def bad_counts(n_shards: int) -> dict[str, int]:

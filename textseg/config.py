@@ -321,7 +321,11 @@ class Protocol:
         logit_scale: the factor on cosine similarities before the softmax; None: the model's own.
         area_threshold: (dense modes) a class whose predicted area is below this share of the predicted foreground
             has its scores zeroed before labelling (SCLIP's filter); None: no filter.
-        pamr_steps, pamr_dilations: (dense modes) PAMR refinement of the logits at the input size (0: none).
+        pamr_steps, pamr_dilations: PAMR refinement (:func:`textseg.dense.pamr.pamr`): each pixel's scores
+            become the mean of its neighbours' (8 at each of ``pamr_dilations`` pixels), weighted by how alike
+            their colours are, ``pamr_steps`` times, so labels spread within an object and stop at its edges.
+            Dense modes refine their logits at the input size; region labelling refines the averaged class
+            probabilities at the resized scale, after ``smooth_sigma``. 0 steps: none.
         pad_multiple: (dense modes) windows are zero-padded (centred) to multiples of this side (ProxyCLIP's 56).
         normalize_scores: (dense modes) scores are renormalised to sum to 1 over the labels (NACLIP).
         class_file_background: the first line of a class file names the background (label 0), as the dense

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from textseg.config import Protocol
+from textseg.dense.pamr import pamr, pamr_radius
 from textseg.errors import UserError
 from textseg.io import label_dtype
 from textseg.pipeline import resized_size
@@ -122,6 +123,7 @@ class CropPlan:
     parts: list[tuple[int, int, torch.Tensor, torch.Tensor]] = field(default_factory=list)
     count: torch.Tensor | None = None
     given: torch.Tensor | None = None  # a region or ground-truth map at the resized scale, while crops are pending
+    keep_image: bool = False  # hold the resized image until labelling (the refinement reads its colours)
 
     @classmethod
     def make(cls, index: int, size: tuple[int, int], p: Protocol, passes: int = 1) -> "CropPlan":
@@ -130,7 +132,7 @@ class CropPlan:
         win_h, win_w = (min(p.window, h), min(p.window, w)) if p.window else (h, w)
         starts = [(y0, x0) for y0 in window_starts(h, win_h, p.stride or h)
                   for x0 in window_starts(w, win_w, p.stride or w)]
-        return cls(index, (h, w), (win_h, win_w), starts, left=len(starts) * passes)
+        return cls(index, (h, w), (win_h, win_w), starts, left=len(starts) * passes, keep_image=p.pamr_steps > 0)
 
     def open(self, image: torch.Tensor, given: torch.Tensor | None = None) -> None:
         """Hold the image's resized tensor (and its given map) while its crops are pending; start the counts."""
@@ -145,7 +147,9 @@ class CropPlan:
         self.count[y0: y0 + h, x0: x0 + w] += weight
         self.left -= 1
         if self.left == 0:
-            self.image = self.given = None
+            self.given = None
+            if not self.keep_image:
+                self.image = None
 
     def band(self, r0: int, r1: int) -> torch.Tensor:
         """(C, r1 - r0, w) probabilities of rows r0..r1-1 at the resized scale, averaged over the windows."""
@@ -160,12 +164,13 @@ class CropPlan:
     def label(self, size: tuple[int, int], owners: torch.Tensor, names: list[str], p: Protocol, return_probs: bool,
               return_scores: bool = False, tile_elements: int = 1 << 22) -> "SegmentationResult":
         """Label an image's pixels at the input size from its window probabilities at the resized scale (first
-        smoothed by the protocol's ``smooth_sigma``, :func:`gaussian_smooth`).
+        smoothed by the protocol's ``smooth_sigma``, :func:`gaussian_smooth`, then refined along the image's colour
+        edges by ``pamr_steps``, :func:`~textseg.dense.pamr.pamr`).
 
         The probabilities are brought to the input size bilinearly (as ``F.interpolate`` does) a band of rows at
-        a time, at most ``tile_elements`` values per band, and only the labels of each band are kept: memory is
-        bounded whatever the image size and class count, unless ``return_probs`` or ``return_scores`` asks for the
-        full maps.
+        a time, at most ``tile_elements`` values per band (or, with smoothing or refinement, as many rows as the
+        halo they read, if that is more), and only the labels of each band are kept: memory is bounded whatever
+        the image size and class count, unless ``return_probs`` or ``return_scores`` asks for the full maps.
 
         Args:
             size: the input image's (H, W).
@@ -190,15 +195,25 @@ class CropPlan:
         probs_out = torch.empty(channels, H, W) if return_probs else None
         scores_out = torch.empty(len(names), H, W) if return_scores else None
         # rows per band: its (C, T, W) output and its (C, ~T * h / H + 2, w) source band each within tile_elements
-        halo = gaussian_radius(p.smooth_sigma)
+        # smoothing reads `blur` more rows on each side of a band, refinement `reach` more (edge rows repeat only
+        # at the image's edges, so every band's rows come out as one whole-image pass would give them)
+        blur, reach = gaussian_radius(p.smooth_sigma), pamr_radius(p.pamr_steps, p.pamr_dilations)
         rows = max(1, min(tile_elements // (channels * W),
-                          int((tile_elements // (channels * w) - 2 - 2 * halo) * H / h)))
+                          int((tile_elements // (channels * w) - 2 - 2 * (blur + reach)) * H / h)))
+        # ... but a band labels at least as many rows of its own as it reads for its halo: with many classes on a
+        # wide image, bands of a row or two would each smooth and refine a hundred halo rows (so with a halo, the
+        # memory of a band is set by the halo, not by tile_elements)
+        rows = max(rows, int(np.ceil(2 * (blur + reach) * H / h)))
         for t0 in range(0, H, rows):
             t1 = min(H, t0 + rows)
             r0, r1 = int(y0s[t0]), int(y1s[t1 - 1]) + 1  # the source rows this band of output rows reads
-            if halo:  # smoothing reads `halo` more rows on each side (edge rows repeat only at the image's edges)
-                h0, h1 = max(0, r0 - halo), min(h, r1 + halo)
-                band = gaussian_smooth(self.band(h0, h1), p.smooth_sigma)[:, r0 - h0: r1 - h0]
+            if blur or reach:
+                a0, a1 = max(0, r0 - reach), min(h, r1 + reach)  # the rows refined
+                h0, h1 = max(0, a0 - blur), min(h, a1 + blur)  # the rows read
+                band = gaussian_smooth(self.band(h0, h1), p.smooth_sigma)[:, a0 - h0: a1 - h0]
+                if reach:
+                    band = pamr(self.image[:, :, a0:a1], band[None], p.pamr_steps, p.pamr_dilations)[0]
+                band = band[:, r0 - a0: r1 - a0]
             else:
                 band = self.band(r0, r1)
             ly = wy[t0:t1, None].to(device)

@@ -97,7 +97,8 @@ def training_step_seconds(cfg: Any, *, steps: int = 2, warmup: int = 1, seed: in
     size = cfg.data.image_size
     images = torch.rand(cfg.data.batch_size, 3, size, size, generator=gen).to(dev)
     captions = synthetic_captions(cfg.data.batch_size, seed)
-    nouns_of = NounBatcher(cfg.data.noun_template, cfg.loss.max_nouns, cfg.loss.keep_background_nouns)
+    nouns_of = NounBatcher(cfg.data.noun_template, cfg.loss.max_nouns, cfg.loss.keep_background_nouns,
+                           cfg.loss.noun_parser)
     net = TrainStep(model)
     amp = autocast_on(cfg.train, dev)
     clock = _StepClock(device_sync(dev))
@@ -168,7 +169,7 @@ def bench_train(model: str = "labxy-small-workbench", *, steps: int = 10, warmup
     gen = torch.Generator().manual_seed(seed)
     images = torch.rand(batch, 3, size, size, generator=gen).to(dev)
     captions = synthetic_captions(batch, seed)
-    nouns_of = NounBatcher(cfg.data.noun_template, lw.max_nouns, lw.keep_background_nouns)
+    nouns_of = NounBatcher(cfg.data.noun_template, lw.max_nouns, lw.keep_background_nouns, lw.noun_parser)
     net = TrainStep(net_model)
     sync = device_sync(dev)
 

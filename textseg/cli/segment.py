@@ -20,7 +20,8 @@ from textseg.errors import UserError
 
 # --option -> Protocol field; an option left out keeps the value of --protocol (or the defaults).
 _PROTOCOL_OPTIONS = ("templates", "background", "bg_threshold", "bg_score", "short_side", "max_long_side", "window",
-                     "stride", "group_counts", "grid_shifts", "group_vote", "smooth_sigma")
+                     "stride", "group_counts", "grid_shifts", "group_vote", "smooth_sigma",
+                     "pamr_steps")
 # Files a folder argument contributes (suffix compared case-insensitively); a file named directly is taken as it is.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 OUTPUT_SUFFIXES = ("_labels.png", "_overlay.png", ".json")
@@ -294,6 +295,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--smooth-sigma", type=float, metavar="PX",
                    help="smooth the class probabilities by a Gaussian of this many pixels (resized scale) before "
                         "labelling groups (default 0: none)")
+    p.add_argument("--pamr-steps", type=int, metavar="N",
+                   help="then refine them along the image's colour edges by N steps of PAMR (resized scale; "
+                        "dense modes: their logits at the input size; default 0: none)")
     p.add_argument("--group-vote", action="store_true", default=None,
                    help="(dense modes) average the class scores over each group of the model's grouping")
     p.add_argument("--rle", action="store_true", help="add each class's mask as COCO RLE to the JSON summary")

@@ -31,6 +31,11 @@ def pamr_affinities(image: torch.Tensor, dilations: Sequence[int]) -> torch.Tens
     return (-diffs / (1e-8 + 0.1 * sigma)).mean(1).softmax(1)
 
 
+def pamr_radius(steps: int, dilations: Sequence[int]) -> int:
+    """How far (in pixels) :func:`pamr` reads: a pixel's result depends on pixels at most this far away."""
+    return steps * max(dilations, default=0) if steps > 0 else 0
+
+
 def pamr(image: torch.Tensor, logits: torch.Tensor, steps: int = 10, dilations: Sequence[int] = (8, 16)
          ) -> torch.Tensor:
     """Refine (B, Q, H, W) ``logits`` with the (B, 3, H, W) ``image`` they belong to: ``steps`` times, every
@@ -58,4 +63,4 @@ def pamr(image: torch.Tensor, logits: torch.Tensor, steps: int = 10, dilations: 
     return out
 
 
-__all__ = ["NEIGHBOURS", "pamr", "pamr_affinities"]
+__all__ = ["NEIGHBOURS", "pamr", "pamr_affinities", "pamr_radius"]

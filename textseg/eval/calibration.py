@@ -12,6 +12,10 @@ from textseg.eval.runner import progress_bar, prompt_names, sample_count
 from textseg.metrics import SemsegMetric
 
 DEFAULT_CANDIDATES: tuple[float, ...] = tuple(float(c) for c in np.round(np.arange(-0.3, 1.01, 0.05), 2))
+# With refinement, the candidates on each side of the unrefined best that are scored refined too
+REFINED_NEIGHBOURS = 2
+# ... and the most bytes of region similarities kept from the first pass for the second
+CACHE_BYTES = 1 << 29
 
 
 def calibrate_bg_score(segmenter: Any, dataset: Any, protocol: Protocol, *,
@@ -24,51 +28,118 @@ def calibrate_bg_score(segmenter: Any, dataset: Any, protocol: Protocol, *,
     ``protocol``, with the protocol's background classes); every candidate is then scored from the same
     similarities. With several groupings (``protocol.group_counts``) or grid offsets (``protocol.grid_shifts``),
     pixels take the class of the highest class probability averaged over them, as
-    :meth:`~textseg.segmenter.Segmenter.predict` does.
+    :meth:`~textseg.segmenter.Segmenter.predict` does. With ``pamr_steps`` (one refinement per image and
+    candidate), every candidate is first scored without the refinement, then the best of them and its
+    :data:`REFINED_NEIGHBOURS` neighbours on each side are scored again with it, in a second pass (from the first
+    pass's similarities, kept in memory up to :data:`CACHE_BYTES`).
 
     Returns:
-        The best score and the mIoU of every candidate.
+        The best score and the mIoU of every candidate scored under the whole protocol (with ``pamr_steps``,
+        those of the second pass).
 
     Raises:
         ConfigError: the dataset has no background label 0, or ``limit`` is negative.
     """
+    if not getattr(dataset, "has_background", True):
+        raise ConfigError("bg_score calibration needs a dataset whose label 0 is background")
+    total = sample_count(len(dataset), limit)
+    cache = _PartsCache() if protocol.pamr_steps else None
+    scores = _score_candidates(segmenter, dataset, protocol.replace(pamr_steps=0), candidates, total, progress,
+                               cache)
+    if protocol.pamr_steps:
+        ranked = sorted(scores)
+        at = ranked.index(max(scores, key=scores.get))
+        near = ranked[max(0, at - REFINED_NEIGHBOURS): at + REFINED_NEIGHBOURS + 1]
+        scores = _score_candidates(segmenter, dataset, protocol, near, total, progress, cache)
+    best_score = max(scores, key=scores.get)
+    return float(best_score), scores
+
+
+class _PartsCache:
+    """The first pass's region similarities per sample, kept for the second while they fit in ``budget`` bytes
+    (the rest are computed again)."""
+
+    def __init__(self, budget: int | None = None) -> None:
+        self.parts: dict[int, list] = {}
+        self.left = CACHE_BYTES if budget is None else budget
+
+    def get(self, i: int) -> list | None:
+        return self.parts.get(i)
+
+    def put(self, i: int, parts: list) -> None:
+        size = sum(np.asarray(g).nbytes + s.numel() * s.element_size() for g, s in parts)
+        if size <= self.left:
+            self.parts[i], self.left = parts, self.left - size
+
+
+def _score_candidates(segmenter: Any, dataset: Any, protocol: Protocol, candidates: Sequence[float], total: int,
+                      progress: bool, cache: _PartsCache | None = None) -> dict[float, float]:
+    """mIoU of each background score on the first ``total`` samples, labelled as predict labels them; region
+    similarities are taken from ``cache`` where it has them and put there otherwise."""
     import torch
 
     from textseg.labels import gaussian_smooth, region_class_probs, with_bg_score
     from textseg.pipeline import resized_size
 
-    if not getattr(dataset, "has_background", True):
-        raise ConfigError("bg_score calibration needs a dataset whose label 0 is background")
     names = prompt_names(dataset)[1:]
     metrics = {c: SemsegMetric(len(dataset.class_names), dataset.ignore_index) for c in candidates}
-    total = sample_count(len(dataset), limit)
-    bar = progress_bar(total, 0, "calibrate bg", progress)
+    bar = progress_bar(total, 0, "calibrate bg" + (" (refined)" if protocol.pamr_steps else ""), progress)
     try:
         for i in range(total):
             item = dataset[i]
-            parts = segmenter.grouping_similarities(item["image"], names + list(protocol.background_classes),
-                                                    protocol)
+            parts = cache.get(i) if cache is not None else None
+            if parts is None:
+                parts = segmenter.grouping_similarities(item["image"], names + list(protocol.background_classes),
+                                                        protocol)
+                if cache is not None:
+                    cache.put(i, parts)
             # count-major: the grid offsets of one grouping come together and share its group map
             per = len(parts) // len(protocol.group_counts or [None])
             merged = [(parts[i][0], [sims for _, sims in parts[i: i + per]]) for i in range(0, len(parts), per)]
-            # predict smooths at the resized scale; these maps are at the input size
-            sigma = protocol.smooth_sigma * len(parts[0][0]) / resized_size(
-                parts[0][0].shape, protocol.short_side, protocol.max_long_side)[0]
+            # predict smooths and refines at the resized scale; these maps are at the input size
+            size = resized_size(parts[0][0].shape, protocol.short_side, protocol.max_long_side)
+            sigma = protocol.smooth_sigma * len(parts[0][0]) / size[0]
+            image = _refine_image(item["image"], segmenter, protocol)
             for c, metric in metrics.items():
-                if len(parts) == 1 and not sigma:  # each region's best score: no probabilities needed
+                if len(parts) == 1 and not sigma and image is None:  # each region's best score: no probabilities
                     groups, sims = parts[0]
                     best = with_bg_score(sims, c).argmax(1).numpy()[groups]
                 else:
                     probs = sum(sum(region_class_probs(sims, c, segmenter.logit_scale) for sims in same)
                                 [torch.from_numpy(groups)] for groups, same in merged)
-                    best = gaussian_smooth(probs.permute(2, 0, 1), sigma).argmax(0).numpy()  # as predict labels
+                    probs = gaussian_smooth(probs.permute(2, 0, 1), sigma)  # as predict labels
+                    if image is not None:
+                        probs = _refine_at(probs, image, protocol)
+                    best = probs.argmax(0).numpy()
                 metric.update(np.where(best < len(names), best + 1, 0), item["label"])  # background names -> 0
             bar.update(1)
     finally:
         bar.close()
-    scores = {c: float(m.compute()["mIoU"]) for c, m in metrics.items()}
-    best_score = max(scores, key=scores.get)
-    return float(best_score), scores
+    return {c: float(m.compute()["mIoU"]) for c, m in metrics.items()}
+
+
+def _refine_image(image: Any, segmenter: Any, protocol: Protocol) -> Any:
+    """The (3, h, w) image at the resized scale in [0, 1] that predict refines with, or None without refinement."""
+    if not protocol.pamr_steps:
+        return None
+    return segmenter.pipeline.to_device(np.asarray(image.convert("RGB") if hasattr(image, "convert") else image),
+                                        protocol)[0]
+
+
+def _refine_at(probs: Any, image: Any, protocol: Protocol) -> Any:
+    """(C, H, W) input-size probabilities refined as predict refines them: at the resized scale of ``image``
+    (brought there and back bilinearly when the sizes differ)."""
+    import torch.nn.functional as F
+
+    from textseg.dense.pamr import pamr
+
+    image = image.to(probs.device)
+    size, small = tuple(probs.shape[1:]), tuple(image.shape[1:])
+    if size == small:
+        return pamr(image[None], probs[None], protocol.pamr_steps, protocol.pamr_dilations)[0]
+    out = F.interpolate(probs[None], small, mode="bilinear", align_corners=False, antialias=True)[0]
+    out = pamr(image[None], out[None], protocol.pamr_steps, protocol.pamr_dilations)[0]
+    return F.interpolate(out[None], size, mode="bilinear", align_corners=False)[0]
 
 
 def choose_no_target_threshold(target_scores: Sequence[float], no_target_scores: Sequence[float]

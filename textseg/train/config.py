@@ -56,6 +56,9 @@ class DataConfig:
             the grouper), ``device`` (the whole batch at once in the training process, on the training device,
             before the step's forward) or ``auto`` (``device`` on CUDA, ``workers`` on CPU). Both give the same
             region masks.
+        hflip: probability that a training image is mirrored left-right, with its region masks (the same flip
+            for every image's pixels and groups; drawn from the run's seed and the step, so a resumed run flips
+            as the uninterrupted one did).
     """
 
     train: Any = None
@@ -65,6 +68,7 @@ class DataConfig:
     image_size: int = 96
     noun_template: str = "a photo of a {}."
     group_on: str = "auto"
+    hflip: float = 0.0
 
     def __post_init__(self) -> None:
         urls = [self.train] if isinstance(self.train, str) else self.train
@@ -72,6 +76,7 @@ class DataConfig:
             raise ConfigError(f"field 'data.train' must be a shard URL string or a list of them, got {self.train!r}")
         check_choice("data.group_on", self.group_on, GROUP_ON)
         check_at_least("data", self, {"batch_size": 1, "workers": 0, "shuffle_buffer": 0, "image_size": 1})
+        check_in_range("data", "hflip", self.hflip, 0, 1)
 
 
 @dataclass
@@ -87,6 +92,9 @@ class LossConfig:
         same_noun_positives: a noun shared by several captions of the batch is not a negative.
         max_nouns: nouns taken per caption.
         keep_background_nouns: background words (stripes, checkerboard, ...) count as nouns too.
+        noun_parser: how caption nouns are found (:class:`textseg.nouns.NounExtractor`): ``auto`` (spaCy when its
+            English pipeline is installed, else the rule-based extractor), ``spacy`` or ``rule``. The workbench
+            presets say ``rule``, so a run trains the same whatever spaCy pipelines the machine has.
         region_temperature: how a noun scores an image from its regions in the ``one_way`` and ``two_way`` losses:
             0 takes the best region (a hard max); t > 0 a soft maximum, ``t * logsumexp(cos / t)`` over the regions,
             so every region nearly as close as the best (another part of the object) shares the gradient.
@@ -99,10 +107,12 @@ class LossConfig:
     same_noun_positives: bool = True
     max_nouns: int = 3
     keep_background_nouns: bool = True
+    noun_parser: str = "auto"
     region_temperature: float = 0.0
 
     def __post_init__(self) -> None:
         check_choice("loss.mode", self.mode, LOSS_MODES)
+        check_choice("loss.noun_parser", self.noun_parser, ("auto", "spacy", "rule"))
         check_at_least("loss", self, {"image_text": 0, "noun_region": 0, "noun_calibration": 0, "max_nouns": 1,
                                  "region_temperature": 0})
         if self.mode == "region_batch" and self.region_temperature > 0:

@@ -36,7 +36,7 @@ from textseg.train import schedule
 from textseg.train import distributed
 from textseg.train.config import DataConfig, LossConfig, OptimConfig, TrainConfig, TrainLoopConfig
 from textseg.train.data import BatchStream, caption_batches, worker_init
-from textseg.train.samples import NounBatcher, TrainTransform, collate
+from textseg.train.samples import NounBatcher, TrainTransform, collate, random_hflip
 from textseg.train.distributed import ContrastiveFeatures, gather_features, noun_keys
 
 _log = logging.getLogger(__name__)
@@ -277,7 +277,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         _log.warning("%s holds no data position (an older checkpoint): this run reads the data from the start of "
                      "an epoch, so it does not continue the interrupted run exactly", resume.path)
         batches.epoch = step
-    nouns_of = NounBatcher(d.noun_template, lw.max_nouns, lw.keep_background_nouns)
+    nouns_of = NounBatcher(d.noun_template, lw.max_nouns, lw.keep_background_nouns, lw.noun_parser)
     accum = cfg.optim.grad_accum
     amp = autocast_on(t, device)
     shards_read: set[str] = set()
@@ -291,9 +291,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
             shards_read.update(batch["urls"])
             inputs = step_inputs(model, batch["captions"], nouns_of, lw, device)
             images = batch["images"].to(device, non_blocking=True)
-            if grouping == "workers":
-                masks = batch["masks"].to(device, non_blocking=True)
-            else:
+            masks = batch["masks"].to(device, non_blocking=True) if grouping == "workers" else None
+            images, masks = random_hflip(images, masks, d.hflip, cfg.seed, step * accum + micro)
+            if masks is None:
                 masks = device_region_masks(model, images)
             sync = micro == accum - 1 or world == 1
             ctx = ddp.no_sync() if not sync and ddp is not None else nullcontext()

@@ -60,6 +60,23 @@ class TrainTransform:
         return x, torch.from_numpy(np.unpackbits(bits, count=int(np.prod(shape))).reshape(shape).astype(bool))
 
 
+def random_hflip(images: torch.Tensor, masks: torch.Tensor | None, prob: float, seed: int, step: int
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Mirror each image of a batch left-right with probability ``prob``, its region masks (B, K, h, w) with it.
+
+    The draw depends only on ``seed`` and ``step`` (a generator of its own, not the global RNG), so a resumed run
+    flips the images the uninterrupted run flipped.
+    """
+    if prob <= 0:
+        return images, masks
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    flip = (torch.rand(images.shape[0], generator=g) < prob).to(images.device)
+    images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+    if masks is not None:
+        masks = torch.where(flip.to(masks.device)[:, None, None, None], masks.flip(-1), masks)
+    return images, masks
+
+
 def collate(batch: list[tuple]) -> dict[str, Any]:
     """Stack images, pad region masks to the batch's largest K, keep captions (and shard URLs) as lists."""
     return {"images": torch.stack([b[0][0] for b in batch]), "masks": pad_region_masks([b[0][1] for b in batch]),
@@ -74,13 +91,15 @@ class NounBatcher:
         max_nouns: nouns taken per caption.
         keep_background_nouns: count :data:`~textseg.nouns.BACKGROUND_NOUNS` ("background", "texture", ...) as
             nouns (in the workbench, captions name the background on purpose).
+        parser: the :class:`~textseg.nouns.NounExtractor` backend, ``auto``, ``spacy`` or ``rule``.
     """
 
-    def __init__(self, template: str = "a photo of a {}.", max_nouns: int = 3, keep_background_nouns: bool = True):
+    def __init__(self, template: str = "a photo of a {}.", max_nouns: int = 3, keep_background_nouns: bool = True,
+                 parser: str = "auto"):
         from textseg.nouns import BACKGROUND_NOUNS, STOP_NOUNS, NounExtractor
 
         stop = STOP_NOUNS - BACKGROUND_NOUNS if keep_background_nouns else STOP_NOUNS
-        self.extractor = NounExtractor(backend="auto", stop_nouns=stop)
+        self.extractor = NounExtractor(backend=parser, stop_nouns=stop)
         self.template, self.max_nouns = template, max_nouns
 
     def __call__(self, captions: Sequence[str]) -> tuple[list[str], torch.Tensor, torch.Tensor, torch.Tensor]:

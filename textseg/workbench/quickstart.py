@@ -13,8 +13,8 @@
 5. evaluate on the workbench's VOC-format val set with the benchmark tools and print the Markdown table, with the
    error decomposition (:mod:`textseg.eval.diagnose`: grouping and recognition ceilings, fg/bg confusion); the
    protocol groups each scene four times (k = 16, 24, 32, 48), embeds the regions on 16 shifted CLIP patch grids
-   (``grid_shifts``) and averages the class probabilities; the constant background score is chosen on a
-   development set of another seed, never on val.
+   (``grid_shifts``), averages the class probabilities, smooths them and refines them along colour edges (PAMR);
+   the constant background score is chosen on a development set of another seed, never on val.
 
 The schedule is a fixed number of steps (:data:`STAGE1_STEPS`, :data:`STAGE2_STEPS`): the same work on any machine.
 """
@@ -30,10 +30,11 @@ from typing import Any, Sequence
 # slower machines this project runs on (README "Results" gives the measured split).
 STAGE1_STEPS = 0  # no image-caption pretraining: region training from random weights won on the development scenes
 STAGE2_STEPS = 1700
-# The final evaluations (calibration, diagnosis, generic-background row; 16 grids and four groupings each): 5.9 min
-# on 2 idle cores (README "Results"); the untrained model's evaluation before training takes about 2.6 more.
-EVAL_MINUTES = 6.0
-BEFORE_EVAL_MINUTES = 2.6
+# The final evaluations (calibration, diagnosis, generic-background row; 16 grids, four groupings, smoothing and
+# PAMR each): 10.5 min on 2 idle cores (docs/results.md); the untrained model's evaluation before training takes
+# about 4.8 more.
+EVAL_MINUTES = 10.5
+BEFORE_EVAL_MINUTES = 4.8
 # grouping="learned": the model it trains, and the grouping backbone's self-distillation (800 steps: 6.0 min on 2
 # idle cores of this project's machine)
 GROUPING_MODELS = {"labxy": "labxy-small-workbench", "learned": "learned-small-workbench"}

@@ -306,6 +306,23 @@ def test_semseg_and_ris_benchmarks_by_name(tmp_path):
     assert summary_line(res).startswith("refcoco (unc) testA (1 sentences): oIoU 0.00")
 
 
+def one_image(image, label):
+    """A VOC-like dataset of one image (classes: background, thing)."""
+
+    class OneImage:
+        class_names = ["background", "thing"]
+        ignore_index = 255
+        has_background = True
+
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            return {"image": image, "label": label, "id": "x"}
+
+    return OneImage
+
+
 def test_calibrate_bg_score_picks_the_best_constant():
     import torch
 
@@ -327,17 +344,7 @@ def test_calibrate_bg_score_picks_the_best_constant():
             sims = {("thing",): [[0.6], [0.3]], ("thing", "sky"): [[0.6, 0.1], [0.3, 0.35]]}[tuple(names)]
             return [(groups, torch.tensor(sims))]
 
-    class OneImage:
-        class_names = ["background", "thing"]
-        ignore_index = 255
-        has_background = True
-
-        def __len__(self):
-            return 1
-
-        def __getitem__(self, i):
-            return {"image": np.zeros((4, 4, 3), np.uint8), "label": label, "id": "x"}
-
+    OneImage = one_image(np.zeros((4, 4, 3), np.uint8), label)
     protocol = Protocol(templates="single")
     best, scores = calibrate_bg_score(FakeSegmenter(), OneImage(), protocol, candidates=(0.0, 0.4, 0.7),
                                       progress=False)
@@ -385,17 +392,7 @@ def test_calibrate_bg_score_with_refinement_rescores_the_best_and_its_neighbours
             FakeSegmenter.calls += 1
             return [(groups, torch.tensor([[0.6], [0.1]]))]
 
-    class OneImage:
-        class_names = ["background", "thing"]
-        ignore_index = 255
-        has_background = True
-
-        def __len__(self):
-            return 1
-
-        def __getitem__(self, i):
-            return {"image": image, "label": label, "id": "x"}
-
+    OneImage = one_image(image, label)
     protocol = Protocol(templates="single", short_side=None)
     candidates = (-0.4, -0.2, 0.0, 0.4, 0.7, 0.8, 0.9)
     best, plain = calibrate_bg_score(FakeSegmenter(), OneImage(), protocol, candidates=candidates, progress=False)

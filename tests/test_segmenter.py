@@ -250,23 +250,34 @@ def test_bilinear_taps_match_torch_interpolate():
         torch.testing.assert_close(ours, want, atol=1e-5, rtol=0)
 
 
-def test_labels_do_not_depend_on_the_band_size(color_model, monkeypatch):
-    """Bands of 1 row, of a few rows and of the whole image give the same labels and probabilities as one
-    full-size upsampling of the averaged window probabilities."""
-    seg = Segmenter(color_model, templates="single", text_cache_dir=False)
-    img = mixed_images()[0]
+def three_region_texts(seg, monkeypatch):
+    """The first mixed image, with the class texts "a", "b", "c" replaced by region embeddings of two other images
+    (texts that tell the image's regions apart)."""
     regions = torch.cat([seg.pipeline.regions_batch(prepare(seg, im, Protocol(short_side=64))[1])[0][1][0]
                          for im in mixed_images()[3:5]])
     monkeypatch.setattr(seg.text, "encode_classes", lambda names, templates=None: regions[: len(names)])
-    kw = dict(short_side=64, window=48, stride=24, bg_threshold=0.4, return_probs=True)
-    full = seg.predict(img, ["a", "b", "c"], **kw)
-    assert len(np.unique(full.labels)) >= 2  # something to disagree about
+    return mixed_images()[0]
+
+
+def assert_same_in_bands(seg, img, kw, full, monkeypatch, tile_elements):
+    """Labelling in bands of at most each of ``tile_elements`` values gives ``full``'s labels and probabilities."""
     label = CropPlan.label
-    for elements in (1, 3 * 90 * 5):
+    for elements in tile_elements:
         monkeypatch.setattr(CropPlan, "label", lambda *a, e=elements, **k: label(*a, tile_elements=e, **k))
         banded = seg.predict(img, ["a", "b", "c"], **kw)
         np.testing.assert_array_equal(banded.labels, full.labels)
         np.testing.assert_allclose(banded.probs, full.probs, atol=1e-6)
+
+
+def test_labels_do_not_depend_on_the_band_size(color_model, monkeypatch):
+    """Bands of 1 row, of a few rows and of the whole image give the same labels and probabilities as one
+    full-size upsampling of the averaged window probabilities."""
+    seg = Segmenter(color_model, templates="single", text_cache_dir=False)
+    img = three_region_texts(seg, monkeypatch)
+    kw = dict(short_side=64, window=48, stride=24, bg_threshold=0.4, return_probs=True)
+    full = seg.predict(img, ["a", "b", "c"], **kw)
+    assert len(np.unique(full.labels)) >= 2  # something to disagree about
+    assert_same_in_bands(seg, img, kw, full, monkeypatch, (1, 3 * 90 * 5))
 
 
 def test_gaussian_smoothing_of_probabilities_by_hand():
@@ -293,32 +304,22 @@ def test_smoothed_labels_are_the_smoothed_probabilities_in_any_band(color_model,
     """smooth_sigma smooths the averaged probabilities at the resized scale before labelling; bands of any height
     read the rows the kernel needs, so they agree with one whole-image pass."""
     seg = Segmenter(color_model, templates="single", text_cache_dir=False, short_side=None, bg_threshold=0.0)
-    img = mixed_images()[0]
-    regions = torch.cat([seg.pipeline.regions_batch(prepare(seg, im, Protocol(short_side=64))[1])[0][1][0]
-                         for im in mixed_images()[3:5]])  # class texts that tell the image's regions apart
-    monkeypatch.setattr(seg.text, "encode_classes", lambda names, templates=None: regions[: len(names)])
+    img = three_region_texts(seg, monkeypatch)
     plain = seg.predict(img, ["a", "b", "c"], return_probs=True)
     smooth = seg.predict(img, ["a", "b", "c"], return_probs=True, smooth_sigma=1.5)
     expected = gaussian_smooth(torch.from_numpy(plain.probs), 1.5).numpy()
     np.testing.assert_allclose(smooth.probs, expected, atol=1e-5)
     np.testing.assert_array_equal(smooth.labels, expected.argmax(0) + 1)  # no background channel: class i + 1
     assert (smooth.labels != plain.labels).any()  # edges move
-    label = CropPlan.label
-    for elements in (1, 4 * 90 * 5):
-        monkeypatch.setattr(CropPlan, "label", lambda *a, e=elements, **k: label(*a, tile_elements=e, **k))
-        banded = seg.predict(img, ["a", "b", "c"], return_probs=True, smooth_sigma=1.5)
-        np.testing.assert_array_equal(banded.labels, smooth.labels)
-        np.testing.assert_allclose(banded.probs, smooth.probs, atol=1e-6)
+    assert_same_in_bands(seg, img, {"return_probs": True, "smooth_sigma": 1.5}, smooth, monkeypatch,
+                         (1, 4 * 90 * 5))
 
 
 def test_pamr_refined_labels_are_the_refined_probabilities_in_any_band(color_model, monkeypatch):
     """pamr_steps refines the smoothed probabilities along the resized image's colour edges; bands of any height
     read the rows the smoothing and refinement need, so they agree with one whole-image pass."""
     seg = Segmenter(color_model, templates="single", text_cache_dir=False, short_side=None, bg_threshold=0.0)
-    img = mixed_images()[0]
-    regions = torch.cat([seg.pipeline.regions_batch(prepare(seg, im, Protocol(short_side=64))[1])[0][1][0]
-                         for im in mixed_images()[3:5]])
-    monkeypatch.setattr(seg.text, "encode_classes", lambda names, templates=None: regions[: len(names)])
+    img = three_region_texts(seg, monkeypatch)
     kw = {"return_probs": True, "smooth_sigma": 1.0, "pamr_steps": 3, "pamr_dilations": [1, 3]}
     plain = seg.predict(img, ["a", "b", "c"], return_probs=True)
     refined = seg.predict(img, ["a", "b", "c"], **kw)
@@ -328,12 +329,7 @@ def test_pamr_refined_labels_are_the_refined_probabilities_in_any_band(color_mod
     np.testing.assert_array_equal(refined.labels, expected.argmax(0) + 1)
     smoothed = seg.predict(img, ["a", "b", "c"], return_probs=True, smooth_sigma=1.0)
     assert (refined.labels != smoothed.labels).any()  # the refinement moves labels
-    label = CropPlan.label
-    for elements in (1, 4 * 90 * 5):
-        monkeypatch.setattr(CropPlan, "label", lambda *a, e=elements, **k: label(*a, tile_elements=e, **k))
-        banded = seg.predict(img, ["a", "b", "c"], **kw)
-        np.testing.assert_array_equal(banded.labels, refined.labels)
-        np.testing.assert_allclose(banded.probs, refined.probs, atol=1e-6)
+    assert_same_in_bands(seg, img, kw, refined, monkeypatch, (1, 4 * 90 * 5))
     assert pamr_radius(10, [1, 2, 4]) == 40 and pamr_radius(0, [1, 2, 4]) == 0
 
 

@@ -2,9 +2,11 @@ import numpy as np
 import pytest
 import torch
 
+import textseg.labels as labels_module
 from textseg.config import Protocol, load_protocol
 from textseg.errors import ConfigError, UserError
 from textseg.io import load_image
+from textseg.labels import channel_max as real_channel_max
 from textseg.labels import (CropPlan, bilinear_taps, gaussian_radius, gaussian_smooth, region_class_probs,
                             window_starts, with_bg_score)
 from textseg.dense.pamr import pamr, pamr_radius
@@ -577,3 +579,36 @@ def test_region_similarities_are_the_mean_over_the_grids(color_model):
     assert len(parts) == 4 and all((g == groups).all() for g, _ in parts)
     torch.testing.assert_close(sims, sum(s for _, s in parts) / 4)
     assert (sims - seg.region_similarities(img, ["a", "b"], grid_shifts=1)[1]).abs().max() > 1e-4
+
+
+def test_labels_without_probabilities_refine_only_the_channels_that_can_win(color_model, monkeypatch):
+    """Without return_probs, labelling smooths and refines only the channels that win somewhere (plus their
+    envelope): the labels are those of the full probabilities."""
+    seg = Segmenter(color_model, templates="single", text_cache_dir=False, short_side=None, bg_threshold=0.0)
+    img = three_region_texts(seg, monkeypatch)
+    texts = seg.text.encode_classes(["a", "b", "c", "d"])
+    names = list("abcdefgh")  # e..h: the opposites of a..d, which win nowhere
+    monkeypatch.setattr(seg.text, "encode_classes", lambda names, templates=None: torch.cat([texts, -texts]))
+    kw = {"smooth_sigma": 1.0, "pamr_steps": 3, "pamr_dilations": [1, 3]}
+    full = seg.predict(img, names, return_probs=True, **kw)
+    assert len(np.unique(full.probs.argmax(0))) + 1 < len(full.probs)  # some channels win nowhere: pruned
+    widths = []
+    monkeypatch.setattr(labels_module, "channel_max", lambda maps, f: real_channel_max(
+        maps, lambda x: widths.append(len(x)) or f(x)))
+    np.testing.assert_array_equal(seg.predict(img, names, **kw).labels, full.labels)
+    assert min(widths) < len(full.probs)
+
+
+def test_channel_max_is_the_max_of_the_transformed_channels():
+    """channel_max transforms the winning channels and the envelope of the rest; where that envelope catches up
+    with the winner after the transform (a channel that wins nowhere wins after averaging), it falls back to all."""
+    maps = torch.tensor([[1.0, 0.7, 0.0], [0.0, 0.0, 1.0], [0.6, 0.6, 0.6], [0.0, 0.1, 0.2]])[:, None]  # (4, 1, 3)
+    mean = lambda x: x.mean(-1, keepdim=True).expand_as(x)  # noqa: E731 (each channel alone, weights >= 0)
+    best, at = real_channel_max(maps, mean)
+    assert at.flatten().tolist() == [2, 2, 2]  # 0.6 beats 1.7 / 3 and 1 / 3: channel 2 never won before
+    torch.testing.assert_close(best.flatten(), torch.full((3,), 0.6))
+    seen = []
+    halve = lambda x: seen.append(len(x)) or x * 0.5  # noqa: E731
+    best, at = real_channel_max(maps, halve)
+    assert seen == [3] and at.flatten().tolist() == [0, 0, 1]  # channels 0, 1 and the envelope of 2, 3
+    torch.testing.assert_close(best.flatten(), torch.tensor([0.5, 0.35, 0.5]))

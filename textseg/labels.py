@@ -3,14 +3,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
 
 from textseg.config import Protocol
-from textseg.dense.pamr import pamr, pamr_radius
+from textseg.dense.pamr import pamr, pamr_affinities, pamr_radius
 from textseg.errors import UserError
 from textseg.io import label_dtype
 from textseg.pipeline import resized_size
@@ -68,6 +69,28 @@ def gaussian_smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     out = torch.nn.functional.conv2d(out, k.view(1, 1, 1, -1))
     out = torch.nn.functional.pad(out, (0, 0, r, r), mode="replicate")
     return torch.nn.functional.conv2d(out, k.view(1, 1, -1, 1))[:, 0]
+
+
+def channel_max(maps: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor]
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The maximum and first argmax over channels of ``transform(maps)``, for (C, ...) ``maps`` and a
+    ``transform`` that maps each channel alone, linearly and with non-negative weights (smoothing, PAMR, bilinear
+    resampling, cropping), without transforming every channel.
+
+    Only the channels that are the best at some position of ``maps`` are transformed, with one more: the maximum
+    of all the others at each position. That channel bounds each of the others from above after the transform (the
+    weights are non-negative), so where it stays below the best kept channel everywhere, no other channel can win
+    and the result is exact; otherwise every channel is transformed.
+    """
+    won = torch.zeros(len(maps), dtype=torch.bool, device=maps.device)
+    won[maps.argmax(0).flatten()] = True
+    kept = won.nonzero()[:, 0]
+    if len(kept) + 1 < len(maps):
+        out = transform(torch.cat([maps[kept], maps[~won].amax(0, keepdim=True)]))
+        best, at = out[:-1].max(0)
+        if bool((out[-1] < best).all()):
+            return best, kept[at]
+    return transform(maps).max(0)
 
 
 def with_bg_score(sims: torch.Tensor, bg_score: float | None) -> torch.Tensor:
@@ -204,29 +227,31 @@ class CropPlan:
         # wide image, bands of a row or two would each smooth and refine a hundred halo rows (so with a halo, the
         # memory of a band is set by the halo, not by tile_elements)
         rows = max(rows, int(np.ceil(2 * (blur + reach) * H / h)))
+        full = probs_out is not None or scores_out is not None
         for t0 in range(0, H, rows):
             t1 = min(H, t0 + rows)
             r0, r1 = int(y0s[t0]), int(y1s[t1 - 1]) + 1  # the source rows this band of output rows reads
-            if blur or reach:
-                a0, a1 = max(0, r0 - reach), min(h, r1 + reach)  # the rows refined
-                h0, h1 = max(0, a0 - blur), min(h, a1 + blur)  # the rows read
-                band = gaussian_smooth(self.band(h0, h1), p.smooth_sigma)[:, a0 - h0: a1 - h0]
-                if reach:
-                    band = pamr(self.image[:, :, a0:a1], band[None], p.pamr_steps, p.pamr_dilations)[0]
-                band = band[:, r0 - a0: r1 - a0]
-            else:
-                band = self.band(r0, r1)
+            a0, a1 = max(0, r0 - reach), min(h, r1 + reach)  # the rows refined
+            h0, h1 = max(0, a0 - blur), min(h, a1 + blur)  # the rows read
+            refine = None
+            if reach:
+                image = self.image[:, :, a0:a1]
+                refine = partial(pamr, image, steps=p.pamr_steps, dilations=p.pamr_dilations,
+                                 weights=pamr_affinities(image, p.pamr_dilations))
             ly = wy[t0:t1, None].to(device)
             i0, i1 = (y0s[t0:t1] - r0).to(device), (y1s[t0:t1] - r0).to(device)
-            mixed = band[:, i0] * (1 - ly) + band[:, i1] * ly  # (C, T, w)
-            probs = mixed[..., x0s] * (1 - wx) + mixed[..., x1s] * wx  # (C, T, W)
-            if p.background is None:  # the class channels come first
-                tile = owners[probs[:class_channels].argmax(0)]
-            else:
-                best_p, best = probs.max(0)
-                tile = owners[best]
-                if p.background == "threshold":
-                    tile[best_p < p.bg_threshold] = 0
+            to_output = partial(_band_output, sigma=p.smooth_sigma, refine=refine, cuts=(a0 - h0, a1 - h0, r0 - a0,
+                                r1 - a0), rows=(i0, i1, ly), cols=(x0s, x1s, wx))
+            source = self.band(h0, h1)
+            compared = class_channels if p.background is None else channels  # the class channels come first
+            if full:
+                probs = to_output(source)  # (C, T, W)
+                best_p, best = probs[:compared].max(0)
+            else:  # only the channels that can win are smoothed, refined and resampled
+                best_p, best = channel_max(source[:compared], to_output)
+            tile = owners[best]
+            if p.background == "threshold":
+                tile[best_p < p.bg_threshold] = 0
             labels[t0:t1] = tile
             if probs_out is not None:
                 probs_out[:, t0:t1] = probs.cpu()
@@ -241,6 +266,21 @@ class CropPlan:
         """Let go of the image's tensors and window probabilities."""
         self.image = self.count = None
         self.parts = []
+
+
+def _band_output(x: torch.Tensor, sigma: float, refine: Callable[..., torch.Tensor] | None,
+                 cuts: tuple[int, int, int, int], rows: tuple[torch.Tensor, ...], cols: tuple[torch.Tensor, ...]
+                 ) -> torch.Tensor:
+    """(C, T, W) output rows of a band from the (C, rows read, w) probabilities of its source rows: smoothed,
+    cut to the rows refined, refined, cut to the rows the output reads, resampled bilinearly (:func:`bilinear_taps`)."""
+    if sigma or refine is not None:
+        x = gaussian_smooth(x, sigma)[:, cuts[0]: cuts[1]]
+        if refine is not None:
+            x = refine(x[None])[0]
+        x = x[:, cuts[2]: cuts[3]]
+    (i0, i1, ly), (x0s, x1s, wx) = rows, cols
+    mixed = x[:, i0] * (1 - ly) + x[:, i1] * ly  # (C, T, w)
+    return mixed[..., x0s] * (1 - wx) + mixed[..., x1s] * wx
 
 
 @dataclass
@@ -279,5 +319,5 @@ class SegmentationResult:
         return {self.classes[i]: float(c) / total for i, c in enumerate(self.pixel_counts()) if c > 0}
 
 
-__all__ = ["CropPlan", "SegmentationResult", "bilinear_taps", "check_class_names", "check_maps", "region_class_probs",
+__all__ = ["CropPlan", "SegmentationResult", "bilinear_taps", "channel_max", "check_class_names", "check_maps", "region_class_probs",
            "window_starts", "with_bg_score"]

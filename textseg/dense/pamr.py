@@ -25,10 +25,12 @@ def pamr_affinities(image: torch.Tensor, dilations: Sequence[int]) -> torch.Tens
     softmax over the neighbours of −|I − I_n| / (1e-8 + 0.1 σ), averaged over the image's channels, σ the standard
     deviation (unbiased) of the 9 · len(dilations) values around each pixel (centre once per dilation)."""
     near = [n for d in dilations for n in _shifted(image, d, NEIGHBOURS)]
-    window = [n for d in dilations for n in _shifted(image, d, [(0, 0)] + list(NEIGHBOURS))]
-    sigma = torch.stack(window, 2).std(2, keepdim=True)  # (B, C, 1, H, W)
-    diffs = torch.stack([(image - n).abs() for n in near], 2)  # (B, C, P, H, W)
-    return (-diffs / (1e-8 + 0.1 * sigma)).mean(1).softmax(1)
+    count = len(near) + len(dilations)
+    mean = (sum(near) + len(dilations) * image) / count
+    # two passes over the window (its mean, then the squared deviations), without stacking its views
+    var = (sum((n - mean).square() for n in near) + len(dilations) * (image - mean).square()) / (count - 1)
+    scale = 1.0 / (1e-8 + 0.1 * var.sqrt())  # (B, C, H, W)
+    return torch.stack([((image - n).abs() * scale).mean(1).neg() for n in near], 1).softmax(1)
 
 
 def pamr_radius(steps: int, dilations: Sequence[int]) -> int:
@@ -36,8 +38,8 @@ def pamr_radius(steps: int, dilations: Sequence[int]) -> int:
     return steps * max(dilations, default=0) if steps > 0 else 0
 
 
-def pamr(image: torch.Tensor, logits: torch.Tensor, steps: int = 10, dilations: Sequence[int] = (8, 16)
-         ) -> torch.Tensor:
+def pamr(image: torch.Tensor, logits: torch.Tensor, steps: int = 10, dilations: Sequence[int] = (8, 16),
+         weights: torch.Tensor | None = None) -> torch.Tensor:
     """Refine (B, Q, H, W) ``logits`` with the (B, 3, H, W) ``image`` they belong to: ``steps`` times, every
     pixel's value becomes the affinity-weighted mean of its neighbours' (:func:`pamr_affinities`).
 
@@ -46,12 +48,14 @@ def pamr(image: torch.Tensor, logits: torch.Tensor, steps: int = 10, dilations: 
         logits: per-class scores.
         steps: refinement iterations (0 returns ``logits``).
         dilations: neighbour distances in pixels.
+        weights: ``pamr_affinities(image, dilations)``, when the caller refines several maps of one image.
     """
     if tuple(image.shape[-2:]) != tuple(logits.shape[-2:]):
         raise ValueError(f"image {tuple(image.shape[-2:])} and logits {tuple(logits.shape[-2:])} differ in size")
     if steps <= 0:
         return logits
-    weights = pamr_affinities(image.to(logits.dtype), dilations)  # (B, P, H, W)
+    if weights is None:
+        weights = pamr_affinities(image.to(logits.dtype), dilations)  # (B, P, H, W)
     per_dilation = len(NEIGHBOURS)
     out = logits
     for _ in range(steps):

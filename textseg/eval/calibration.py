@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Sequence
 
 import numpy as np
@@ -78,7 +79,8 @@ def _score_candidates(segmenter: Any, dataset: Any, protocol: Protocol, candidat
     similarities are taken from ``cache`` where it has them and put there otherwise."""
     import torch
 
-    from textseg.labels import gaussian_smooth, region_class_probs, with_bg_score
+    from textseg.dense.pamr import pamr_affinities
+    from textseg.labels import channel_max, with_bg_score
     from textseg.pipeline import resized_size
 
     names = prompt_names(dataset)[1:]
@@ -100,22 +102,41 @@ def _score_candidates(segmenter: Any, dataset: Any, protocol: Protocol, candidat
             size = resized_size(parts[0][0].shape, protocol.short_side, protocol.max_long_side)
             sigma = protocol.smooth_sigma * len(parts[0][0]) / size[0]
             image = _refine_image(item["image"], segmenter, protocol)
-            for c, metric in metrics.items():
-                if len(parts) == 1 and not sigma and image is None:  # each region's best score: no probabilities
+            weights = None
+            if image is not None:
+                image = image.to(parts[0][1].device)
+                weights = pamr_affinities(image[None], protocol.pamr_dilations)
+            fast = len(parts) == 1 and not sigma and image is None  # each region's best score: no probabilities
+            # (candidates, K, C + 1) region probabilities of each grouping, summed over its grid offsets
+            region_probs = None if fast else [(torch.from_numpy(groups), _candidate_probs(
+                same, list(metrics), segmenter.logit_scale)) for groups, same in merged]
+            for j, (c, metric) in enumerate(metrics.items()):
+                if fast:
                     groups, sims = parts[0]
                     best = with_bg_score(sims, c).argmax(1).numpy()[groups]
                 else:
-                    probs = sum(sum(region_class_probs(sims, c, segmenter.logit_scale) for sims in same)
-                                [torch.from_numpy(groups)] for groups, same in merged)
-                    probs = gaussian_smooth(probs.permute(2, 0, 1), sigma)  # as predict labels
-                    if image is not None:
-                        probs = _refine_at(probs, image, protocol)
-                    best = probs.argmax(0).numpy()
+                    probs = sum(rp[j][groups] for groups, rp in region_probs)
+                    # smoothed and refined as predict labels (only the classes that can win: channel_max)
+                    best = channel_max(probs.permute(2, 0, 1), partial(_smooth_refine, sigma=sigma, image=image,
+                                                                        weights=weights, protocol=protocol))[1]
+                    best = best.numpy()
                 metric.update(np.where(best < len(names), best + 1, 0), item["label"])  # background names -> 0
             bar.update(1)
     finally:
         bar.close()
     return {c: float(m.compute()["mIoU"]) for c, m in metrics.items()}
+
+
+def _candidate_probs(same: Sequence[Any], candidates: Sequence[float], logit_scale: Any) -> Any:
+    """(len(candidates), K, C + 1) class probabilities of K regions for each background score, summed over the
+    (K, C) similarities of ``same`` (one grouping's grid offsets): :func:`~textseg.labels.region_class_probs` of
+    every candidate at once."""
+    import torch
+
+    sims = torch.stack(list(same))  # (G, K, C)
+    bg = torch.tensor(candidates, dtype=sims.dtype, device=sims.device).view(-1, 1, 1, 1)
+    scores = torch.cat([sims.expand(len(candidates), *sims.shape), bg.expand(-1, *sims.shape[:-1], 1)], -1)
+    return (logit_scale * scores).softmax(-1).sum(1)
 
 
 def _refine_image(image: Any, segmenter: Any, protocol: Protocol) -> Any:
@@ -126,20 +147,25 @@ def _refine_image(image: Any, segmenter: Any, protocol: Protocol) -> Any:
                                         protocol)[0]
 
 
-def _refine_at(probs: Any, image: Any, protocol: Protocol) -> Any:
-    """(C, H, W) input-size probabilities refined as predict refines them: at the resized scale of ``image``
-    (brought there and back bilinearly when the sizes differ)."""
+def _smooth_refine(probs: Any, sigma: float, image: Any, weights: Any, protocol: Protocol) -> Any:
+    """(C, H, W) input-size probabilities smoothed, then (with an ``image``) refined as predict refines them: at
+    the resized scale of ``image``, whose PAMR weights are ``weights`` (brought there and back bilinearly when the
+    sizes differ)."""
     import torch.nn.functional as F
 
     from textseg.dense.pamr import pamr
+    from textseg.labels import gaussian_smooth
 
-    image = image.to(probs.device)
+    probs = gaussian_smooth(probs, sigma)
+    if image is None:
+        return probs
+    steps, dilations = protocol.pamr_steps, protocol.pamr_dilations
     size, small = tuple(probs.shape[1:]), tuple(image.shape[1:])
     if size == small:
-        return pamr(image[None], probs[None], protocol.pamr_steps, protocol.pamr_dilations)[0]
-    out = F.interpolate(probs[None], small, mode="bilinear", align_corners=False, antialias=True)[0]
-    out = pamr(image[None], out[None], protocol.pamr_steps, protocol.pamr_dilations)[0]
-    return F.interpolate(out[None], size, mode="bilinear", align_corners=False)[0]
+        return pamr(image[None], probs[None], steps, dilations, weights)[0]
+    out = F.interpolate(probs[None], small, mode="bilinear", align_corners=False, antialias=True)
+    out = pamr(image[None], out, steps, dilations, weights)
+    return F.interpolate(out, size, mode="bilinear", align_corners=False)[0]
 
 
 def choose_no_target_threshold(target_scores: Sequence[float], no_target_scores: Sequence[float]

@@ -29,12 +29,12 @@ from typing import Any, Sequence
 # The default schedule: a fixed number of steps, sized to fit the 30-minute quickstart on 2 idle CPU cores of the
 # slower machines this project runs on (README "Results" gives the measured split).
 STAGE1_STEPS = 0  # no image-caption pretraining: region training from random weights won on the development scenes
-STAGE2_STEPS = 1700
+STAGE2_STEPS = 2040
 # The final evaluations (calibration, diagnosis, generic-background row; 16 grids, four groupings, smoothing and
-# PAMR each): 10.5 min on 2 idle cores (docs/results.md); the untrained model's evaluation before training takes
-# about 4.8 more.
-EVAL_MINUTES = 10.5
-BEFORE_EVAL_MINUTES = 4.8
+# PAMR each): about 6.5 min on 2 idle cores (docs/results.md); the untrained model's evaluation before training
+# takes about 2.7 more.
+EVAL_MINUTES = 6.5
+BEFORE_EVAL_MINUTES = 2.7
 # grouping="learned": the model it trains, and the grouping backbone's self-distillation (800 steps: 6.0 min on 2
 # idle cores of this project's machine)
 GROUPING_MODELS = {"labxy": "labxy-small-workbench", "learned": "learned-small-workbench"}

@@ -319,5 +319,5 @@ class SegmentationResult:
         return {self.classes[i]: float(c) / total for i, c in enumerate(self.pixel_counts()) if c > 0}
 
 
-__all__ = ["CropPlan", "SegmentationResult", "bilinear_taps", "channel_max", "check_class_names", "check_maps", "region_class_probs",
-           "window_starts", "with_bg_score"]
+__all__ = ["CropPlan", "SegmentationResult", "bilinear_taps", "channel_max", "check_class_names", "check_maps",
+           "region_class_probs", "window_starts", "with_bg_score"]

@@ -371,6 +371,31 @@ def test_calibrate_bg_score_picks_the_best_constant():
         calibrate_bg_score(FakeSegmenter(), no_bg, protocol, progress=False)
 
 
+def test_calibrate_bg_score_sums_each_candidates_probabilities_over_the_grid_offsets():
+    import torch
+
+    groups = np.zeros((4, 4), dtype=np.int64)
+    groups[:, 2:] = 1
+    label = np.zeros((4, 4), dtype=np.uint8)
+    label[:, :2] = 1
+
+    class FakeSegmenter:
+        logit_scale = 10.0
+
+        def grouping_similarities(self, image, names, protocol=None, **overrides):  # one grouping, its grids
+            grids = [torch.tensor([[0.6], [0.38]]), torch.tensor([[0.6], [0.30]])]
+            return [(groups, sims) for sims in grids[: protocol.grid_shifts]]
+
+    OneImage = one_image(np.zeros((4, 4, 3), np.uint8), label)
+    protocol = Protocol(templates="single", short_side=None)
+    # at 0.35 the right half on the first grid alone is "thing" (sigmoid(0.3) = 0.57); the second grid's 0.30
+    # (sigmoid(-0.5) = 0.38) makes its summed probability 0.95 < 1.05 for the background: background, exact
+    _, one = calibrate_bg_score(FakeSegmenter(), OneImage(), protocol, candidates=(0.35, 0.7), progress=False)
+    _, two = calibrate_bg_score(FakeSegmenter(), OneImage(), protocol.replace(grid_shifts=2, smooth_sigma=0.0),
+                                candidates=(0.35, 0.7), progress=False)
+    assert one == {0.35: 25.0, 0.7: 25.0} and two == {0.35: 100.0, 0.7: 25.0}
+
+
 def test_calibrate_bg_score_with_refinement_rescores_the_best_and_its_neighbours(monkeypatch):
     import torch
 

@@ -31,10 +31,10 @@ from typing import Any, Sequence
 STAGE1_STEPS = 0  # no image-caption pretraining: region training from random weights won on the development scenes
 STAGE2_STEPS = 2040
 # The final evaluations (calibration, diagnosis, generic-background row; 16 grids, four groupings, smoothing and
-# PAMR each): about 6.5 min on 2 idle cores (docs/results.md); the untrained model's evaluation before training
-# takes about 2.7 more.
-EVAL_MINUTES = 6.5
-BEFORE_EVAL_MINUTES = 2.7
+# PAMR each): 7.0 min on 2 idle cores (docs/results.md); the untrained model's evaluation before training takes
+# about 2.9 more.
+EVAL_MINUTES = 7.0
+BEFORE_EVAL_MINUTES = 2.9
 # grouping="learned": the model it trains, and the grouping backbone's self-distillation (800 steps: 6.0 min on 2
 # idle cores of this project's machine)
 GROUPING_MODELS = {"labxy": "labxy-small-workbench", "learned": "learned-small-workbench"}
